@@ -1,0 +1,205 @@
+//! Accounts: registration, passwords, login sessions (devices and tokens), identities.
+
+pub mod password;
+pub mod tokens;
+pub mod uia;
+
+use rand::Rng;
+use ruma::{OwnedUserId, UserId};
+
+use crate::error::{Error, Result};
+use crate::storage::{self, Db};
+
+/// Who is making an authenticated request.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub user_id: OwnedUserId,
+    pub device_id: String,
+    pub is_admin: bool,
+    pub is_guest: bool,
+}
+
+/// Tokens handed out at login, registration or refresh.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub user_id: OwnedUserId,
+    pub device_id: String,
+    pub access_token: String,
+    pub refresh_token: Option<String>,
+    pub expires_in_ms: Option<i64>,
+}
+
+/// Lifetime of an access token that comes with a refresh token.
+pub const REFRESHABLE_TOKEN_LIFETIME_MS: i64 = 5 * 60 * 1000;
+
+/// Checks a localpart chosen at registration: the spec's lowercase grammar, and that the
+/// whole user ID fits in 255 bytes.
+pub fn validate_new_localpart(localpart: &str, server_name: &str) -> Result<OwnedUserId> {
+    if localpart.is_empty() {
+        return Err(Error::invalid_username("User ID cannot be empty"));
+    }
+    if !localpart.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'=' | b'-' | b'/' | b'+')) {
+        return Err(Error::invalid_username("User ID may contain only a-z, 0-9, and . _ = - / +"));
+    }
+    if localpart.len() + server_name.len() + 2 > 255 {
+        return Err(Error::invalid_username("User ID is too long"));
+    }
+    UserId::parse(format!("@{localpart}:{server_name}"))
+        .map_err(|e| Error::invalid_username(format!("Invalid user ID: {e}")))
+}
+
+/// Parses the `user` of a login identifier: a full user ID or a localpart of this server.
+pub fn parse_login_user(user: &str, server_name: &str) -> Option<OwnedUserId> {
+    let full = if user.starts_with('@') { user.to_owned() } else { format!("@{}:{server_name}", user.to_lowercase()) };
+    UserId::parse(full).ok()
+}
+
+/// A random device ID of ten upper-case letters, as Synapse makes.
+pub fn random_device_id() -> String {
+    let mut rng = rand::thread_rng();
+    (0..10).map(|_| (b'A' + rng.gen_range(0..26)) as char).collect()
+}
+
+/// Creates an account in the database (no login).
+pub async fn create_account(
+    db: &Db,
+    user_id: &UserId,
+    password: Option<&str>,
+    is_admin: bool,
+    is_guest: bool,
+    registration_token: Option<&str>,
+) -> Result<()> {
+    let hash = match password {
+        Some(p) => Some(password::hash(p).await?),
+        None => None,
+    };
+    let mut tx = db.begin().await?;
+    let created =
+        storage::users::create(&mut tx, user_id.as_str(), hash.as_deref(), user_id.localpart(), is_admin, is_guest)
+            .await?;
+    if !created {
+        return Err(Error::user_in_use());
+    }
+    if let Some(token) = registration_token {
+        storage::registration_tokens::mark_used(&mut tx, token).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Opens a login session: the device (new or existing) and its tokens.
+pub async fn open_session(
+    db: &Db,
+    user_id: &UserId,
+    device_id: Option<String>,
+    device_display_name: Option<&str>,
+    with_refresh_token: bool,
+) -> Result<Session> {
+    let device_id = device_id.filter(|d| !d.is_empty()).unwrap_or_else(random_device_id);
+    let access_token = tokens::generate();
+    let refresh_token = with_refresh_token.then(tokens::generate);
+    let expires_in_ms = with_refresh_token.then_some(REFRESHABLE_TOKEN_LIFETIME_MS);
+    let mut tx = db.begin().await?;
+    storage::devices::upsert(&mut tx, user_id.as_str(), &device_id, device_display_name).await?;
+    // A login that reuses a device ID replaces that device's session.
+    storage::devices::delete_tokens(&mut tx, user_id.as_str(), &device_id).await?;
+    storage::devices::add_access_token(
+        &mut tx,
+        &tokens::hash(&access_token),
+        user_id.as_str(),
+        &device_id,
+        expires_in_ms.map(|ms| storage::now_ms() + ms),
+    )
+    .await?;
+    if let Some(rt) = &refresh_token {
+        storage::devices::add_refresh_token(&mut tx, &tokens::hash(rt), user_id.as_str(), &device_id).await?;
+    }
+    tx.commit().await?;
+    Ok(Session { user_id: user_id.to_owned(), device_id, access_token, refresh_token, expires_in_ms })
+}
+
+/// Exchanges a refresh token for a new access token and refresh token.
+pub async fn refresh(db: &Db, refresh_token: &str) -> Result<Session> {
+    let mut tx = db.begin().await?;
+    let Some((user_id, device_id)) = storage::devices::take_refresh_token(&mut tx, &tokens::hash(refresh_token)).await?
+    else {
+        return Err(Error::unknown_token(true));
+    };
+    let user_id = OwnedUserId::try_from(user_id).map_err(|e| Error::Internal(e.into()))?;
+    storage::devices::delete_tokens(&mut tx, user_id.as_str(), &device_id).await?;
+    let access_token = tokens::generate();
+    let new_refresh = tokens::generate();
+    storage::devices::add_access_token(
+        &mut tx,
+        &tokens::hash(&access_token),
+        user_id.as_str(),
+        &device_id,
+        Some(storage::now_ms() + REFRESHABLE_TOKEN_LIFETIME_MS),
+    )
+    .await?;
+    storage::devices::add_refresh_token(&mut tx, &tokens::hash(&new_refresh), user_id.as_str(), &device_id).await?;
+    tx.commit().await?;
+    Ok(Session {
+        user_id,
+        device_id,
+        access_token,
+        refresh_token: Some(new_refresh),
+        expires_in_ms: Some(REFRESHABLE_TOKEN_LIFETIME_MS),
+    })
+}
+
+/// Resolves an access token to its owner.
+pub async fn authenticate(db: &Db, access_token: &str) -> Result<Identity> {
+    let Some(owner) = storage::devices::access_token_owner(db, &tokens::hash(access_token)).await? else {
+        return Err(Error::unknown_token(false));
+    };
+    if owner.expires_ts.is_some_and(|e| e <= storage::now_ms()) {
+        return Err(Error::unknown_token(true));
+    }
+    let Some(user) = storage::users::get(db, &owner.user_id).await? else {
+        return Err(Error::unknown_token(false));
+    };
+    if user.deactivated {
+        return Err(Error::unknown_token(false));
+    }
+    Ok(Identity {
+        user_id: OwnedUserId::try_from(owner.user_id).map_err(|e| Error::Internal(e.into()))?,
+        device_id: owner.device_id,
+        is_admin: user.is_admin,
+        is_guest: user.is_guest,
+    })
+}
+
+/// Checks a user's password; `Ok(false)` for a wrong password or an unknown or
+/// deactivated user.
+pub async fn check_password(db: &Db, user_id: &UserId, password: &str) -> Result<bool> {
+    let Some(user) = storage::users::get(db, user_id.as_str()).await? else {
+        return Ok(false);
+    };
+    match (&user.password_hash, user.deactivated) {
+        (Some(hash), false) => password::verify(password, hash).await,
+        _ => Ok(false),
+    }
+}
+
+/// Sets a new password, optionally logging out every other device.
+pub async fn change_password(db: &Db, user_id: &UserId, new_password: &str, keep_device: Option<&str>) -> Result<()> {
+    let hash = password::hash(new_password).await?;
+    let mut tx = db.begin().await?;
+    storage::users::set_password_hash(&mut tx, user_id.as_str(), Some(&hash)).await?;
+    if let Some(keep) = keep_device {
+        storage::devices::delete_all(&mut tx, user_id.as_str(), Some(keep)).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Deactivates an account: every session ends and the password is erased; the user ID
+/// stays taken for ever.
+pub async fn deactivate(db: &Db, user_id: &UserId) -> Result<()> {
+    let mut tx = db.begin().await?;
+    storage::users::deactivate(&mut tx, user_id.as_str()).await?;
+    storage::devices::delete_all(&mut tx, user_id.as_str(), None).await?;
+    tx.commit().await?;
+    Ok(())
+}

@@ -1,0 +1,77 @@
+//! Account management: `whoami`, password change, deactivation, third-party IDs.
+
+use axum::extract::State;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::v3;
+use crate::AppState;
+use crate::accounts::{self, uia};
+use crate::error::Result;
+use crate::http::extract::{self, Auth};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route(v3!("/account/whoami"), get(whoami))
+        .route(v3!("/account/password"), post(change_password))
+        .route(v3!("/account/deactivate"), post(deactivate))
+        .route(v3!("/account/3pid"), get(third_party_ids))
+}
+
+async fn whoami(Auth(me): Auth) -> Json<Value> {
+    Json(json!({ "user_id": me.user_id, "device_id": me.device_id, "is_guest": me.is_guest }))
+}
+
+#[derive(Deserialize)]
+struct PasswordBody {
+    new_password: String,
+    #[serde(default = "yes")]
+    logout_devices: bool,
+    #[serde(default)]
+    auth: Option<Value>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Password UIA for a request by the authenticated user.
+pub async fn require_password(state: &AppState, me: &accounts::Identity, auth: Option<&Value>) -> Result<()> {
+    let req = uia::Requirement { flows: &[&[uia::PASSWORD]], user: Some(&me.user_id) };
+    state.uia.check(&state.db, auth, req).await.map(|_| ())
+}
+
+async fn change_password(
+    State(state): State<AppState>,
+    Auth(me): Auth,
+    extract::Json(body): extract::Json<PasswordBody>,
+) -> Result<Json<Value>> {
+    require_password(&state, &me, body.auth.as_ref()).await?;
+    let keep = body.logout_devices.then_some(me.device_id.as_str());
+    accounts::change_password(&state.db, &me.user_id, &body.new_password, keep).await?;
+    Ok(Json(json!({})))
+}
+
+#[derive(Deserialize)]
+struct DeactivateBody {
+    #[serde(default)]
+    auth: Option<Value>,
+}
+
+async fn deactivate(
+    State(state): State<AppState>,
+    Auth(me): Auth,
+    extract::Json(body): extract::Json<DeactivateBody>,
+) -> Result<Json<Value>> {
+    require_password(&state, &me, body.auth.as_ref()).await?;
+    accounts::deactivate(&state.db, &me.user_id).await?;
+    tracing::info!(user_id = %me.user_id, "deactivated");
+    Ok(Json(json!({ "id_server_unbind_result": "no-support" })))
+}
+
+/// Plexus binds no third-party identifiers (e-mail, phone): the list is always empty.
+async fn third_party_ids(Auth(_): Auth) -> Json<Value> {
+    Json(json!({ "threepids": [] }))
+}

@@ -1,0 +1,106 @@
+//! Devices: list, get, rename, delete (with UIA), delete several.
+
+use axum::extract::State;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::account::require_password;
+use super::v3;
+use crate::AppState;
+use crate::error::{Error, Result};
+use crate::http::extract::{self, Auth, Path};
+use crate::storage::{self, devices::DeviceRow};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route(v3!("/devices"), get(list))
+        .route(v3!("/devices/{device_id}"), get(get_one).put(rename).delete(delete_one))
+        .route(v3!("/delete_devices"), post(delete_many))
+}
+
+fn device_json(d: &DeviceRow) -> Value {
+    json!({
+        "device_id": d.device_id,
+        "display_name": d.display_name,
+        "last_seen_ts": d.last_seen_ts,
+        "last_seen_ip": d.last_seen_ip,
+    })
+}
+
+async fn list(State(state): State<AppState>, Auth(me): Auth) -> Result<Json<Value>> {
+    let devices = storage::devices::list(&state.db, me.user_id.as_str()).await?;
+    Ok(Json(json!({ "devices": devices.iter().map(device_json).collect::<Vec<_>>() })))
+}
+
+async fn get_one(State(state): State<AppState>, Auth(me): Auth, Path(device_id): Path<String>) -> Result<Json<Value>> {
+    let device = storage::devices::get(&state.db, me.user_id.as_str(), &device_id)
+        .await?
+        .ok_or_else(|| Error::not_found("Device not found"))?;
+    Ok(Json(device_json(&device)))
+}
+
+#[derive(Deserialize)]
+struct RenameBody {
+    #[serde(default)]
+    display_name: Option<String>,
+}
+
+async fn rename(
+    State(state): State<AppState>,
+    Auth(me): Auth,
+    Path(device_id): Path<String>,
+    extract::Json(body): extract::Json<RenameBody>,
+) -> Result<Json<Value>> {
+    let mut tx = state.db.begin().await?;
+    let found = storage::devices::rename(&mut tx, me.user_id.as_str(), &device_id, body.display_name.as_deref()).await?;
+    tx.commit().await?;
+    if !found {
+        return Err(Error::not_found("Device not found"));
+    }
+    Ok(Json(json!({})))
+}
+
+#[derive(Deserialize)]
+struct DeleteBody {
+    #[serde(default)]
+    auth: Option<Value>,
+}
+
+async fn delete_one(
+    State(state): State<AppState>,
+    Auth(me): Auth,
+    Path(device_id): Path<String>,
+    extract::Json(body): extract::Json<DeleteBody>,
+) -> Result<Json<Value>> {
+    if storage::devices::get(&state.db, me.user_id.as_str(), &device_id).await?.is_none() {
+        return Err(Error::not_found("Device not found"));
+    }
+    require_password(&state, &me, body.auth.as_ref()).await?;
+    let mut tx = state.db.begin().await?;
+    storage::devices::delete(&mut tx, me.user_id.as_str(), &device_id).await?;
+    tx.commit().await?;
+    Ok(Json(json!({})))
+}
+
+#[derive(Deserialize)]
+struct DeleteManyBody {
+    devices: Vec<String>,
+    #[serde(default)]
+    auth: Option<Value>,
+}
+
+async fn delete_many(
+    State(state): State<AppState>,
+    Auth(me): Auth,
+    extract::Json(body): extract::Json<DeleteManyBody>,
+) -> Result<Json<Value>> {
+    require_password(&state, &me, body.auth.as_ref()).await?;
+    let mut tx = state.db.begin().await?;
+    for device_id in &body.devices {
+        storage::devices::delete(&mut tx, me.user_id.as_str(), device_id).await?;
+    }
+    tx.commit().await?;
+    Ok(Json(json!({})))
+}

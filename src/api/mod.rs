@@ -1,0 +1,4 @@
+//! HTTP handlers, one module per chapter of the spec. Handlers parse, call a service, answer.
+
+pub mod client;
+pub mod federation;

@@ -1,0 +1,329 @@
+//! Configuration: a TOML file (or none), overridden by `PLEXUS_*` environment variables,
+//! validated once at start so that a bad value stops the server with a clear message.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The domain part of every user and room ID of this server, e.g. `example.org`.
+    pub server_name: String,
+    /// Base URL clients use to reach the client API (served in `/.well-known/matrix/client`).
+    /// Defaults to `http://{server_name}`.
+    #[serde(default)]
+    pub public_baseurl: Option<String>,
+    /// Folder for the signing key and media.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub listen: ListenConfig,
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    #[serde(default)]
+    pub registration: RegistrationConfig,
+    #[serde(default)]
+    pub rate_limits: RateLimitConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    /// Address of the client-server (and, without a separate listener, federation) HTTP listener.
+    pub client: SocketAddr,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        Self { client: "127.0.0.1:8008".parse().expect("valid address") }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://PATH` (embedded) or `postgres://user@host/db`.
+    pub url: String,
+    /// Largest number of pooled connections.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self { url: "sqlite://data/plexus.db".into(), max_connections: default_max_connections() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RegistrationMode {
+    /// Anyone may register (UIA with `m.login.dummy`).
+    Open,
+    /// Registration needs a registration token (`m.login.registration_token`).
+    Token,
+    /// Only the CLI, the admin API and shared-secret registration create accounts.
+    #[default]
+    Closed,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrationConfig {
+    #[serde(default)]
+    pub mode: RegistrationMode,
+    /// Secret for shared-secret registration (`/_synapse/admin/v1/register`).
+    #[serde(default)]
+    pub shared_secret: Option<String>,
+    /// Whether `POST /register?kind=guest` creates guest accounts.
+    #[serde(default)]
+    pub allow_guests: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub enabled: bool,
+    /// Sustained requests per second allowed per client address for login and registration.
+    pub per_second: f64,
+    /// Requests allowed in a burst before the sustained rate applies.
+    pub burst: f64,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self { enabled: true, per_second: 0.5, burst: 10.0 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A tracing filter, e.g. `info` or `plexus=debug,info`.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { filter: "info".into() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve Prometheus metrics at `GET /metrics` on the client listener.
+    pub enabled: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest accepted JSON request body, in bytes.
+    pub max_request_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self { max_request_bytes: 1024 * 1024 }
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("data")
+}
+
+fn default_max_connections() -> u32 {
+    16
+}
+
+/// The server name of a generated config and of `plexus serve` with nothing set.
+pub const DEFAULT_SERVER_NAME: &str = "localhost:8008";
+
+impl Config {
+    /// A config with defaults for everything but the server name.
+    pub fn with_server_name(server_name: &str) -> Self {
+        Config {
+            server_name: server_name.to_owned(),
+            public_baseurl: None,
+            data_dir: default_data_dir(),
+            listen: ListenConfig::default(),
+            database: DatabaseConfig::default(),
+            registration: RegistrationConfig::default(),
+            rate_limits: RateLimitConfig::default(),
+            log: LogConfig::default(),
+            metrics: MetricsConfig::default(),
+            limits: LimitsConfig::default(),
+        }
+    }
+
+    /// Reads a TOML file.
+    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+    }
+
+    /// Loads the config for `serve` and the other commands: the file if given, else
+    /// env-only when `PLEXUS_SERVER_NAME` is set, else `./plexus.toml`, generated on first run.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        Self::load_from(file, &|k| std::env::var(k).ok())
+    }
+
+    pub fn load_from(file: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        let mut config = match (file, env("PLEXUS_SERVER_NAME")) {
+            (Some(path), _) => Self::from_file(path)?,
+            (None, Some(name)) => Self::with_server_name(&name),
+            (None, None) => {
+                let path = Path::new("plexus.toml");
+                if !path.exists() {
+                    let generated = Self::generate(DEFAULT_SERVER_NAME);
+                    std::fs::write(path, generated).context("cannot write ./plexus.toml")?;
+                    eprintln!("generated ./plexus.toml for server name {DEFAULT_SERVER_NAME}");
+                }
+                Self::from_file(path)?
+            }
+        };
+        config.apply_env(env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn apply_env(&mut self, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+        if let Some(v) = env("PLEXUS_SERVER_NAME") {
+            self.server_name = v;
+        }
+        if let Some(v) = env("PLEXUS_PUBLIC_BASEURL") {
+            self.public_baseurl = Some(v);
+        }
+        if let Some(v) = env("PLEXUS_LISTEN") {
+            self.listen.client = v.parse().with_context(|| format!("PLEXUS_LISTEN: not an address:port: {v}"))?;
+        }
+        if let Some(v) = env("PLEXUS_DATABASE_URL") {
+            self.database.url = v;
+        }
+        if let Some(v) = env("PLEXUS_DATA_DIR") {
+            self.data_dir = v.into();
+        }
+        if let Some(v) = env("PLEXUS_REGISTRATION") {
+            self.registration.mode = match v.as_str() {
+                "open" => RegistrationMode::Open,
+                "token" => RegistrationMode::Token,
+                "closed" => RegistrationMode::Closed,
+                _ => bail!("PLEXUS_REGISTRATION must be open, token or closed, not {v:?}"),
+            };
+        }
+        if let Some(v) = env("PLEXUS_REGISTRATION_SHARED_SECRET") {
+            self.registration.shared_secret = Some(v).filter(|s| !s.is_empty());
+        }
+        if let Some(v) = env("PLEXUS_RATE_LIMITS") {
+            self.rate_limits.enabled = match v.as_str() {
+                "on" => true,
+                "off" => false,
+                _ => bail!("PLEXUS_RATE_LIMITS must be on or off, not {v:?}"),
+            };
+        }
+        if let Some(v) = env("PLEXUS_LOG") {
+            self.log.filter = v;
+        }
+        if let Some(v) = env("PLEXUS_METRICS") {
+            self.metrics.enabled = match v.as_str() {
+                "on" => true,
+                "off" => false,
+                _ => bail!("PLEXUS_METRICS must be on or off, not {v:?}"),
+            };
+        }
+        Ok(())
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        ruma::ServerName::parse(&self.server_name)
+            .map_err(|e| anyhow::anyhow!("server_name {:?} is not a valid server name: {e}", self.server_name))?;
+        if !(self.database.url.starts_with("sqlite:") || self.database.url.starts_with("postgres")) {
+            bail!("database.url must start with sqlite:// or postgres://, not {:?}", self.database.url);
+        }
+        if let Some(url) = &self.public_baseurl {
+            url::Url::parse(url).with_context(|| format!("public_baseurl {url:?} is not a URL"))?;
+        }
+        if self.rate_limits.enabled && (self.rate_limits.per_second <= 0.0 || self.rate_limits.burst < 1.0) {
+            bail!("rate_limits.per_second must be > 0 and rate_limits.burst >= 1");
+        }
+        if self.database.max_connections == 0 {
+            bail!("database.max_connections must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// The base URL clients are told to use.
+    pub fn base_url(&self) -> String {
+        let url = self.public_baseurl.clone().unwrap_or_else(|| format!("http://{}", self.server_name));
+        url.trim_end_matches('/').to_owned()
+    }
+
+    /// A commented config file for `generate-config`.
+    pub fn generate(server_name: &str) -> String {
+        let secret: String = {
+            use rand::Rng;
+            let bytes: [u8; 24] = rand::thread_rng().r#gen();
+            bytes.iter().map(|b| format!("{b:02x}")).collect()
+        };
+        include_str!("../config/plexus.example.toml")
+            .replace("server_name = \"example.org\"", &format!("server_name = {server_name:?}"))
+            .replace("# shared_secret = \"CHANGE-ME\"", &format!("shared_secret = {secret:?}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn env_only_config() {
+        let env = env_of(&[
+            ("PLEXUS_SERVER_NAME", "127.0.0.1:8480"),
+            ("PLEXUS_LISTEN", "127.0.0.1:8480"),
+            ("PLEXUS_DATABASE_URL", "sqlite:///tmp/x.db"),
+            ("PLEXUS_REGISTRATION", "open"),
+            ("PLEXUS_RATE_LIMITS", "off"),
+        ]);
+        let c = Config::load_from(None, &env).unwrap();
+        assert_eq!(c.server_name, "127.0.0.1:8480");
+        assert_eq!(c.registration.mode, RegistrationMode::Open);
+        assert!(!c.rate_limits.enabled);
+        assert_eq!(c.base_url(), "http://127.0.0.1:8480");
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let env = env_of(&[("PLEXUS_SERVER_NAME", "bad name!")]);
+        assert!(Config::load_from(None, &env).is_err());
+        let env = env_of(&[("PLEXUS_SERVER_NAME", "ok.org"), ("PLEXUS_REGISTRATION", "maybe")]);
+        assert!(Config::load_from(None, &env).is_err());
+        let env = env_of(&[("PLEXUS_SERVER_NAME", "ok.org"), ("PLEXUS_LISTEN", "nowhere")]);
+        assert!(Config::load_from(None, &env).is_err());
+    }
+
+    #[test]
+    fn generated_config_parses() {
+        let text = Config::generate("chat.example.com");
+        let c: Config = toml::from_str(&text).unwrap();
+        assert_eq!(c.server_name, "chat.example.com");
+        assert!(c.registration.shared_secret.is_some());
+        c.validate().unwrap();
+    }
+}

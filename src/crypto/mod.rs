@@ -1,0 +1,3 @@
+//! Cryptographic identity of the server.
+
+pub mod keys;

@@ -1,0 +1,80 @@
+//! Plexus, a Matrix homeserver.
+//!
+//! Layering: `api` (HTTP handlers, thin) -> services (`accounts`, ...) -> `storage` (all SQL).
+
+pub mod accounts;
+pub mod api;
+pub mod config;
+pub mod crypto;
+pub mod error;
+pub mod http;
+pub mod storage;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::ops::Deref;
+use std::sync::{Arc, OnceLock};
+
+use anyhow::Context;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+
+use crate::accounts::uia::UiaSessions;
+use crate::config::Config;
+use crate::crypto::keys::ServerKey;
+use crate::http::rate_limit::RateLimiter;
+use crate::storage::Db;
+
+/// Everything a request handler may use, built once from the config.
+pub struct Services {
+    pub config: Config,
+    pub db: Db,
+    pub server_key: ServerKey,
+    pub uia: UiaSessions,
+    pub rate_limiter: RateLimiter,
+    pub metrics: Option<PrometheusHandle>,
+}
+
+/// Shared state of the HTTP handlers.
+#[derive(Clone)]
+pub struct AppState(Arc<Services>);
+
+impl Deref for AppState {
+    type Target = Services;
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+impl AppState {
+    /// Opens the database (applying migrations) and loads or creates the signing key.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let db = Db::connect(&config.database.url, config.database.max_connections).await?;
+        let server_key = ServerKey::load_or_generate(&config.data_dir)?;
+        let metrics = config.metrics.enabled.then(prometheus_handle).transpose()?;
+        Ok(AppState(Arc::new(Services {
+            rate_limiter: RateLimiter::new(config.rate_limits.clone()),
+            uia: UiaSessions::default(),
+            config,
+            db,
+            server_key,
+            metrics,
+        })))
+    }
+}
+
+/// The process-wide Prometheus recorder (metrics macros report to one global recorder).
+fn prometheus_handle() -> anyhow::Result<PrometheusHandle> {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
+    }
+    let handle = PrometheusBuilder::new().install_recorder().context("cannot install the metrics recorder")?;
+    Ok(HANDLE.get_or_init(|| handle).clone())
+}
+
+/// Serves the HTTP API on `listener` until `shutdown` completes.
+pub async fn run(state: AppState, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("HTTP server failed")
+}

@@ -1,0 +1,114 @@
+//! Storage: the only place with SQL. One `Db` over SQLite or PostgreSQL through sqlx's
+//! `Any` driver; queries use `$N` placeholders and SQL both dialects accept.
+
+pub mod account_data;
+pub mod devices;
+pub mod filters;
+pub mod registration_tokens;
+pub mod users;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, Executor};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbKind {
+    Sqlite,
+    Postgres,
+}
+
+/// The database. SQLite allows one writer at a time, so writes go through a pool of one
+/// connection there (no `SQLITE_BUSY` on lock upgrades); on PostgreSQL both pools are one.
+#[derive(Clone, Debug)]
+pub struct Db {
+    pub kind: DbKind,
+    read: AnyPool,
+    write: AnyPool,
+}
+
+pub type Tx = sqlx::Transaction<'static, sqlx::Any>;
+
+impl Db {
+    pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Self> {
+        sqlx::any::install_default_drivers();
+        if url.starts_with("sqlite:") {
+            let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
+            let path = path.split('?').next().unwrap_or(path);
+            if let Some(parent) = std::path::Path::new(path).parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("cannot create database folder {}", parent.display()))?;
+            }
+            let url = if url.contains('?') { url.to_owned() } else { format!("{url}?mode=rwc") };
+            let options = AnyConnectOptions::from_str(&url).context("invalid database URL")?;
+            let pool = |max: u32| {
+                AnyPoolOptions::new()
+                    .max_connections(max)
+                    .acquire_timeout(Duration::from_secs(30))
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            conn.execute(
+                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                                 PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
+                            )
+                            .await?;
+                            Ok(())
+                        })
+                    })
+                    .connect_with(options.clone())
+            };
+            let write = pool(1).await.with_context(|| format!("cannot open database {url}"))?;
+            let db = Db { kind: DbKind::Sqlite, read: pool(max_connections).await?, write };
+            sqlx::migrate!("migrations/sqlite").run(&db.write).await.context("database migration failed")?;
+            Ok(db)
+        } else {
+            let options = AnyConnectOptions::from_str(url).context("invalid database URL")?;
+            let pool = AnyPoolOptions::new()
+                .max_connections(max_connections)
+                .acquire_timeout(Duration::from_secs(30))
+                .connect_with(options)
+                .await
+                .with_context(|| format!("cannot connect to database {url}"))?;
+            sqlx::migrate!("migrations/postgres").run(&pool).await.context("database migration failed")?;
+            Ok(Db { kind: DbKind::Postgres, read: pool.clone(), write: pool })
+        }
+    }
+
+    /// Pool for reads.
+    pub fn read(&self) -> &AnyPool {
+        &self.read
+    }
+
+    /// Starts a transaction for writes.
+    pub async fn begin(&self) -> sqlx::Result<Tx> {
+        self.write.begin().await
+    }
+}
+
+/// Takes the next position of the global stream, inside the writing transaction, so that
+/// positions become visible in the order they were taken (the row stays locked until commit).
+pub async fn next_stream_pos(tx: &mut Tx) -> sqlx::Result<i64> {
+    sqlx::query_scalar("UPDATE stream_counter SET value = value + 1 WHERE id = 1 RETURNING value")
+        .fetch_one(&mut **tx)
+        .await
+}
+
+/// The highest stream position taken and committed so far.
+pub async fn current_stream_pos(db: &Db) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT value FROM stream_counter WHERE id = 1").fetch_one(db.read()).await
+}
+
+/// Whether an error is a unique-key violation (a row that already exists).
+pub fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
