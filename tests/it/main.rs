@@ -1,0 +1,7 @@
+//! The one integration-test binary: every module drives real Plexus servers over HTTP.
+//! Database: SQLite in a temp dir, or PostgreSQL when PLEXUS_TEST_DATABASE_URL is set
+//! (a server URL such as postgres://postgres@127.0.0.1:5432; each server gets a fresh database).
+
+mod harness;
+
+mod accounts;
