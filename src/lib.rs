@@ -74,7 +74,11 @@ fn prometheus_handle() -> anyhow::Result<PrometheusHandle> {
 }
 
 /// Serves the HTTP API on `listener` until `shutdown` completes.
-pub async fn run(state: AppState, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    state: AppState,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("HTTP server failed")
 }

@@ -72,7 +72,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn init_tracing(filter: &str) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter).with_context(|| format!("invalid log filter {filter:?}"))?;
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(filter).with_context(|| format!("invalid log filter {filter:?}"))?;
     tracing_subscriber::fmt().with_env_filter(filter).init();
     Ok(())
 }
@@ -123,8 +124,8 @@ fn read_password(file: Option<PathBuf>) -> anyhow::Result<String> {
 }
 
 async fn register_user(config: Config, name: &str, password: &str, admin: bool) -> anyhow::Result<()> {
-    let user_id = plexus::accounts::validate_new_localpart(name, &config.server_name)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let user_id =
+        plexus::accounts::validate_new_localpart(name, &config.server_name).map_err(|e| anyhow::anyhow!("{e}"))?;
     let db = plexus::storage::Db::connect(&config.database.url, 1).await?;
     plexus::accounts::create_account(&db, &user_id, Some(password), admin, false, None)
         .await

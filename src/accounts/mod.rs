@@ -121,7 +121,8 @@ pub async fn open_session(
 /// Exchanges a refresh token for a new access token and refresh token.
 pub async fn refresh(db: &Db, refresh_token: &str) -> Result<Session> {
     let mut tx = db.begin().await?;
-    let Some((user_id, device_id)) = storage::devices::take_refresh_token(&mut tx, &tokens::hash(refresh_token)).await?
+    let Some((user_id, device_id)) =
+        storage::devices::take_refresh_token(&mut tx, &tokens::hash(refresh_token)).await?
     else {
         return Err(Error::unknown_token(true));
     };

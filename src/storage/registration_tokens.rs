@@ -45,17 +45,21 @@ pub async fn create(tx: &mut Tx, token: &str, uses_allowed: Option<i64>, expiry_
 }
 
 pub async fn get(db: &Db, token: &str) -> sqlx::Result<Option<RegistrationToken>> {
-    let row = sqlx::query("SELECT token, uses_allowed, pending, completed, expiry_ts FROM registration_tokens WHERE token = $1")
-        .bind(token)
-        .fetch_optional(db.read())
-        .await?;
+    let row = sqlx::query(
+        "SELECT token, uses_allowed, pending, completed, expiry_ts FROM registration_tokens WHERE token = $1",
+    )
+    .bind(token)
+    .fetch_optional(db.read())
+    .await?;
     row.as_ref().map(from_row).transpose()
 }
 
 pub async fn list(db: &Db) -> sqlx::Result<Vec<RegistrationToken>> {
-    let rows = sqlx::query("SELECT token, uses_allowed, pending, completed, expiry_ts FROM registration_tokens ORDER BY token")
-        .fetch_all(db.read())
-        .await?;
+    let rows = sqlx::query(
+        "SELECT token, uses_allowed, pending, completed, expiry_ts FROM registration_tokens ORDER BY token",
+    )
+    .fetch_all(db.read())
+    .await?;
     rows.iter().map(from_row).collect()
 }
 
@@ -69,9 +73,6 @@ pub async fn mark_used(tx: &mut Tx, token: &str) -> sqlx::Result<()> {
 }
 
 pub async fn delete(tx: &mut Tx, token: &str) -> sqlx::Result<bool> {
-    let res = sqlx::query("DELETE FROM registration_tokens WHERE token = $1")
-        .bind(token)
-        .execute(&mut **tx)
-        .await?;
+    let res = sqlx::query("DELETE FROM registration_tokens WHERE token = $1").bind(token).execute(&mut **tx).await?;
     Ok(res.rows_affected() == 1)
 }

@@ -62,10 +62,8 @@ pub async fn get(db: &Db, user_id: &str) -> sqlx::Result<Option<UserRow>> {
 }
 
 pub async fn exists(db: &Db, user_id: &str) -> sqlx::Result<bool> {
-    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE user_id = $1")
-        .bind(user_id)
-        .fetch_one(db.read())
-        .await?;
+    let n: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE user_id = $1").bind(user_id).fetch_one(db.read()).await?;
     Ok(n > 0)
 }
 

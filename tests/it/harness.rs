@@ -31,7 +31,8 @@ async fn fresh_database(dir: &std::path::Path) -> String {
             use sqlx::Connection;
             let name = format!("plexus_it_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst));
             let server = server.trim_end_matches('/');
-            let mut conn = sqlx::PgConnection::connect(&format!("{server}/postgres")).await.expect("connect to PostgreSQL");
+            let mut conn =
+                sqlx::PgConnection::connect(&format!("{server}/postgres")).await.expect("connect to PostgreSQL");
             sqlx::Executor::execute(&mut conn, sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name}")))
                 .await
                 .expect("drop database");
@@ -183,7 +184,8 @@ pub struct TestUser {
 
 impl TestUser {
     pub async fn request(&self, method: Method, path: &str, body: Option<&Value>) -> Reply {
-        let mut req = self.server.client.request(method, format!("{}{path}", self.server.base)).bearer_auth(&self.token);
+        let mut req =
+            self.server.client.request(method, format!("{}{path}", self.server.base)).bearer_auth(&self.token);
         if let Some(b) = body {
             req = req.json(b);
         }

@@ -54,7 +54,8 @@ async fn rename(
     extract::Json(body): extract::Json<RenameBody>,
 ) -> Result<Json<Value>> {
     let mut tx = state.db.begin().await?;
-    let found = storage::devices::rename(&mut tx, me.user_id.as_str(), &device_id, body.display_name.as_deref()).await?;
+    let found =
+        storage::devices::rename(&mut tx, me.user_id.as_str(), &device_id, body.display_name.as_deref()).await?;
     tx.commit().await?;
     if !found {
         return Err(Error::not_found("Device not found"));

@@ -28,7 +28,8 @@ async fn create(
         return Err(Error::forbidden("Cannot create filters for other users"));
     }
     // Validate against the spec's filter shape; the filter is kept as the client sent it.
-    serde_json::from_value::<FilterDefinition>(filter.clone()).map_err(|e| Error::bad_json(format!("Invalid filter: {e}")))?;
+    serde_json::from_value::<FilterDefinition>(filter.clone())
+        .map_err(|e| Error::bad_json(format!("Invalid filter: {e}")))?;
     let mut tx = state.db.begin().await?;
     let id = storage::filters::create(&mut tx, me.user_id.as_str(), &filter.to_string()).await?;
     tx.commit().await?;

@@ -82,7 +82,11 @@ async fn login(
     if let Some(row) = storage::users::get(&state.db, user_id.as_str()).await?
         && row.deactivated
     {
-        return Err(Error::matrix(http::StatusCode::FORBIDDEN, "M_USER_DEACTIVATED", "This account has been deactivated"));
+        return Err(Error::matrix(
+            http::StatusCode::FORBIDDEN,
+            "M_USER_DEACTIVATED",
+            "This account has been deactivated",
+        ));
     }
     if !accounts::check_password(&state.db, &user_id, password).await? {
         return Err(invalid());
@@ -121,7 +125,10 @@ struct RefreshBody {
     refresh_token: String,
 }
 
-async fn refresh(State(state): State<AppState>, extract::Json(body): extract::Json<RefreshBody>) -> Result<Json<Value>> {
+async fn refresh(
+    State(state): State<AppState>,
+    extract::Json(body): extract::Json<RefreshBody>,
+) -> Result<Json<Value>> {
     let session = accounts::refresh(&state.db, &body.refresh_token).await?;
     Ok(Json(json!({
         "access_token": session.access_token,

@@ -43,7 +43,10 @@ async fn profile(State(state): State<AppState>, Path(user_id): Path<String>) -> 
     Ok(Json(profile_json(&row)))
 }
 
-async fn get_field(State(state): State<AppState>, Path((user_id, field)): Path<(String, String)>) -> Result<Json<Value>> {
+async fn get_field(
+    State(state): State<AppState>,
+    Path((user_id, field)): Path<(String, String)>,
+) -> Result<Json<Value>> {
     let row = load(&state, &user_id).await?;
     let value = match field.as_str() {
         "displayname" => row.displayname,

@@ -10,9 +10,8 @@ use crate::AppState;
 use crate::http::extract::Auth;
 
 /// Spec versions whose client-server API this server speaks.
-const SPEC_VERSIONS: &[&str] = &[
-    "r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10", "v1.11", "v1.12",
-];
+const SPEC_VERSIONS: &[&str] =
+    &["r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10", "v1.11", "v1.12"];
 
 pub fn router() -> Router<AppState> {
     Router::new()

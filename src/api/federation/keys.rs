@@ -13,7 +13,9 @@ use crate::error::{Error, Result};
 const VALIDITY_MS: i64 = 7 * 24 * 3600 * 1000;
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/_matrix/key/v2/server", get(server_keys)).route("/_matrix/key/v2/server/{key_id}", get(server_keys))
+    Router::new()
+        .route("/_matrix/key/v2/server", get(server_keys))
+        .route("/_matrix/key/v2/server/{key_id}", get(server_keys))
 }
 
 async fn server_keys(State(state): State<AppState>) -> Result<Json<Value>> {
