@@ -9,6 +9,7 @@ pub mod crypto;
 pub mod error;
 pub mod http;
 pub mod storage;
+pub mod sync;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -24,6 +25,7 @@ use crate::config::Config;
 use crate::crypto::keys::ServerKey;
 use crate::http::rate_limit::RateLimiter;
 use crate::storage::Db;
+use crate::sync::notifier::Notifier;
 
 /// Everything a request handler may use, built once from the config.
 pub struct Services {
@@ -33,6 +35,7 @@ pub struct Services {
     pub uia: UiaSessions,
     pub rate_limiter: RateLimiter,
     pub metrics: Option<PrometheusHandle>,
+    pub notifier: Notifier,
 }
 
 /// Shared state of the HTTP handlers.
@@ -55,6 +58,7 @@ impl AppState {
         Ok(AppState(Arc::new(Services {
             rate_limiter: RateLimiter::new(config.rate_limits.clone()),
             uia: UiaSessions::default(),
+            notifier: Notifier::default(),
             config,
             db,
             server_key,

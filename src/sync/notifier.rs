@@ -1,0 +1,54 @@
+//! Wake-ups: each user has a watch channel whose value changes whenever something new for
+//! them was committed. A long-poll subscribes *before* it looks for news, then waits on the
+//! channel, so nothing committed in between is missed and only the users concerned wake.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use ruma::{OwnedUserId, UserId};
+use tokio::sync::watch;
+
+#[derive(Default)]
+pub struct Notifier {
+    users: Mutex<HashMap<OwnedUserId, watch::Sender<u64>>>,
+}
+
+impl Notifier {
+    /// A receiver that changes when `user` is notified.
+    pub fn subscribe(&self, user: &UserId) -> watch::Receiver<u64> {
+        let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        users.entry(user.to_owned()).or_insert_with(|| watch::channel(0).0).subscribe()
+    }
+
+    /// Wakes every pending long-poll of these users. Call after the change is committed.
+    pub fn notify<'a>(&self, users: impl IntoIterator<Item = &'a UserId>) {
+        let mut map = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        for user in users {
+            if let Some(tx) = map.get(user) {
+                if tx.receiver_count() == 0 {
+                    map.remove(user);
+                } else {
+                    tx.send_modify(|v| *v = v.wrapping_add(1));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ruma::user_id;
+
+    #[tokio::test]
+    async fn wakes_only_the_named_user() {
+        let n = Notifier::default();
+        let mut alice = n.subscribe(user_id!("@alice:x"));
+        let mut bob = n.subscribe(user_id!("@bob:x"));
+        n.notify([user_id!("@alice:x")]);
+        assert!(alice.has_changed().unwrap());
+        assert!(!bob.has_changed().unwrap());
+        alice.changed().await.unwrap();
+        bob.mark_unchanged();
+    }
+}
