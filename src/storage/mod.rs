@@ -3,8 +3,11 @@
 
 pub mod account_data;
 pub mod devices;
+pub mod events;
 pub mod filters;
 pub mod registration_tokens;
+pub mod rooms;
+pub mod state;
 pub mod users;
 
 use std::str::FromStr;

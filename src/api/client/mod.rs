@@ -7,6 +7,7 @@ mod filter;
 mod login;
 mod profile;
 mod register;
+pub(crate) mod rooms;
 mod user_directory;
 mod versions;
 
@@ -33,4 +34,5 @@ pub fn router() -> Router<AppState> {
         .merge(account_data::router())
         .merge(filter::router())
         .merge(user_directory::router())
+        .merge(rooms::router())
 }

@@ -41,12 +41,7 @@ async fn capabilities(State(_state): State<AppState>, Auth(_): Auth) -> Json<Val
             "m.set_avatar_url": { "enabled": true },
             "m.3pid_changes": { "enabled": false },
             "m.get_login_token": { "enabled": false },
-            "m.room_versions": crate::api::client::versions::room_versions(),
+            "m.room_versions": crate::rooms::versions::capability(),
         }
     }))
-}
-
-/// The `m.room_versions` capability.
-pub fn room_versions() -> Value {
-    json!({ "default": "10", "available": { "10": "stable" } })
 }

@@ -1,0 +1,100 @@
+//! Events as clients see them, and the content checks of known state events.
+
+use ruma::events::TimelineEventType;
+use serde_json::{Value, json};
+
+use super::pdu::Pdu;
+use crate::Services;
+use crate::error::{Error, Result};
+use crate::storage;
+
+/// Rejects malformed content of state events whose shape the spec defines (400 `M_BAD_JSON`).
+pub fn validate_content(kind: &TimelineEventType, content: &Value) -> Result<()> {
+    use ruma::events::room;
+    if !content.is_object() {
+        return Err(Error::bad_json("Event content must be a JSON object"));
+    }
+    fn check<T: serde::de::DeserializeOwned>(content: &Value) -> Result<()> {
+        serde_json::from_value::<T>(content.clone())
+            .map(|_| ())
+            .map_err(|e| Error::bad_json(format!("Invalid content: {e}")))
+    }
+    match kind {
+        TimelineEventType::RoomName => check::<room::name::RoomNameEventContent>(content),
+        TimelineEventType::RoomTopic => check::<room::topic::RoomTopicEventContent>(content),
+        TimelineEventType::RoomJoinRules => check::<room::join_rules::RoomJoinRulesEventContent>(content),
+        TimelineEventType::RoomHistoryVisibility => {
+            check::<room::history_visibility::RoomHistoryVisibilityEventContent>(content)
+        }
+        TimelineEventType::RoomGuestAccess => check::<room::guest_access::RoomGuestAccessEventContent>(content),
+        TimelineEventType::RoomPowerLevels => check::<room::power_levels::RoomPowerLevelsEventContent>(content),
+        TimelineEventType::RoomMember => check::<room::member::RoomMemberEventContent>(content),
+        TimelineEventType::RoomCanonicalAlias => {
+            check::<room::canonical_alias::RoomCanonicalAliasEventContent>(content)
+        }
+        TimelineEventType::RoomAvatar => check::<room::avatar::RoomAvatarEventContent>(content),
+        TimelineEventType::RoomEncryption => check::<room::encryption::RoomEncryptionEventContent>(content),
+        TimelineEventType::RoomTombstone => check::<room::tombstone::RoomTombstoneEventContent>(content),
+        TimelineEventType::RoomServerAcl => check::<room::server_acl::RoomServerAclEventContent>(content),
+        _ => Ok(()),
+    }
+}
+
+/// Who is looking: `unsigned.transaction_id` is shown to the sending device only.
+#[derive(Clone, Copy)]
+pub struct Viewer<'a> {
+    pub user_id: &'a str,
+    pub device_id: &'a str,
+}
+
+/// The client format of an event, with `unsigned.age`, the sender's `transaction_id`,
+/// and (when `bundle`) the aggregations of `m.relations` (thread summaries, edits).
+pub async fn client_event(svc: &Services, pdu: &Pdu, viewer: Option<Viewer<'_>>, bundle: bool) -> Result<Value> {
+    let mut event = pdu.to_client();
+    let age = crate::storage::now_ms() - i64::from(pdu.origin_server_ts.0);
+    let mut unsigned = match event.get("unsigned") {
+        Some(Value::Object(u)) => u.clone(),
+        _ => serde_json::Map::new(),
+    };
+    unsigned.insert("age".into(), json!(age.max(0)));
+    if let Some(v) = viewer
+        && v.user_id == pdu.sender.as_str()
+        && let Some(txn) = storage::events::txn_of_event(&svc.db, pdu.event_id.as_str(), v.user_id, v.device_id).await?
+    {
+        unsigned.insert("transaction_id".into(), json!(txn));
+    }
+    if bundle && let Some(relations) = bundled_relations(svc, pdu, viewer).await? {
+        unsigned.insert("m.relations".into(), relations);
+    }
+    event["unsigned"] = Value::Object(unsigned);
+    Ok(event)
+}
+
+/// The thread summary of a thread root (`m.thread`: latest event, count, participation).
+async fn bundled_relations(svc: &Services, pdu: &Pdu, viewer: Option<Viewer<'_>>) -> Result<Option<Value>> {
+    let relations = storage::events::relations(&svc.db, pdu.event_id.as_str()).await?;
+    let thread: Vec<&(String, String, i64)> = relations.iter().filter(|(_, t, _)| t == "m.thread").collect();
+    let Some((latest_id, _, _)) = thread.last() else { return Ok(None) };
+    let latest_id = ruma::OwnedEventId::try_from(latest_id.as_str()).map_err(|e| Error::Internal(e.into()))?;
+    let Some(latest) = super::get_pdu(svc, &latest_id).await? else { return Ok(None) };
+    let mut participated = viewer.is_some_and(|v| v.user_id == pdu.sender.as_str());
+    if let Some(v) = viewer
+        && !participated
+    {
+        for (id, _, _) in &thread {
+            let id = ruma::OwnedEventId::try_from(id.as_str()).map_err(|e| Error::Internal(e.into()))?;
+            if super::get_pdu(svc, &id).await?.is_some_and(|p| p.sender.as_str() == v.user_id) {
+                participated = true;
+                break;
+            }
+        }
+    }
+    let latest_event = Box::pin(client_event(svc, &latest, viewer, false)).await?;
+    Ok(Some(json!({
+        "m.thread": {
+            "latest_event": latest_event,
+            "count": thread.len(),
+            "current_user_participated": participated,
+        }
+    })))
+}

@@ -1,0 +1,469 @@
+//! Rooms as event DAGs: build, hash, sign and authorise events, keep the state at every
+//! event, and append to the timeline. The one place where events enter a room.
+
+pub mod create;
+pub mod format;
+pub mod pdu;
+pub mod power;
+pub mod state;
+pub mod versions;
+pub mod visibility;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use ruma::events::{StateEventType, TimelineEventType};
+use ruma::room_version_rules::{EventIdFormatVersion, EventsReferenceFormatVersion, RoomVersionRules};
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId,
+    UserId,
+};
+use serde_json::{Value, json};
+
+use self::pdu::Pdu;
+use self::state::StateMap;
+use crate::Services;
+use crate::error::{Error, Result};
+use crate::storage::{self, events::NewEvent, rooms::StateChange};
+
+/// Largest PDU, in bytes of canonical JSON (spec).
+pub const MAX_PDU_BYTES: usize = 65_536;
+
+/// Caches of immutable data (state groups, events) and the per-room write locks.
+#[derive(Default)]
+pub struct Rooms {
+    locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
+    pub(crate) state_cache: Mutex<HashMap<i64, Arc<StateMap>>>,
+    event_cache: Mutex<HashMap<OwnedEventId, Arc<Pdu>>>,
+}
+
+const CACHE_LIMIT: usize = 20_000;
+
+impl Rooms {
+    fn lock_for(&self, room_id: &RoomId) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+        locks.entry(room_id.to_owned()).or_default().clone()
+    }
+
+    fn cached_event(&self, event_id: &EventId) -> Option<Arc<Pdu>> {
+        self.event_cache.lock().unwrap_or_else(|e| e.into_inner()).get(event_id).cloned()
+    }
+
+    fn cache_event(&self, pdu: Arc<Pdu>) {
+        let mut cache = self.event_cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= CACHE_LIMIT {
+            cache.clear();
+        }
+        cache.insert(pdu.event_id.clone(), pdu);
+    }
+
+    fn forget_event(&self, event_id: &EventId) {
+        self.event_cache.lock().unwrap_or_else(|e| e.into_inner()).remove(event_id);
+    }
+}
+
+/// An event a local user wants to send.
+#[derive(Debug, Clone)]
+pub struct Draft {
+    pub kind: TimelineEventType,
+    pub state_key: Option<String>,
+    pub content: Value,
+}
+
+impl Draft {
+    pub fn state(kind: impl Into<TimelineEventType>, state_key: impl Into<String>, content: Value) -> Self {
+        Draft { kind: kind.into(), state_key: Some(state_key.into()), content }
+    }
+
+    pub fn message(kind: impl Into<TimelineEventType>, content: Value) -> Self {
+        Draft { kind: kind.into(), state_key: None, content }
+    }
+}
+
+/// Loads an event by ID (cached).
+pub async fn get_pdu(svc: &Services, event_id: &EventId) -> Result<Option<Arc<Pdu>>> {
+    if let Some(pdu) = svc.rooms.cached_event(event_id) {
+        return Ok(Some(pdu));
+    }
+    let Some(stored) = storage::events::get(&svc.db, event_id.as_str()).await? else {
+        return Ok(None);
+    };
+    let room_id = RoomId::parse(&stored.room_id).map_err(|e| Error::Internal(e.into()))?;
+    let mut pdu = Pdu::parse(event_id.to_owned(), &stored.json, Some(&room_id))
+        .map_err(|e| Error::Internal(anyhow::anyhow!(e)))?;
+    pdu.rejected = stored.rejected;
+    let pdu = Arc::new(pdu);
+    svc.rooms.cache_event(pdu.clone());
+    Ok(Some(pdu))
+}
+
+/// The version of a room this server knows, or 404 `M_NOT_FOUND`.
+pub async fn room_version(svc: &Services, room_id: &RoomId) -> Result<RoomVersionId> {
+    let (version, _) =
+        storage::rooms::get(&svc.db, room_id.as_str()).await?.ok_or_else(|| Error::not_found("Unknown room"))?;
+    RoomVersionId::try_from(version).map_err(|e| Error::Internal(e.into()))
+}
+
+/// The current state of a room.
+pub async fn current_state(svc: &Services, room_id: &RoomId) -> Result<Arc<StateMap>> {
+    let (_, group) =
+        storage::rooms::get(&svc.db, room_id.as_str()).await?.ok_or_else(|| Error::not_found("Unknown room"))?;
+    match group {
+        Some(g) => state::load(svc, g).await,
+        None => Ok(Arc::default()),
+    }
+}
+
+/// The event of a state entry in a state map.
+pub async fn state_pdu(svc: &Services, state: &StateMap, kind: &StateEventType, key: &str) -> Result<Option<Arc<Pdu>>> {
+    match state.get(&(kind.clone(), key.to_owned())) {
+        Some(id) => get_pdu(svc, id).await,
+        None => Ok(None),
+    }
+}
+
+/// A user's membership in a state map ("leave" when absent).
+pub async fn membership_in(svc: &Services, state: &StateMap, user: &UserId) -> Result<String> {
+    Ok(state_pdu(svc, state, &StateEventType::RoomMember, user.as_str())
+        .await?
+        .and_then(|p| p.content_str("membership"))
+        .unwrap_or_else(|| "leave".to_owned()))
+}
+
+/// Sends an event from a local user into an existing room: authorise it against the
+/// room's current state, sign it, append it, wake the users concerned.
+/// `txn` = (device, transaction ID) makes the send idempotent.
+pub async fn send(
+    svc: &Services,
+    room_id: &RoomId,
+    sender: &UserId,
+    draft: Draft,
+    txn: Option<(&str, &str)>,
+) -> Result<OwnedEventId> {
+    let lock = svc.rooms.lock_for(room_id);
+    let _guard = lock.lock().await;
+    if let Some((device, txn_id)) = txn
+        && let Some(existing) =
+            storage::events::txn_event(&svc.db, sender.as_str(), device, room_id.as_str(), txn_id).await?
+    {
+        return OwnedEventId::try_from(existing).map_err(|e| Error::Internal(e.into()));
+    }
+    let (version, group) =
+        storage::rooms::get(&svc.db, room_id.as_str()).await?.ok_or_else(|| Error::not_found("Unknown room"))?;
+    let version = RoomVersionId::try_from(version).map_err(|e| Error::Internal(e.into()))?;
+    let state_before = match group {
+        Some(g) => state::load(svc, g).await?,
+        None => return Err(Error::Internal(anyhow::anyhow!("room {room_id} has no state"))),
+    };
+    let mut prevs = Vec::new();
+    for id in storage::rooms::extremities(&svc.db, room_id.as_str()).await? {
+        let id = OwnedEventId::try_from(id).map_err(|e| Error::Internal(e.into()))?;
+        prevs.push(get_pdu(svc, &id).await?.ok_or_else(|| Error::Internal(anyhow::anyhow!("missing extremity {id}")))?);
+    }
+    let built = build(svc, &version, Some(room_id), sender, &draft, &prevs, &state_before).await?;
+    append_local(svc, built, &state_before, group, txn.map(|(d, t)| (sender, d, t))).await
+}
+
+/// Creates a room by sending its `m.room.create` event; returns the room ID (derived from
+/// the event in room version 12).
+pub async fn send_create(
+    svc: &Services,
+    version: &RoomVersionId,
+    sender: &UserId,
+    content: Value,
+) -> Result<OwnedRoomId> {
+    let rules = versions::rules(version)?;
+    let room_id = if rules.authorization.room_create_event_id_as_room_id {
+        None
+    } else {
+        Some(ruma::RoomId::new_v1(
+            svc.config.server_name.as_str().try_into().map_err(|e: ruma::IdParseError| Error::Internal(e.into()))?,
+        ))
+    };
+    let draft = Draft::state(TimelineEventType::RoomCreate, "", content);
+    let empty = StateMap::new();
+    let built = build(svc, version, room_id.as_deref(), sender, &draft, &[], &empty).await?;
+    let room_id = built.pdu.room_id.clone();
+    let mut tx = svc.db.begin().await?;
+    storage::rooms::create(&mut tx, room_id.as_str(), version.as_str(), sender.as_str()).await?;
+    tx.commit().await?;
+    let lock = svc.rooms.lock_for(&room_id);
+    let _guard = lock.lock().await;
+    append_local(svc, built, &empty, None, None).await?;
+    Ok(room_id)
+}
+
+/// A signed, authorised event ready to append.
+struct Built {
+    pdu: Pdu,
+    rules: RoomVersionRules,
+}
+
+/// Builds, hashes, signs and authorises an event against `state_before`.
+async fn build(
+    svc: &Services,
+    version: &RoomVersionId,
+    room_id: Option<&RoomId>,
+    sender: &UserId,
+    draft: &Draft,
+    prevs: &[Arc<Pdu>],
+    state_before: &StateMap,
+) -> Result<Built> {
+    let rules = versions::rules(version)?;
+    format::validate_content(&draft.kind, &draft.content)?;
+    let content_raw = serde_json::value::to_raw_value(&draft.content).map_err(|e| Error::Internal(e.into()))?;
+    let auth_types = ruma::state_res::auth_types_for_event(
+        &draft.kind,
+        sender,
+        draft.state_key.as_deref(),
+        &content_raw,
+        &rules.authorization,
+    )
+    .map_err(Error::bad_json)?;
+
+    // The state entries the auth rules may look at, loaded up front (the checks are sync).
+    let mut auth_state: HashMap<(StateEventType, String), Arc<Pdu>> = HashMap::new();
+    let mut wanted = auth_types.clone();
+    wanted.push((StateEventType::RoomCreate, String::new()));
+    for key in wanted {
+        if let Some(id) = state_before.get(&key)
+            && let Some(pdu) = get_pdu(svc, id).await?
+        {
+            auth_state.insert(key, pdu);
+        }
+    }
+    let auth_events: Vec<Arc<Pdu>> = auth_types.iter().filter_map(|k| auth_state.get(k).cloned()).collect();
+
+    let depth = prevs.iter().map(|p| p.depth).max().unwrap_or(0).saturating_add(1).min(ruma::UInt::MAX.into());
+    let mut object = CanonicalJsonObject::new();
+    let reference = |p: &Arc<Pdu>| -> Result<CanonicalJsonValue> {
+        Ok(match rules.events_reference_format {
+            EventsReferenceFormatVersion::V1 => {
+                let hash = ruma::signatures::reference_hash(&p.canonical_object().map_err(anyhow::Error::msg)?, &rules)
+                    .map_err(|e| Error::Internal(e.into()))?;
+                CanonicalJsonValue::Array(vec![
+                    CanonicalJsonValue::String(p.event_id.to_string()),
+                    CanonicalJsonValue::Object([("sha256".to_owned(), CanonicalJsonValue::String(hash))].into()),
+                ])
+            }
+            _ => CanonicalJsonValue::String(p.event_id.to_string()),
+        })
+    };
+    let auth_refs = auth_events.iter().map(reference).collect::<Result<Vec<_>>>()?;
+    let prev_refs = prevs.iter().map(reference).collect::<Result<Vec<_>>>()?;
+    object.insert("auth_events".into(), CanonicalJsonValue::Array(auth_refs));
+    object.insert("prev_events".into(), CanonicalJsonValue::Array(prev_refs));
+    let mut content = draft.content.clone();
+    if draft.kind == TimelineEventType::RoomRedaction
+        && !rules.redaction.content_field_redacts
+        && let Some(obj) = content.as_object_mut()
+    {
+        // Before room version 11 the target is a top-level key, not part of the content.
+        obj.remove("redacts");
+    }
+    let content = CanonicalJsonValue::try_from(content).map_err(|e| Error::bad_json(e.to_string()))?;
+    object.insert("content".into(), content);
+    object.insert("depth".into(), CanonicalJsonValue::Integer(ruma::Int::try_from(depth).unwrap_or(ruma::Int::MAX)));
+    let now = ruma::MilliSecondsSinceUnixEpoch::now();
+    object.insert("origin_server_ts".into(), CanonicalJsonValue::Integer(now.0.into()));
+    if !rules.authorization.use_room_create_sender {
+        // Room versions before 11 carry the origin server.
+        object.insert("origin".into(), CanonicalJsonValue::String(svc.config.server_name.clone()));
+    }
+    if let Some(room_id) = room_id {
+        object.insert("room_id".into(), CanonicalJsonValue::String(room_id.to_string()));
+    }
+    object.insert("sender".into(), CanonicalJsonValue::String(sender.to_string()));
+    object.insert("type".into(), CanonicalJsonValue::String(draft.kind.to_string()));
+    if let Some(key) = &draft.state_key {
+        object.insert("state_key".into(), CanonicalJsonValue::String(key.clone()));
+    }
+    if draft.kind == TimelineEventType::RoomRedaction
+        && !rules.redaction.content_field_redacts
+        && let Some(target) = draft.content.get("redacts").and_then(Value::as_str)
+    {
+        object.insert("redacts".into(), CanonicalJsonValue::String(target.to_owned()));
+    }
+    if rules.event_id_format == EventIdFormatVersion::V1 {
+        let id = EventId::new_v1(
+            svc.config.server_name.as_str().try_into().map_err(|e: ruma::IdParseError| Error::Internal(e.into()))?,
+        );
+        object.insert("event_id".into(), CanonicalJsonValue::String(id.to_string()));
+    }
+    ruma::signatures::hash_and_sign_event(
+        &svc.config.server_name,
+        svc.server_key.pair(),
+        &mut object,
+        &rules.redaction,
+    )
+    .map_err(|e| Error::Internal(e.into()))?;
+    let json = ruma::canonical_json::to_canonical_value(&object)
+        .map_err(|e| Error::Internal(e.into()))
+        .map(|v| v.to_string())?;
+    if json.len() > MAX_PDU_BYTES {
+        return Err(Error::too_large("Event is larger than 65536 bytes"));
+    }
+    let event_id = match rules.event_id_format {
+        EventIdFormatVersion::V1 => match object.get("event_id") {
+            Some(CanonicalJsonValue::String(id)) => EventId::parse(id).map_err(|e| Error::Internal(e.into()))?,
+            _ => return Err(Error::Internal(anyhow::anyhow!("v1 event without event_id"))),
+        },
+        _ => {
+            let hash = ruma::signatures::reference_hash(&object, &rules).map_err(|e| Error::Internal(e.into()))?;
+            EventId::parse(format!("${hash}")).map_err(|e| Error::Internal(e.into()))?
+        }
+    };
+    let room_id = match room_id {
+        Some(r) => r.to_owned(),
+        // Room version 12: the room ID is the create event's reference hash.
+        None => RoomId::parse(format!("!{}", &event_id.as_str()[1..])).map_err(|e| Error::Internal(e.into()))?,
+    };
+    let pdu = Pdu::parse(event_id, &json, Some(&room_id)).map_err(|e| Error::Internal(anyhow::anyhow!(e)))?;
+
+    // The create event is fetched by ID too (room version 12 derives it from the room ID).
+    let by_id: HashMap<&EventId, &Arc<Pdu>> = auth_state.values().map(|p| (&*p.event_id, p)).collect();
+    ruma::state_res::check_state_independent_auth_rules(&rules.authorization, &pdu, |id: &EventId| {
+        by_id.get(id).map(|p| p.as_ref().clone())
+    })
+    .map_err(|e| Error::forbidden(format!("Event not allowed: {e}")))?;
+    ruma::state_res::check_state_dependent_auth_rules(
+        &rules.authorization,
+        &pdu,
+        |kind: &StateEventType, key: &str| auth_state.get(&(kind.clone(), key.to_owned())).map(|p| p.as_ref().clone()),
+    )
+    .map_err(|e| Error::forbidden(format!("Event not allowed: {e}")))?;
+    Ok(Built { pdu, rules })
+}
+
+/// Persists a built local event on top of `state_before` (group `group_before`).
+async fn append_local(
+    svc: &Services,
+    built: Built,
+    state_before: &StateMap,
+    group_before: Option<i64>,
+    txn: Option<(&UserId, &str, &str)>,
+) -> Result<OwnedEventId> {
+    let Built { pdu, rules } = built;
+    let room = pdu.room_id.as_str();
+    let mut json = pdu.json.to_string();
+    // Record what a state event replaces (prev_content for clients), outside the signed part.
+    let replaced = match &pdu.state_key {
+        Some(key) => state_pdu(svc, state_before, &pdu.kind.to_string().into(), key).await?,
+        None => None,
+    };
+    if let Some(old) = &replaced {
+        let mut value: Value = serde_json::from_str(&json).map_err(|e| Error::Internal(e.into()))?;
+        value["unsigned"] = json!({
+            "replaces_state": old.event_id,
+            "prev_content": old.content_value(),
+            "prev_sender": old.sender,
+        });
+        json = value.to_string();
+    }
+
+    let mut tx = svc.db.begin().await?;
+    let (group, new_state) = match &pdu.state_key {
+        Some(key) => {
+            let entry = ((pdu.kind.to_string(), key.clone()), pdu.event_id.to_string());
+            let delta: storage::state::StateRows = [entry.clone()].into_iter().collect();
+            let mut full = state::to_rows(state_before);
+            full.insert(entry.0, entry.1);
+            let id = storage::state::create_group(&mut tx, room, group_before, &delta, &full).await?;
+            let mut map = state_before.clone();
+            map.insert((pdu.kind.to_string().into(), key.clone()), pdu.event_id.clone());
+            (Some(id), Some(Arc::new(map)))
+        }
+        None => (group_before, None),
+    };
+    let pos = storage::next_stream_pos(&mut tx).await?;
+    let prev_ids: Vec<String> = pdu.prev_events.iter().map(ToString::to_string).collect();
+    let auth_ids: Vec<String> = pdu.auth_events.iter().map(ToString::to_string).collect();
+    let relation = pdu.relation();
+    storage::events::insert(
+        &mut tx,
+        &NewEvent {
+            event_id: pdu.event_id.as_str(),
+            room_id: room,
+            stream_pos: Some(pos),
+            depth: pdu.depth as i64,
+            event_type: &pdu.kind.to_string(),
+            state_key: pdu.state_key.as_deref(),
+            sender: pdu.sender.as_str(),
+            origin_server_ts: i64::from(pdu.origin_server_ts.0),
+            json: &json,
+            state_group: group,
+            prev_events: &prev_ids,
+            auth_events: &auth_ids,
+            relation: relation.as_ref().map(|(t, e)| (t.as_str(), e.as_str())),
+        },
+    )
+    .await?;
+    storage::rooms::advance_extremities(&mut tx, room, &prev_ids, pdu.event_id.as_str()).await?;
+    if let (Some(key), Some(group)) = (&pdu.state_key, group) {
+        let membership = (pdu.kind == TimelineEventType::RoomMember).then(|| pdu.content_str("membership")).flatten();
+        let change = StateChange {
+            event_type: &pdu.kind.to_string(),
+            state_key: key,
+            event_id: Some(pdu.event_id.as_str()),
+            membership: membership.as_deref(),
+        };
+        storage::rooms::set_current_state(&mut tx, room, group, &[change]).await?;
+    }
+    if let Some((user, device, txn_id)) = txn {
+        storage::events::put_txn(&mut tx, user.as_str(), device, room, txn_id, pdu.event_id.as_str()).await?;
+    }
+    let redacted = match (&pdu.kind, &pdu.redacts) {
+        (TimelineEventType::RoomRedaction, Some(target)) => apply_redaction(svc, &mut tx, &pdu, target, &rules).await?,
+        _ => None,
+    };
+    tx.commit().await?;
+
+    if let (Some(g), Some(map)) = (group, new_state) {
+        state::remember(svc, g, map);
+    }
+    if let Some(target) = redacted {
+        svc.rooms.forget_event(&target);
+    }
+    let event_id = pdu.event_id.clone();
+    let mut wake: Vec<OwnedUserId> = storage::rooms::interested_users(&svc.db, room)
+        .await?
+        .into_iter()
+        .filter_map(|u| OwnedUserId::try_from(u).ok())
+        .collect();
+    if pdu.kind == TimelineEventType::RoomMember
+        && let Some(target) = pdu.state_key.as_deref().and_then(|k| OwnedUserId::try_from(k).ok())
+    {
+        wake.push(target);
+    }
+    svc.notifier.notify(wake.iter().map(|u| &**u));
+    metrics::counter!("plexus_events_sent_total").increment(1);
+    Ok(event_id)
+}
+
+/// Prunes the redacted event in storage, if it is in the same room. Returns its ID.
+async fn apply_redaction(
+    svc: &Services,
+    tx: &mut storage::Tx,
+    redaction: &Pdu,
+    target: &EventId,
+    rules: &RoomVersionRules,
+) -> Result<Option<OwnedEventId>> {
+    let Some(original) = get_pdu(svc, target).await? else { return Ok(None) };
+    if original.room_id != redaction.room_id {
+        return Ok(None);
+    }
+    let object = original.canonical_object().map_err(anyhow::Error::msg)?;
+    let because =
+        ruma::canonical_json::RedactedBecause::from_json(redaction.canonical_object().map_err(anyhow::Error::msg)?);
+    let mut pruned =
+        ruma::canonical_json::redact(object, &rules.redaction, Some(because)).map_err(|e| Error::Internal(e.into()))?;
+    if let Some(CanonicalJsonValue::Object(unsigned)) = pruned.get_mut("unsigned")
+        && let Some(CanonicalJsonValue::Object(because)) = unsigned.get_mut("redacted_because")
+    {
+        // Clients see the redaction in the client format.
+        because.insert("event_id".into(), CanonicalJsonValue::String(redaction.event_id.to_string()));
+    }
+    let json = ruma::canonical_json::to_canonical_value(&pruned).map_err(|e| Error::Internal(e.into()))?.to_string();
+    storage::events::redact(tx, target.as_str(), &json, redaction.event_id.as_str()).await?;
+    Ok(Some(target.to_owned()))
+}

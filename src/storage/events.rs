@@ -1,0 +1,269 @@
+//! Events: the PDUs of every room, their DAG edges, transaction IDs and relations.
+
+use sqlx::Row;
+
+use super::{Db, Tx};
+
+/// An event as stored.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub event_id: String,
+    pub room_id: String,
+    pub json: String,
+    pub stream_pos: Option<i64>,
+    pub state_group: Option<i64>,
+    pub redacted_by: Option<String>,
+    pub rejected: bool,
+}
+
+const COLUMNS: &str = "event_id, room_id, json, stream_pos, state_group, redacted_by, rejected";
+
+fn from_row(r: &sqlx::any::AnyRow) -> sqlx::Result<StoredEvent> {
+    Ok(StoredEvent {
+        event_id: r.try_get("event_id")?,
+        room_id: r.try_get("room_id")?,
+        json: r.try_get("json")?,
+        stream_pos: r.try_get("stream_pos")?,
+        state_group: r.try_get("state_group")?,
+        redacted_by: r.try_get("redacted_by")?,
+        rejected: r.try_get::<Option<String>, _>("rejected")?.is_some(),
+    })
+}
+
+/// A new event to store.
+pub struct NewEvent<'a> {
+    pub event_id: &'a str,
+    pub room_id: &'a str,
+    pub stream_pos: Option<i64>,
+    pub depth: i64,
+    pub event_type: &'a str,
+    pub state_key: Option<&'a str>,
+    pub sender: &'a str,
+    pub origin_server_ts: i64,
+    pub json: &'a str,
+    pub state_group: Option<i64>,
+    pub prev_events: &'a [String],
+    pub auth_events: &'a [String],
+    /// (rel_type, target event ID) of `m.relates_to`.
+    pub relation: Option<(&'a str, &'a str)>,
+}
+
+pub async fn insert(tx: &mut Tx, e: &NewEvent<'_>) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO events (event_id, room_id, stream_pos, depth, event_type, state_key, sender,
+                             origin_server_ts, json, outlier, state_group)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+    )
+    .bind(e.event_id)
+    .bind(e.room_id)
+    .bind(e.stream_pos)
+    .bind(e.depth)
+    .bind(e.event_type)
+    .bind(e.state_key)
+    .bind(e.sender)
+    .bind(e.origin_server_ts)
+    .bind(e.json)
+    .bind(e.stream_pos.is_none() as i64)
+    .bind(e.state_group)
+    .execute(&mut **tx)
+    .await?;
+    for prev in e.prev_events {
+        sqlx::query("INSERT INTO event_edges (event_id, prev_event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(e.event_id)
+            .bind(prev)
+            .execute(&mut **tx)
+            .await?;
+    }
+    for auth in e.auth_events {
+        sqlx::query("INSERT INTO event_auth (event_id, auth_event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(e.event_id)
+            .bind(auth)
+            .execute(&mut **tx)
+            .await?;
+    }
+    if let Some((rel_type, target)) = e.relation {
+        sqlx::query(
+            "INSERT INTO event_relations (event_id, relates_to, rel_type, room_id) VALUES ($1, $2, $3, $4)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(e.event_id)
+        .bind(target)
+        .bind(rel_type)
+        .bind(e.room_id)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+pub async fn get(db: &Db, event_id: &str) -> sqlx::Result<Option<StoredEvent>> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM events WHERE event_id = $1")))
+        .bind(event_id)
+        .fetch_optional(db.read())
+        .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+/// Timeline events of a room (not outliers, rejected or soft-failed) with positions in
+/// (`after`, `up_to`], the `limit` newest (`newest_first`) or oldest.
+pub async fn timeline_range(
+    db: &Db,
+    room_id: &str,
+    after: i64,
+    up_to: i64,
+    limit: i64,
+    newest_first: bool,
+) -> sqlx::Result<Vec<StoredEvent>> {
+    let order = if newest_first { "DESC" } else { "ASC" };
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM events
+         WHERE room_id = $1 AND stream_pos > $2 AND stream_pos <= $3 AND rejected IS NULL AND soft_failed = 0
+         ORDER BY stream_pos {order} LIMIT $4"
+    )))
+    .bind(room_id)
+    .bind(after)
+    .bind(up_to)
+    .bind(limit)
+    .fetch_all(db.read())
+    .await?;
+    rows.iter().map(from_row).collect()
+}
+
+/// Rooms among all that have timeline events with positions in (`after`, `up_to`].
+pub async fn rooms_with_news(db: &Db, after: i64, up_to: i64) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar("SELECT DISTINCT room_id FROM events WHERE stream_pos > $1 AND stream_pos <= $2")
+        .bind(after)
+        .bind(up_to)
+        .fetch_all(db.read())
+        .await
+}
+
+/// The newest timeline position of a room at or before `up_to`.
+pub async fn last_pos_in_room(db: &Db, room_id: &str, up_to: i64) -> sqlx::Result<Option<i64>> {
+    sqlx::query_scalar("SELECT MAX(stream_pos) FROM events WHERE room_id = $1 AND stream_pos <= $2")
+        .bind(room_id)
+        .bind(up_to)
+        .fetch_one(db.read())
+        .await
+}
+
+/// The event a client's transaction ID already produced.
+pub async fn txn_event(
+    db: &Db,
+    user_id: &str,
+    device_id: &str,
+    room_id: &str,
+    txn_id: &str,
+) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar(
+        "SELECT event_id FROM event_txns WHERE user_id = $1 AND device_id = $2 AND room_id = $3 AND txn_id = $4",
+    )
+    .bind(user_id)
+    .bind(device_id)
+    .bind(room_id)
+    .bind(txn_id)
+    .fetch_optional(db.read())
+    .await
+}
+
+pub async fn put_txn(
+    tx: &mut Tx,
+    user_id: &str,
+    device_id: &str,
+    room_id: &str,
+    txn_id: &str,
+    event_id: &str,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO event_txns (user_id, device_id, room_id, txn_id, event_id) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(user_id)
+    .bind(device_id)
+    .bind(room_id)
+    .bind(txn_id)
+    .bind(event_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The transaction ID an event was sent with, if its sender's device is `device_id`.
+pub async fn txn_of_event(db: &Db, event_id: &str, user_id: &str, device_id: &str) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar("SELECT txn_id FROM event_txns WHERE event_id = $1 AND user_id = $2 AND device_id = $3")
+        .bind(event_id)
+        .bind(user_id)
+        .bind(device_id)
+        .fetch_optional(db.read())
+        .await
+}
+
+/// Replaces an event's JSON with its redacted form.
+pub async fn redact(tx: &mut Tx, event_id: &str, redacted_json: &str, redacted_by: &str) -> sqlx::Result<()> {
+    sqlx::query("UPDATE events SET json = $1, redacted_by = $2 WHERE event_id = $3")
+        .bind(redacted_json)
+        .bind(redacted_by)
+        .bind(event_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Events relating to `target`, oldest first: (event_id, rel_type).
+pub async fn relations(db: &Db, target: &str) -> sqlx::Result<Vec<(String, String, i64)>> {
+    sqlx::query_as(
+        "SELECT r.event_id, r.rel_type, e.stream_pos FROM event_relations r JOIN events e ON e.event_id = r.event_id
+         WHERE r.relates_to = $1 AND e.stream_pos IS NOT NULL AND e.rejected IS NULL
+         ORDER BY e.stream_pos",
+    )
+    .bind(target)
+    .fetch_all(db.read())
+    .await
+}
+
+/// Thread roots of a room with the position of their latest reply, latest first.
+pub async fn thread_roots(db: &Db, room_id: &str) -> sqlx::Result<Vec<(String, i64)>> {
+    sqlx::query_as(
+        "SELECT r.relates_to, MAX(e.stream_pos) AS latest FROM event_relations r
+         JOIN events e ON e.event_id = r.event_id
+         WHERE r.room_id = $1 AND r.rel_type = 'm.thread' AND e.rejected IS NULL
+         GROUP BY r.relates_to ORDER BY latest DESC",
+    )
+    .bind(room_id)
+    .fetch_all(db.read())
+    .await
+}
+
+/// The timeline event closest to `ts` in a direction: (event_id, origin_server_ts).
+pub async fn closest_to_ts(db: &Db, room_id: &str, ts: i64, forwards: bool) -> sqlx::Result<Option<(String, i64)>> {
+    let sql = if forwards {
+        "SELECT event_id, origin_server_ts FROM events WHERE room_id = $1 AND origin_server_ts >= $2
+         AND stream_pos IS NOT NULL ORDER BY origin_server_ts ASC, stream_pos ASC LIMIT 1"
+    } else {
+        "SELECT event_id, origin_server_ts FROM events WHERE room_id = $1 AND origin_server_ts <= $2
+         AND stream_pos IS NOT NULL ORDER BY origin_server_ts DESC, stream_pos DESC LIMIT 1"
+    };
+    sqlx::query_as(sql).bind(room_id).bind(ts).fetch_optional(db.read()).await
+}
+
+/// Membership events of a user with positions in (`after`, `up_to`]: (room_id, membership json).
+pub async fn membership_changes(db: &Db, user_id: &str, after: i64, up_to: i64) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar(
+        "SELECT DISTINCT room_id FROM events
+         WHERE state_key = $1 AND event_type = 'm.room.member' AND stream_pos > $2 AND stream_pos <= $3",
+    )
+    .bind(user_id)
+    .bind(after)
+    .bind(up_to)
+    .fetch_all(db.read())
+    .await
+}
+
+/// The state group after the event at a stream position.
+pub async fn group_at_pos(db: &Db, pos: i64) -> sqlx::Result<Option<i64>> {
+    sqlx::query_scalar("SELECT state_group FROM events WHERE stream_pos = $1")
+        .bind(pos)
+        .fetch_optional(db.read())
+        .await
+        .map(Option::flatten)
+}

@@ -1,0 +1,232 @@
+//! Rooms: version, current state, memberships, forward extremities, aliases, publication.
+
+use super::{Db, Tx, now_ms};
+
+pub async fn create(tx: &mut Tx, room_id: &str, version: &str, creator: &str) -> sqlx::Result<bool> {
+    let res = sqlx::query(
+        "INSERT INTO rooms (room_id, room_version, creator, created_ts) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (room_id) DO NOTHING",
+    )
+    .bind(room_id)
+    .bind(version)
+    .bind(creator)
+    .bind(now_ms())
+    .execute(&mut **tx)
+    .await?;
+    Ok(res.rows_affected() == 1)
+}
+
+/// (room version, current state group).
+pub async fn get(db: &Db, room_id: &str) -> sqlx::Result<Option<(String, Option<i64>)>> {
+    sqlx::query_as("SELECT room_version, current_state_group FROM rooms WHERE room_id = $1")
+        .bind(room_id)
+        .fetch_optional(db.read())
+        .await
+}
+
+pub async fn extremities(db: &Db, room_id: &str) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar("SELECT event_id FROM room_extremities WHERE room_id = $1 ORDER BY event_id")
+        .bind(room_id)
+        .fetch_all(db.read())
+        .await
+}
+
+/// Replaces the forward extremities `referenced` by a new event with that event.
+pub async fn advance_extremities(tx: &mut Tx, room_id: &str, referenced: &[String], new: &str) -> sqlx::Result<()> {
+    for prev in referenced {
+        sqlx::query("DELETE FROM room_extremities WHERE room_id = $1 AND event_id = $2")
+            .bind(room_id)
+            .bind(prev)
+            .execute(&mut **tx)
+            .await?;
+    }
+    sqlx::query("INSERT INTO room_extremities (room_id, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+        .bind(room_id)
+        .bind(new)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// One change of the current state: `event_id` None removes the entry.
+pub struct StateChange<'a> {
+    pub event_type: &'a str,
+    pub state_key: &'a str,
+    pub event_id: Option<&'a str>,
+    pub membership: Option<&'a str>,
+}
+
+/// Moves the room's current state to `group`, applying `changes` to the current_state table.
+pub async fn set_current_state(
+    tx: &mut Tx,
+    room_id: &str,
+    group: i64,
+    changes: &[StateChange<'_>],
+) -> sqlx::Result<()> {
+    sqlx::query("UPDATE rooms SET current_state_group = $1 WHERE room_id = $2")
+        .bind(group)
+        .bind(room_id)
+        .execute(&mut **tx)
+        .await?;
+    for c in changes {
+        match c.event_id {
+            Some(event_id) => {
+                sqlx::query(
+                    "INSERT INTO current_state (room_id, event_type, state_key, event_id, membership)
+                     VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (room_id, event_type, state_key)
+                     DO UPDATE SET event_id = EXCLUDED.event_id, membership = EXCLUDED.membership",
+                )
+                .bind(room_id)
+                .bind(c.event_type)
+                .bind(c.state_key)
+                .bind(event_id)
+                .bind(c.membership)
+                .execute(&mut **tx)
+                .await?;
+            }
+            None => {
+                sqlx::query("DELETE FROM current_state WHERE room_id = $1 AND event_type = $2 AND state_key = $3")
+                    .bind(room_id)
+                    .bind(c.event_type)
+                    .bind(c.state_key)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The event ID of a current state entry.
+pub async fn current_state_event(
+    db: &Db,
+    room_id: &str,
+    event_type: &str,
+    state_key: &str,
+) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar("SELECT event_id FROM current_state WHERE room_id = $1 AND event_type = $2 AND state_key = $3")
+        .bind(room_id)
+        .bind(event_type)
+        .bind(state_key)
+        .fetch_optional(db.read())
+        .await
+}
+
+/// A user's current membership in a room.
+pub async fn membership(db: &Db, room_id: &str, user_id: &str) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar(
+        "SELECT membership FROM current_state WHERE room_id = $1 AND event_type = 'm.room.member' AND state_key = $2",
+    )
+    .bind(room_id)
+    .bind(user_id)
+    .fetch_optional(db.read())
+    .await
+    .map(Option::flatten)
+}
+
+/// Members of a room with the given memberships: (user_id, membership, event_id).
+pub async fn members(db: &Db, room_id: &str) -> sqlx::Result<Vec<(String, String, String)>> {
+    sqlx::query_as(
+        "SELECT state_key, membership, event_id FROM current_state
+         WHERE room_id = $1 AND event_type = 'm.room.member' ORDER BY state_key",
+    )
+    .bind(room_id)
+    .fetch_all(db.read())
+    .await
+}
+
+/// Users joined to or invited into a room (those to wake for its news).
+pub async fn interested_users(db: &Db, room_id: &str) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar(
+        "SELECT state_key FROM current_state
+         WHERE room_id = $1 AND event_type = 'm.room.member' AND membership IN ('join', 'invite', 'knock')",
+    )
+    .bind(room_id)
+    .fetch_all(db.read())
+    .await
+}
+
+/// Rooms where a user's current membership is `membership`.
+pub async fn rooms_of_user(db: &Db, user_id: &str, membership: &str) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar(
+        "SELECT room_id FROM current_state
+         WHERE state_key = $1 AND event_type = 'm.room.member' AND membership = $2 ORDER BY room_id",
+    )
+    .bind(user_id)
+    .bind(membership)
+    .fetch_all(db.read())
+    .await
+}
+
+pub async fn set_published(tx: &mut Tx, room_id: &str, published: bool) -> sqlx::Result<()> {
+    sqlx::query("UPDATE rooms SET published = $1 WHERE room_id = $2")
+        .bind(published as i64)
+        .bind(room_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+pub async fn is_published(db: &Db, room_id: &str) -> sqlx::Result<bool> {
+    let v: Option<i64> = sqlx::query_scalar("SELECT published FROM rooms WHERE room_id = $1")
+        .bind(room_id)
+        .fetch_optional(db.read())
+        .await?;
+    Ok(v.unwrap_or(0) != 0)
+}
+
+/// Published rooms, in room ID order, after `since` (exclusive).
+pub async fn published_rooms(db: &Db) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar("SELECT room_id FROM rooms WHERE published = 1 ORDER BY room_id").fetch_all(db.read()).await
+}
+
+pub async fn forget(tx: &mut Tx, user_id: &str, room_id: &str) -> sqlx::Result<()> {
+    sqlx::query("INSERT INTO forgotten_rooms (user_id, room_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+        .bind(user_id)
+        .bind(room_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+pub async fn unforget(tx: &mut Tx, user_id: &str, room_id: &str) -> sqlx::Result<()> {
+    sqlx::query("DELETE FROM forgotten_rooms WHERE user_id = $1 AND room_id = $2")
+        .bind(user_id)
+        .bind(room_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Adds an alias; `Ok(false)` when it is taken.
+pub async fn create_alias(tx: &mut Tx, alias: &str, room_id: &str, creator: &str) -> sqlx::Result<bool> {
+    let res =
+        sqlx::query("INSERT INTO room_aliases (alias, room_id, creator) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+            .bind(alias)
+            .bind(room_id)
+            .bind(creator)
+            .execute(&mut **tx)
+            .await?;
+    Ok(res.rows_affected() == 1)
+}
+
+/// (room_id, creator) of an alias.
+pub async fn resolve_alias(db: &Db, alias: &str) -> sqlx::Result<Option<(String, String)>> {
+    sqlx::query_as("SELECT room_id, creator FROM room_aliases WHERE alias = $1")
+        .bind(alias)
+        .fetch_optional(db.read())
+        .await
+}
+
+pub async fn delete_alias(tx: &mut Tx, alias: &str) -> sqlx::Result<bool> {
+    let res = sqlx::query("DELETE FROM room_aliases WHERE alias = $1").bind(alias).execute(&mut **tx).await?;
+    Ok(res.rows_affected() == 1)
+}
+
+pub async fn aliases_of_room(db: &Db, room_id: &str) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar("SELECT alias FROM room_aliases WHERE room_id = $1 ORDER BY alias")
+        .bind(room_id)
+        .fetch_all(db.read())
+        .await
+}
