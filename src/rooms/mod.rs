@@ -6,6 +6,7 @@ pub mod format;
 pub mod pdu;
 pub mod power;
 pub mod state;
+pub mod timeline;
 pub mod versions;
 pub mod visibility;
 

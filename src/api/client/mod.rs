@@ -5,9 +5,12 @@ mod account_data;
 mod devices;
 mod filter;
 mod login;
+mod membership;
+mod messages;
 mod profile;
 mod register;
 pub(crate) mod rooms;
+mod sync;
 mod user_directory;
 mod versions;
 
@@ -35,4 +38,7 @@ pub fn router() -> Router<AppState> {
         .merge(filter::router())
         .merge(user_directory::router())
         .merge(rooms::router())
+        .merge(membership::router())
+        .merge(messages::router())
+        .merge(sync::router())
 }
