@@ -297,7 +297,7 @@ async fn build(
         &mut object,
         &rules.redaction,
     )
-    .map_err(|e| Error::Internal(e.into()))?;
+    .map_err(too_large_or_internal)?;
     let json = ruma::canonical_json::to_canonical_value(&object)
         .map_err(|e| Error::Internal(e.into()))
         .map(|v| v.to_string())?;
@@ -310,7 +310,7 @@ async fn build(
             _ => return Err(Error::Internal(anyhow::anyhow!("v1 event without event_id"))),
         },
         _ => {
-            let hash = ruma::signatures::reference_hash(&object, &rules).map_err(|e| Error::Internal(e.into()))?;
+            let hash = ruma::signatures::reference_hash(&object, &rules).map_err(too_large_or_internal)?;
             EventId::parse(format!("${hash}")).map_err(|e| Error::Internal(e.into()))?
         }
     };
@@ -334,6 +334,13 @@ async fn build(
     )
     .map_err(|e| Error::forbidden(format!("Event not allowed: {e}")))?;
     Ok(Built { pdu, rules })
+}
+
+fn too_large_or_internal(e: ruma::signatures::JsonError) -> Error {
+    match e {
+        ruma::signatures::JsonError::PduTooLarge => Error::too_large("Event is larger than 65536 bytes"),
+        e => Error::Internal(e.into()),
+    }
 }
 
 /// Persists a built local event on top of `state_before` (group `group_before`).

@@ -14,9 +14,11 @@ pub struct StoredEvent {
     pub state_group: Option<i64>,
     pub redacted_by: Option<String>,
     pub rejected: bool,
+    pub event_type: String,
+    pub state_key: Option<String>,
 }
 
-const COLUMNS: &str = "event_id, room_id, json, stream_pos, state_group, redacted_by, rejected";
+const COLUMNS: &str = "event_id, room_id, json, stream_pos, state_group, redacted_by, rejected, event_type, state_key";
 
 fn from_row(r: &sqlx::any::AnyRow) -> sqlx::Result<StoredEvent> {
     Ok(StoredEvent {
@@ -27,6 +29,8 @@ fn from_row(r: &sqlx::any::AnyRow) -> sqlx::Result<StoredEvent> {
         state_group: r.try_get("state_group")?,
         redacted_by: r.try_get("redacted_by")?,
         rejected: r.try_get::<Option<String>, _>("rejected")?.is_some(),
+        event_type: r.try_get("event_type")?,
+        state_key: r.try_get("state_key")?,
     })
 }
 

@@ -5,3 +5,5 @@
 mod harness;
 
 mod accounts;
+mod rooms;
+mod sync;
