@@ -33,6 +33,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    #[serde(default)]
+    pub federation: FederationConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -138,6 +140,35 @@ impl Default for LimitsConfig {
     }
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FederationConfig {
+    /// Address:port of a TLS listener serving the whole API (federation and client) with
+    /// `tls_cert` and `tls_key`. Without it, federation is served on the client listener
+    /// (behind a reverse proxy that terminates TLS).
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// PEM certificate chain of the TLS listener.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of the TLS listener.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// PEM file of extra root certificates trusted for outbound federation requests.
+    #[serde(default)]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Tests only: accept any certificate from other servers.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+    /// Tests only: speak plain HTTP to servers whose name is an IP literal.
+    #[serde(default)]
+    pub insecure_plain_http: bool,
+    /// Servers asked for other servers' keys (`POST /_matrix/key/v2/query`) when those
+    /// cannot be fetched directly.
+    #[serde(default)]
+    pub notary_servers: Vec<String>,
+}
+
 fn default_data_dir() -> PathBuf {
     PathBuf::from("data")
 }
@@ -163,6 +194,7 @@ impl Config {
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
             limits: LimitsConfig::default(),
+            federation: FederationConfig::default(),
         }
     }
 
@@ -242,6 +274,30 @@ impl Config {
                 _ => bail!("PLEXUS_METRICS must be on or off, not {v:?}"),
             };
         }
+        if let Some(v) = env("PLEXUS_FEDERATION_LISTEN") {
+            let addr = v.parse().with_context(|| format!("PLEXUS_FEDERATION_LISTEN: not an address:port: {v}"))?;
+            self.federation.listen = Some(addr);
+        }
+        if let Some(v) = env("PLEXUS_TLS_CERT") {
+            self.federation.tls_cert = Some(v.into());
+        }
+        if let Some(v) = env("PLEXUS_TLS_KEY") {
+            self.federation.tls_key = Some(v.into());
+        }
+        if let Some(v) = env("PLEXUS_FEDERATION_CA") {
+            self.federation.trusted_ca_file = Some(v.into());
+        }
+        if let Some(v) = env("PLEXUS_FEDERATION_INSECURE_TLS") {
+            self.federation.insecure_skip_verify = match v.as_str() {
+                "true" => true,
+                "false" => false,
+                _ => bail!("PLEXUS_FEDERATION_INSECURE_TLS must be true or false, not {v:?}"),
+            };
+        }
+        if let Some(v) = env("PLEXUS_FEDERATION_NOTARY_SERVERS") {
+            self.federation.notary_servers =
+                v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(Into::into).collect();
+        }
         Ok(())
     }
 
@@ -259,6 +315,14 @@ impl Config {
         }
         if self.database.max_connections == 0 {
             bail!("database.max_connections must be at least 1");
+        }
+        let federation = &self.federation;
+        if federation.listen.is_some() && (federation.tls_cert.is_none() || federation.tls_key.is_none()) {
+            bail!("federation.listen needs federation.tls_cert and federation.tls_key");
+        }
+        for notary in &federation.notary_servers {
+            ruma::ServerName::parse(notary)
+                .map_err(|e| anyhow::anyhow!("federation.notary_servers: {notary:?} is not a server name: {e}"))?;
         }
         Ok(())
     }

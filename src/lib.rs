@@ -7,6 +7,7 @@ pub mod api;
 pub mod config;
 pub mod crypto;
 pub mod error;
+pub mod federation;
 pub mod http;
 pub mod rooms;
 pub mod storage;
@@ -39,6 +40,7 @@ pub struct Services {
     pub notifier: Notifier,
     pub rooms: rooms::Rooms,
     pub lazy_load: sync::v2::LazyLoadCache,
+    pub federation: federation::Federation,
 }
 
 /// Shared state of the HTTP handlers.
@@ -58,17 +60,20 @@ impl AppState {
         let db = Db::connect(&config.database.url, config.database.max_connections).await?;
         let server_key = ServerKey::load_or_generate(&config.data_dir)?;
         let metrics = config.metrics.enabled.then(prometheus_handle).transpose()?;
-        Ok(AppState(Arc::new(Services {
+        let state = AppState(Arc::new(Services {
             rate_limiter: RateLimiter::new(config.rate_limits.clone()),
             uia: UiaSessions::default(),
             notifier: Notifier::default(),
             rooms: rooms::Rooms::default(),
             lazy_load: sync::v2::LazyLoadCache::default(),
+            federation: federation::Federation::new(&config)?,
             config,
             db,
             server_key,
             metrics,
-        })))
+        }));
+        tokio::spawn(federation::sender::run(Arc::downgrade(&state.0)));
+        Ok(state)
     }
 }
 

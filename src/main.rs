@@ -79,11 +79,27 @@ fn init_tracing(filter: &str) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    use futures::FutureExt;
     let addr = config.listen.client;
     let state = plexus::AppState::build(config).await?;
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
     tracing::info!(server_name = %state.config.server_name, %addr, "Plexus is listening");
-    plexus::run(state, listener, shutdown_signal()).await
+    let shutdown = shutdown_signal().shared();
+    let federation = &state.config.federation;
+    let tls_listener = match (federation.listen, &federation.tls_cert, &federation.tls_key) {
+        (Some(addr), Some(cert), Some(key)) => {
+            let tls = plexus::federation::tls::server_config(cert, key)?;
+            let listener =
+                tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+            tracing::info!(%addr, "Plexus is listening with TLS");
+            Some(plexus::federation::listener::serve_tls(state.clone(), listener, tls, shutdown.clone()))
+        }
+        _ => None,
+    };
+    match tls_listener {
+        Some(tls_listener) => tokio::try_join!(plexus::run(state, listener, shutdown), tls_listener).map(|_| ()),
+        None => plexus::run(state, listener, shutdown).await,
+    }
 }
 
 async fn shutdown_signal() {

@@ -4,6 +4,7 @@
 pub mod account_data;
 pub mod devices;
 pub mod events;
+pub mod federation;
 pub mod filters;
 pub mod registration_tokens;
 pub mod rooms;

@@ -5,5 +5,6 @@
 mod harness;
 
 mod accounts;
+mod federation;
 mod rooms;
 mod sync;

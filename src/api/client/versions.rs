@@ -30,7 +30,7 @@ async fn well_known_client(State(state): State<AppState>) -> Json<Value> {
 }
 
 async fn well_known_server(State(state): State<AppState>) -> Json<Value> {
-    Json(json!({ "m.server": state.config.server_name }))
+    Json(json!({ "m.server": crate::federation::delegated_server_name(&state.config) }))
 }
 
 async fn capabilities(State(_state): State<AppState>, Auth(_): Auth) -> Json<Value> {
