@@ -33,6 +33,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    #[serde(default)]
+    pub turn: TurnConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -138,6 +140,33 @@ impl Default for LimitsConfig {
     }
 }
 
+/// The TURN server clients use for calls (`GET /voip/turnServer`), with coturn's
+/// `use-auth-secret` REST credentials. Without `uris` and `shared_secret`, clients get none.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TurnConfig {
+    /// `turn:` and `turns:` URIs of the TURN server.
+    #[serde(default)]
+    pub uris: Vec<String>,
+    /// The secret shared with the TURN server (coturn's `static-auth-secret`).
+    #[serde(default)]
+    pub shared_secret: Option<String>,
+    /// How long the credentials handed out stay valid, in seconds.
+    #[serde(default = "default_turn_ttl")]
+    pub ttl_seconds: u64,
+}
+
+impl Default for TurnConfig {
+    fn default() -> Self {
+        Self { uris: Vec::new(), shared_secret: None, ttl_seconds: default_turn_ttl() }
+    }
+}
+
+/// One day, as Synapse's `turn_user_lifetime`.
+fn default_turn_ttl() -> u64 {
+    86_400
+}
+
 fn default_data_dir() -> PathBuf {
     PathBuf::from("data")
 }
@@ -163,6 +192,7 @@ impl Config {
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
             limits: LimitsConfig::default(),
+            turn: TurnConfig::default(),
         }
     }
 
@@ -259,6 +289,12 @@ impl Config {
         }
         if self.database.max_connections == 0 {
             bail!("database.max_connections must be at least 1");
+        }
+        if let Some(uri) = self.turn.uris.iter().find(|u| !(u.starts_with("turn:") || u.starts_with("turns:"))) {
+            bail!("turn.uris must be turn: or turns: URIs, not {uri:?}");
+        }
+        if self.turn.ttl_seconds == 0 {
+            bail!("turn.ttl_seconds must be at least 1");
         }
         Ok(())
     }

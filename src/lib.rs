@@ -38,6 +38,7 @@ pub struct Services {
     pub metrics: Option<PrometheusHandle>,
     pub notifier: Notifier,
     pub rooms: rooms::Rooms,
+    pub typing: rooms::typing::Typing,
 }
 
 /// Shared state of the HTTP handlers.
@@ -62,6 +63,7 @@ impl AppState {
             uia: UiaSessions::default(),
             notifier: Notifier::default(),
             rooms: rooms::Rooms::default(),
+            typing: rooms::typing::Typing::default(),
             config,
             db,
             server_key,

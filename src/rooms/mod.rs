@@ -6,6 +6,8 @@ pub mod format;
 pub mod pdu;
 pub mod power;
 pub mod state;
+pub mod typing;
+pub mod upgrade;
 pub mod versions;
 pub mod visibility;
 

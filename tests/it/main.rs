@@ -5,3 +5,13 @@
 mod harness;
 
 mod accounts;
+
+mod directory;
+mod presence;
+mod receipts;
+mod reports;
+mod room_util;
+mod timestamp;
+mod typing;
+mod upgrade;
+mod voip;

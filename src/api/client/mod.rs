@@ -3,13 +3,21 @@
 mod account;
 mod account_data;
 mod devices;
+pub(crate) mod directory;
 mod filter;
 mod login;
+mod presence;
 mod profile;
+mod receipts;
 mod register;
+mod report;
 pub(crate) mod rooms;
+mod timestamp;
+mod typing;
+mod upgrade;
 mod user_directory;
 mod versions;
+mod voip;
 
 use axum::Router;
 
@@ -35,4 +43,12 @@ pub fn router() -> Router<AppState> {
         .merge(filter::router())
         .merge(user_directory::router())
         .merge(rooms::router())
+        .merge(directory::router())
+        .merge(typing::router())
+        .merge(receipts::router())
+        .merge(presence::router())
+        .merge(report::router())
+        .merge(upgrade::router())
+        .merge(timestamp::router())
+        .merge(voip::router())
 }
