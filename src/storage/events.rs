@@ -50,13 +50,14 @@ pub struct NewEvent<'a> {
     pub auth_events: &'a [String],
     /// (rel_type, target event ID) of `m.relates_to`.
     pub relation: Option<(&'a str, &'a str)>,
+    pub soft_failed: bool,
 }
 
 pub async fn insert(tx: &mut Tx, e: &NewEvent<'_>) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO events (event_id, room_id, stream_pos, depth, event_type, state_key, sender,
-                             origin_server_ts, json, outlier, state_group)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                             origin_server_ts, json, outlier, state_group, soft_failed)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
     )
     .bind(e.event_id)
     .bind(e.room_id)
@@ -69,6 +70,7 @@ pub async fn insert(tx: &mut Tx, e: &NewEvent<'_>) -> sqlx::Result<()> {
     .bind(e.json)
     .bind(e.stream_pos.is_none() as i64)
     .bind(e.state_group)
+    .bind(e.soft_failed as i64)
     .execute(&mut **tx)
     .await?;
     for prev in e.prev_events {

@@ -5,5 +5,6 @@
 mod harness;
 
 mod accounts;
+mod dag;
 mod rooms;
 mod sync;
