@@ -195,17 +195,26 @@ async fn to_client(svc: &Services, me: &Identity, events: &[Arc<Pdu>]) -> Result
     Ok(out)
 }
 
-/// The timeline and state of one room between `after` (None: from the start) and `up_to`.
+/// Which part of a room's timeline a sync covers.
+struct Window {
+    /// None: from the start (a full sync of the room).
+    after: Option<i64>,
+    up_to: i64,
+    /// Whether the user is joined (which opens `shared` history).
+    joined: bool,
+    /// Send the whole state even on an incremental sync.
+    full_state: bool,
+}
+
+/// The timeline and state of one room in a window.
 async fn room_timeline(
     svc: &Services,
     me: &Identity,
     room_id: &RoomId,
-    after: Option<i64>,
-    up_to: i64,
-    joined: bool,
+    window: Window,
     filter: &Filter,
-    full_state: bool,
 ) -> Result<(Vec<Arc<Pdu>>, bool, String, Vec<Arc<Pdu>>)> {
+    let Window { after, up_to, joined, full_state } = window;
     let tl_filter: &RoomEventFilter = &filter.room.timeline;
     let limit = tl_filter.limit.unwrap_or(10).clamp(1, 1000) as usize;
     let page = timeline::paginate(svc, room_id, &me.user_id, joined, up_to, after, true, limit, tl_filter).await?;
@@ -226,10 +235,7 @@ async fn room_timeline(
     let state_at_start = state_at(svc, room_id, start).await?;
     let ids: Vec<OwnedEventId> = match after {
         None => state_at_start.values().cloned().collect(),
-        Some(a) if full_state => {
-            let _ = a;
-            state_at_start.values().cloned().collect()
-        }
+        Some(_) if full_state => state_at_start.values().cloned().collect(),
         Some(a) if limited => state_delta(&*state_at(svc, room_id, a).await?, &state_at_start),
         Some(_) => vec![],
     };
@@ -280,7 +286,7 @@ async fn joined_room(
     full_state: bool,
 ) -> Result<Value> {
     let (events, limited, prev_batch, state) =
-        room_timeline(svc, me, room_id, after, up_to, true, filter, full_state).await?;
+        room_timeline(svc, me, room_id, Window { after, up_to, joined: true, full_state }, filter).await?;
     let mut entry = json!({
         "timeline": { "events": to_client(svc, me, &events).await?, "limited": limited, "prev_batch": prev_batch },
         "state": { "events": to_client(svc, me, &state).await? },
@@ -321,8 +327,14 @@ async fn left_room(
         Some(m) => storage::events::get(&svc.db, m.event_id.as_str()).await?.and_then(|e| e.stream_pos).unwrap_or(0),
         None => 0,
     };
-    let (events, limited, prev_batch, state) =
-        room_timeline(svc, me, room_id, since, leave_pos, false, filter, false).await?;
+    let (events, limited, prev_batch, state) = room_timeline(
+        svc,
+        me,
+        room_id,
+        Window { after: since, up_to: leave_pos, joined: false, full_state: false },
+        filter,
+    )
+    .await?;
     Ok(json!({
         "timeline": { "events": to_client(svc, me, &events).await?, "limited": limited, "prev_batch": prev_batch },
         "state": { "events": to_client(svc, me, &state).await? },

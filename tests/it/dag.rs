@@ -20,18 +20,23 @@ async fn auth_ids(server: &TestServer, room: &RoomId, sender: &str, version: &Ro
     keys.iter().filter_map(|(t, k)| state.get(&((*t).into(), (*k).to_owned())).map(|id| id.to_string())).collect()
 }
 
-/// A PDU signed by the server's own key, built by hand as another server would.
+/// A room of a test server, to build PDUs in.
+struct Fixture<'a> {
+    server: &'a TestServer,
+    room: &'a RoomId,
+    version: &'a RoomVersionId,
+}
+
+/// A state event (empty state key) signed by the server's own key, built by hand as another
+/// server would: (sender, type, content), prev events, depth, origin_server_ts.
 async fn signed_pdu(
-    server: &TestServer,
-    room: &RoomId,
-    version: &RoomVersionId,
-    sender: &TestUser,
-    kind: &str,
-    content: Value,
+    f: &Fixture<'_>,
+    (sender, kind, content): (&TestUser, &str, Value),
     prev: &[String],
     depth: u64,
     ts: u64,
 ) -> CanonicalJsonObject {
+    let (server, room, version) = (f.server, f.room, f.version);
     let value = json!({
         "room_id": room,
         "sender": sender.user_id,
@@ -76,21 +81,12 @@ async fn forks_resolve_to_the_same_state_whatever_the_order_of_arrival() {
             let room_id = alice.create_room(json!({ "room_version": version.as_str(), "topic": "start" })).await;
             let room = RoomId::parse(&room_id).unwrap();
             let extremities = plexus::storage::rooms::extremities(&server.state.db, room.as_str()).await.unwrap();
+            let fx = Fixture { server: &server, room: &room, version: &version };
             // Two concurrent topic changes on the same parent: a fork.
             let mut fork = Vec::new();
             for (i, topic) in ["left", "right"].iter().enumerate() {
-                let pdu = signed_pdu(
-                    &server,
-                    &room,
-                    &version,
-                    &alice,
-                    "m.room.topic",
-                    json!({ "topic": topic }),
-                    &extremities,
-                    100,
-                    1_000 + i as u64,
-                )
-                .await;
+                let event = (&alice, "m.room.topic", json!({ "topic": topic }));
+                let pdu = signed_pdu(&fx, event, &extremities, 100, 1_000 + i as u64).await;
                 fork.push(pdu);
             }
             let keys = keys_of(&server);
@@ -141,27 +137,24 @@ async fn bad_signatures_and_unauthorised_events_are_rejected() {
     let room = RoomId::parse(&room_id).unwrap();
     let prev = plexus::storage::rooms::extremities(&server.state.db, room.as_str()).await.unwrap();
     let keys = keys_of(&server);
+    let fx = Fixture { server: &server, room: &room, version: &version };
 
-    let mut forged =
-        signed_pdu(&server, &room, &version, &alice, "m.room.topic", json!({ "topic": "x" }), &prev, 50, 5).await;
+    let mut forged = signed_pdu(&fx, (&alice, "m.room.topic", json!({ "topic": "x" })), &prev, 50, 5).await;
     forged.insert("origin_server_ts".into(), CanonicalJsonValue::Integer(6u32.into()));
     let outcome = inbound::receive(&server.state, &room, forged, &keys).await.unwrap();
     assert!(matches!(outcome, Outcome::Rejected(ref r) if r.contains("signature")), "{outcome:?}");
 
     // Mallory is not in the room: her event fails auth.
-    let intruder =
-        signed_pdu(&server, &room, &version, &mallory, "m.room.topic", json!({ "topic": "mine" }), &prev, 50, 7).await;
+    let intruder = signed_pdu(&fx, (&mallory, "m.room.topic", json!({ "topic": "mine" })), &prev, 50, 7).await;
     let outcome = inbound::receive(&server.state, &room, intruder, &keys).await.unwrap();
     assert!(matches!(outcome, Outcome::Rejected(_)), "{outcome:?}");
 
     let unknown = vec![OwnedEventId::try_from("$unknown").unwrap().to_string()];
-    let orphan =
-        signed_pdu(&server, &room, &version, &alice, "m.room.topic", json!({ "topic": "?" }), &unknown, 50, 8).await;
+    let orphan = signed_pdu(&fx, (&alice, "m.room.topic", json!({ "topic": "?" })), &unknown, 50, 8).await;
     let outcome = inbound::receive(&server.state, &room, orphan.clone(), &keys).await.unwrap();
     assert!(matches!(outcome, Outcome::MissingEvents(ref m) if m.len() == 1), "{outcome:?}");
 
-    let good =
-        signed_pdu(&server, &room, &version, &alice, "m.room.topic", json!({ "topic": "fine" }), &prev, 50, 9).await;
+    let good = signed_pdu(&fx, (&alice, "m.room.topic", json!({ "topic": "fine" })), &prev, 50, 9).await;
     assert!(matches!(inbound::receive(&server.state, &room, good.clone(), &keys).await.unwrap(), Outcome::Accepted(_)));
     assert!(matches!(inbound::receive(&server.state, &room, good, &keys).await.unwrap(), Outcome::Duplicate(_)));
     assert_eq!(topic_of(&alice, &room_id).await, "fine");
