@@ -5,3 +5,5 @@
 mod harness;
 
 mod accounts;
+mod cli;
+mod errors;
