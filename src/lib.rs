@@ -34,6 +34,7 @@ pub struct Services {
     pub db: Db,
     pub server_key: ServerKey,
     pub uia: UiaSessions,
+    pub sessions: accounts::sessions::SessionTracker,
     pub rate_limiter: RateLimiter,
     pub metrics: Option<PrometheusHandle>,
     pub notifier: Notifier,
@@ -59,6 +60,7 @@ impl AppState {
         let server_key = ServerKey::load_or_generate(&config.data_dir)?;
         let metrics = config.metrics.enabled.then(prometheus_handle).transpose()?;
         Ok(AppState(Arc::new(Services {
+            sessions: Default::default(),
             rate_limiter: RateLimiter::new(config.rate_limits.clone()),
             uia: UiaSessions::default(),
             notifier: Notifier::default(),

@@ -5,6 +5,8 @@
 mod harness;
 
 mod accounts;
+mod cli;
 mod dag;
+mod errors;
 mod rooms;
 mod sync;
