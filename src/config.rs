@@ -233,7 +233,7 @@ impl Config {
             self.server_name = v;
         }
         if let Some(v) = env("PLEXUS_PUBLIC_BASEURL") {
-            self.public_baseurl = Some(v);
+            self.public_baseurl = Some(v).filter(|s| !s.is_empty());
         }
         if let Some(v) = env("PLEXUS_LISTEN") {
             self.listen.client = v.parse().with_context(|| format!("PLEXUS_LISTEN: not an address:port: {v}"))?;
@@ -352,6 +352,21 @@ mod tests {
         assert!(Config::load_from(None, &env).is_err());
         let env = env_of(&[("PLEXUS_SERVER_NAME", "ok.org"), ("PLEXUS_LISTEN", "nowhere")]);
         assert!(Config::load_from(None, &env).is_err());
+        let env = env_of(&[("PLEXUS_SERVER_NAME", "ok.org"), ("PLEXUS_PUBLIC_BASEURL", "not a url")]);
+        assert!(Config::load_from(None, &env).is_err());
+    }
+
+    #[test]
+    fn empty_optional_variables_mean_unset() {
+        // docker compose passes `${VAR:-}` as an empty string.
+        let env = env_of(&[
+            ("PLEXUS_SERVER_NAME", "ok.org"),
+            ("PLEXUS_PUBLIC_BASEURL", ""),
+            ("PLEXUS_REGISTRATION_SHARED_SECRET", ""),
+        ]);
+        let c = Config::load_from(None, &env).unwrap();
+        assert_eq!(c.base_url(), "http://ok.org");
+        assert!(c.registration.shared_secret.is_none());
     }
 
     #[test]

@@ -117,7 +117,7 @@ impl IntoResponse for Error {
             }
             Error::Uia(body) => (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response(),
             Error::Internal(e) => {
-                tracing::error!(error = ?e, "internal error");
+                tracing::error!(error = %format!("{e:#}"), "internal error");
                 let body = json!({"errcode": "M_UNKNOWN", "error": "Internal server error"});
                 (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(body)).into_response()
             }

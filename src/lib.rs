@@ -34,11 +34,13 @@ pub struct Services {
     pub db: Db,
     pub server_key: ServerKey,
     pub uia: UiaSessions,
+    pub sessions: accounts::sessions::SessionTracker,
     pub rate_limiter: RateLimiter,
     pub metrics: Option<PrometheusHandle>,
     pub notifier: Notifier,
     pub rooms: rooms::Rooms,
     pub typing: rooms::typing::Typing,
+    pub lazy_load: sync::v2::LazyLoadCache,
 }
 
 /// Shared state of the HTTP handlers.
@@ -59,11 +61,13 @@ impl AppState {
         let server_key = ServerKey::load_or_generate(&config.data_dir)?;
         let metrics = config.metrics.enabled.then(prometheus_handle).transpose()?;
         Ok(AppState(Arc::new(Services {
+            sessions: Default::default(),
             rate_limiter: RateLimiter::new(config.rate_limits.clone()),
             uia: UiaSessions::default(),
             notifier: Notifier::default(),
             rooms: rooms::Rooms::default(),
             typing: rooms::typing::Typing::default(),
+            lazy_load: sync::v2::LazyLoadCache::default(),
             config,
             db,
             server_key,

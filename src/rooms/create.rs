@@ -201,7 +201,7 @@ pub async fn create_room(svc: &Services, creator: &UserId, req: CreateRoomReques
     }
     if let Some(topic) = &req.topic {
         state.retain(|s| s.kind != "m.room.topic");
-        let content = json!({ "topic": topic, "m.topic": [{ "body": topic, "mimetype": "text/plain" }] });
+        let content = json!({ "topic": topic, "m.topic": { "m.text": [{ "body": topic }] } });
         state.push(InitialStateEvent { kind: "m.room.topic".into(), state_key: String::new(), content });
     }
     for event in state {

@@ -21,6 +21,11 @@ pub async fn filter(
     let mut last: Option<(i64, bool)> = None;
     for event in events {
         let Some(group) = event.state_group else { continue };
+        // Users always see their own membership changes (a leave or a kick included).
+        if event.event_type == "m.room.member" && event.state_key.as_deref() == Some(user.as_str()) {
+            visible.push(event);
+            continue;
+        }
         let allowed = match last {
             Some((g, allowed)) if g == group => allowed,
             _ => {

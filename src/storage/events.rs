@@ -14,9 +14,11 @@ pub struct StoredEvent {
     pub state_group: Option<i64>,
     pub redacted_by: Option<String>,
     pub rejected: bool,
+    pub event_type: String,
+    pub state_key: Option<String>,
 }
 
-const COLUMNS: &str = "event_id, room_id, json, stream_pos, state_group, redacted_by, rejected";
+const COLUMNS: &str = "event_id, room_id, json, stream_pos, state_group, redacted_by, rejected, event_type, state_key";
 
 fn from_row(r: &sqlx::any::AnyRow) -> sqlx::Result<StoredEvent> {
     Ok(StoredEvent {
@@ -27,6 +29,8 @@ fn from_row(r: &sqlx::any::AnyRow) -> sqlx::Result<StoredEvent> {
         state_group: r.try_get("state_group")?,
         redacted_by: r.try_get("redacted_by")?,
         rejected: r.try_get::<Option<String>, _>("rejected")?.is_some(),
+        event_type: r.try_get("event_type")?,
+        state_key: r.try_get("state_key")?,
     })
 }
 
@@ -46,13 +50,14 @@ pub struct NewEvent<'a> {
     pub auth_events: &'a [String],
     /// (rel_type, target event ID) of `m.relates_to`.
     pub relation: Option<(&'a str, &'a str)>,
+    pub soft_failed: bool,
 }
 
 pub async fn insert(tx: &mut Tx, e: &NewEvent<'_>) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO events (event_id, room_id, stream_pos, depth, event_type, state_key, sender,
-                             origin_server_ts, json, outlier, state_group)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                             origin_server_ts, json, outlier, state_group, soft_failed)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
     )
     .bind(e.event_id)
     .bind(e.room_id)
@@ -65,6 +70,7 @@ pub async fn insert(tx: &mut Tx, e: &NewEvent<'_>) -> sqlx::Result<()> {
     .bind(e.json)
     .bind(e.stream_pos.is_none() as i64)
     .bind(e.state_group)
+    .bind(e.soft_failed as i64)
     .execute(&mut **tx)
     .await?;
     for prev in e.prev_events {

@@ -1,4 +1,6 @@
 //! Delivery to clients: the notifier that wakes long-polls, sync tokens, `/sync`.
 
+pub mod filter;
 pub mod notifier;
 pub mod token;
+pub mod v2;

@@ -17,6 +17,8 @@ pub struct TestServer {
     pub server_name: String,
     pub config: Config,
     pub client: reqwest::Client,
+    /// The server's own state, for white-box checks (stored PDUs, keys).
+    pub state: plexus::AppState,
     _dir: tempfile::TempDir,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -72,6 +74,7 @@ impl TestServer {
         adjust(&mut config);
         let state = plexus::AppState::build(config.clone()).await.expect("server builds");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let app_state = state.clone();
         let task = tokio::spawn(async move {
             plexus::run(state, listener, async {
                 let _ = rx.await;
@@ -85,6 +88,7 @@ impl TestServer {
             server_name,
             config,
             client: reqwest::Client::new(),
+            state: app_state,
             _dir: dir,
             shutdown: Some(tx),
             task: Some(task),
@@ -247,4 +251,35 @@ impl Reply {
     pub fn assert_error(&self, status: u16, errcode: &str) {
         assert_eq!((self.status.as_u16(), self.errcode()), (status, errcode), "{self:?}");
     }
+}
+
+impl TestUser {
+    /// Creates a room with the given createRoom body; returns its ID.
+    pub async fn create_room(&self, body: Value) -> String {
+        let r = self.post("/_matrix/client/v3/createRoom", body).await.ok();
+        r["room_id"].as_str().expect("room_id").to_owned()
+    }
+
+    /// Sends a text message; returns the event ID.
+    pub async fn send_text(&self, room_id: &str, text: &str) -> String {
+        let txn = format!("t{}", NEXT.fetch_add(1, Ordering::SeqCst));
+        let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}", enc(room_id));
+        let r = self.put(&path, json!({ "msgtype": "m.text", "body": text })).await.ok();
+        r["event_id"].as_str().expect("event_id").to_owned()
+    }
+
+    /// Joins a room.
+    pub async fn join(&self, room_id: &str) -> Reply {
+        self.post(&format!("/_matrix/client/v3/join/{}", enc(room_id)), json!({})).await
+    }
+
+    /// One /sync with a query string (e.g. "timeout=0&since=...").
+    pub async fn sync(&self, query: &str) -> Value {
+        self.get(&format!("/_matrix/client/v3/sync?{query}")).await.ok()
+    }
+}
+
+/// Percent-encodes a path segment.
+pub fn enc(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>().replace('+', "%20")
 }

@@ -5,12 +5,16 @@
 mod harness;
 
 mod accounts;
-
+mod cli;
+mod dag;
 mod directory;
+mod errors;
 mod presence;
 mod receipts;
 mod reports;
 mod room_util;
+mod rooms;
+mod sync;
 mod timestamp;
 mod typing;
 mod upgrade;

@@ -6,12 +6,15 @@ mod devices;
 pub(crate) mod directory;
 mod filter;
 mod login;
+mod membership;
+mod messages;
 mod presence;
 mod profile;
 mod receipts;
 mod register;
 mod report;
 pub(crate) mod rooms;
+mod sync;
 mod timestamp;
 mod typing;
 mod upgrade;
@@ -51,4 +54,7 @@ pub fn router() -> Router<AppState> {
         .merge(upgrade::router())
         .merge(timestamp::router())
         .merge(voip::router())
+        .merge(membership::router())
+        .merge(messages::router())
+        .merge(sync::router())
 }

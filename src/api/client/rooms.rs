@@ -26,6 +26,7 @@ pub fn router() -> Router<AppState> {
         .route(v3!("/rooms/{room_id}/send/{event_type}/{txn_id}"), put(send_message))
         .route(v3!("/rooms/{room_id}/state"), get(full_state))
         .route(v3!("/rooms/{room_id}/state/{event_type}"), get(get_state_empty_key).put(put_state_empty_key))
+        .route(v3!("/rooms/{room_id}/state/{event_type}/"), get(get_state_empty_key).put(put_state_empty_key))
         .route(v3!("/rooms/{room_id}/state/{event_type}/{state_key}"), get(get_state).put(put_state))
         .route(v3!("/rooms/{room_id}/members"), get(members))
         .route(v3!("/rooms/{room_id}/joined_members"), get(joined_members))

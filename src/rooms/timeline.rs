@@ -1,0 +1,72 @@
+//! Reading a room's timeline: pagination in stream order with filters and history
+//! visibility, for /messages, /context and /sync.
+
+use std::sync::Arc;
+
+use ruma::{RoomId, UserId};
+
+use super::pdu::Pdu;
+use crate::Services;
+use crate::error::Result;
+use crate::storage;
+use crate::sync::filter::RoomEventFilter;
+
+/// A page of events and where the next page starts.
+pub struct Page {
+    /// In the direction of travel (newest first when going backwards).
+    pub events: Vec<Arc<Pdu>>,
+    /// The position to continue from; `None` when there is nothing further.
+    pub next: Option<i64>,
+}
+
+/// Events between two positions that `user` may see and the filter allows. Going backwards
+/// from `from` covers positions <= `from` down to (excluded) `to`; forwards, positions > `from`
+/// up to `to` (included).
+#[allow(clippy::too_many_arguments)]
+pub async fn paginate(
+    svc: &Services,
+    room_id: &RoomId,
+    user: &UserId,
+    currently_joined: bool,
+    from: i64,
+    to: Option<i64>,
+    backwards: bool,
+    limit: usize,
+    filter: &RoomEventFilter,
+) -> Result<Page> {
+    let batch = (limit * 2).clamp(20, 500) as i64;
+    let mut events = Vec::new();
+    let mut cursor = from;
+    loop {
+        let rows = if backwards {
+            storage::events::timeline_range(&svc.db, room_id.as_str(), to.unwrap_or(i64::MIN), cursor, batch, true)
+                .await?
+        } else {
+            storage::events::timeline_range(&svc.db, room_id.as_str(), cursor, to.unwrap_or(i64::MAX), batch, false)
+                .await?
+        };
+        let exhausted = (rows.len() as i64) < batch;
+        let positions: Vec<i64> = rows.iter().filter_map(|r| r.stream_pos).collect();
+        let visible = super::visibility::filter(svc, user, currently_joined, rows).await?;
+        let mut visible = visible.into_iter().peekable();
+        for pos in positions {
+            let row = match visible.peek() {
+                Some(r) if r.stream_pos == Some(pos) => visible.next(),
+                _ => None,
+            };
+            cursor = if backwards { pos - 1 } else { pos };
+            let Some(row) = row else { continue };
+            let id = ruma::OwnedEventId::try_from(row.event_id).map_err(|e| crate::error::Error::Internal(e.into()))?;
+            let Some(pdu) = super::get_pdu(svc, &id).await? else { continue };
+            if filter.allows(&pdu) {
+                events.push(pdu);
+                if events.len() >= limit {
+                    return Ok(Page { events, next: Some(cursor) });
+                }
+            }
+        }
+        if exhausted {
+            return Ok(Page { events, next: None });
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! Event filters (spec "Filtering"): for /sync, /messages and /context.
+
+use ruma::UserId;
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::rooms::pdu::Pdu;
+use crate::storage::{self, Db};
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Filter {
+    pub presence: RoomEventFilter,
+    pub account_data: RoomEventFilter,
+    pub room: RoomFilter,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct RoomFilter {
+    pub rooms: Option<Vec<String>>,
+    pub not_rooms: Vec<String>,
+    pub include_leave: bool,
+    pub timeline: RoomEventFilter,
+    pub state: RoomEventFilter,
+    pub ephemeral: RoomEventFilter,
+    pub account_data: RoomEventFilter,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct RoomEventFilter {
+    pub limit: Option<u64>,
+    pub types: Option<Vec<String>>,
+    pub not_types: Vec<String>,
+    pub senders: Option<Vec<String>>,
+    pub not_senders: Vec<String>,
+    pub rooms: Option<Vec<String>>,
+    pub not_rooms: Vec<String>,
+    pub contains_url: Option<bool>,
+    pub lazy_load_members: bool,
+    pub include_redundant_members: bool,
+    pub unread_thread_notifications: bool,
+}
+
+/// `*` matches any run of characters, as the spec's type patterns.
+fn glob(pattern: &str, value: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == value,
+        Some((head, tail)) => {
+            value.starts_with(head) && {
+                let rest = &value[head.len()..];
+                (0..=rest.len()).any(|i| rest.is_char_boundary(i) && glob(tail, &rest[i..]))
+            }
+        }
+    }
+}
+
+impl RoomEventFilter {
+    pub fn allows_type(&self, kind: &str) -> bool {
+        !self.not_types.iter().any(|p| glob(p, kind))
+            && self.types.as_ref().is_none_or(|t| t.iter().any(|p| glob(p, kind)))
+    }
+
+    pub fn allows_sender(&self, sender: &str) -> bool {
+        !self.not_senders.iter().any(|s| s == sender)
+            && self.senders.as_ref().is_none_or(|s| s.iter().any(|x| x == sender))
+    }
+
+    pub fn allows_room(&self, room: &str) -> bool {
+        !self.not_rooms.iter().any(|r| r == room) && self.rooms.as_ref().is_none_or(|r| r.iter().any(|x| x == room))
+    }
+
+    pub fn allows(&self, pdu: &Pdu) -> bool {
+        self.allows_type(&pdu.kind.to_string())
+            && self.allows_sender(pdu.sender.as_str())
+            && self.allows_room(pdu.room_id.as_str())
+            && self.contains_url.is_none_or(|want| {
+                let has = pdu.content_value().get("url").is_some_and(|u| u.is_string());
+                has == want
+            })
+    }
+
+    /// Whether this filter is the identity (lets every event through).
+    pub fn is_open(&self) -> bool {
+        self.types.is_none()
+            && self.not_types.is_empty()
+            && self.senders.is_none()
+            && self.not_senders.is_empty()
+            && self.rooms.is_none()
+            && self.not_rooms.is_empty()
+            && self.contains_url.is_none()
+    }
+}
+
+impl RoomFilter {
+    pub fn allows_room(&self, room: &str) -> bool {
+        !self.not_rooms.iter().any(|r| r == room) && self.rooms.as_ref().is_none_or(|r| r.iter().any(|x| x == room))
+    }
+}
+
+/// Parses a JSON filter given inline.
+pub fn parse<T: serde::de::DeserializeOwned>(json: &str) -> Result<T> {
+    serde_json::from_str(json).map_err(|e| Error::bad_json(format!("Invalid filter: {e}")))
+}
+
+/// A sync filter from the `filter` query parameter: inline JSON or an uploaded filter's ID.
+pub async fn load(db: &Db, user: &UserId, param: Option<&str>) -> Result<Filter> {
+    match param {
+        None => Ok(Filter::default()),
+        Some(p) if p.trim_start().starts_with('{') => parse(p),
+        Some(id) => {
+            let id: i64 = id.parse().map_err(|_| Error::invalid_param("Unknown filter ID"))?;
+            let json = storage::filters::get(db, user.as_str(), id)
+                .await?
+                .ok_or_else(|| Error::invalid_param("Unknown filter ID"))?;
+            parse(&json)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn type_patterns() {
+        assert!(glob("m.room.*", "m.room.message"));
+        assert!(glob("*", "anything"));
+        assert!(!glob("m.room.*", "m.reaction"));
+        let f: RoomEventFilter = parse(r#"{"types":["m.room.*"],"not_types":["m.room.member"]}"#).unwrap();
+        assert!(f.allows_type("m.room.message"));
+        assert!(!f.allows_type("m.room.member"));
+        assert!(!f.allows_type("m.reaction"));
+    }
+}

@@ -1,0 +1,365 @@
+//! `GET /sync` (client-server API v2): what changed for a user between two stream
+//! positions, held open until something does when the client long-polls.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ruma::events::StateEventType;
+use ruma::{OwnedEventId, OwnedRoomId, RoomId, UserId};
+use serde_json::{Map, Value, json};
+
+use super::filter::{Filter, RoomEventFilter};
+use super::token::SyncToken;
+use crate::Services;
+use crate::accounts::Identity;
+use crate::error::{Error, Result};
+use crate::rooms::format::{Viewer, client_event};
+use crate::rooms::pdu::Pdu;
+use crate::rooms::state::StateMap;
+use crate::rooms::{self, timeline};
+use crate::storage;
+
+/// Longest long-poll a client may ask for.
+const MAX_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Member events already sent to a device (lazy-loading sends each once).
+#[derive(Default)]
+pub struct LazyLoadCache {
+    sent: Mutex<HashMap<(String, String, OwnedRoomId), HashSet<OwnedEventId>>>,
+}
+
+impl LazyLoadCache {
+    fn reset(&self, user: &str, device: &str) {
+        self.sent.lock().unwrap_or_else(|e| e.into_inner()).retain(|(u, d, _), _| !(u == user && d == device));
+    }
+
+    /// Keeps the member events not yet sent, and remembers them as sent.
+    fn unsent(&self, user: &str, device: &str, room: &RoomId, events: Vec<Arc<Pdu>>) -> Vec<Arc<Pdu>> {
+        let mut sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
+        let set = sent.entry((user.to_owned(), device.to_owned(), room.to_owned())).or_default();
+        events.into_iter().filter(|e| set.insert(e.event_id.clone())).collect()
+    }
+}
+
+pub struct SyncRequest {
+    pub since: Option<SyncToken>,
+    pub timeout: Duration,
+    pub full_state: bool,
+    pub filter: Filter,
+}
+
+/// Answers a sync, waiting up to the timeout for news when there is none.
+pub async fn sync(svc: &Services, me: &Identity, req: SyncRequest) -> Result<Value> {
+    // Subscribe before looking, so a change committed in between still wakes us.
+    let mut wake = svc.notifier.subscribe(&me.user_id);
+    let deadline = tokio::time::Instant::now() + req.timeout.min(MAX_TIMEOUT);
+    if req.since.is_none() || req.full_state {
+        svc.lazy_load.reset(me.user_id.as_str(), &me.device_id);
+    }
+    loop {
+        wake.mark_unchanged();
+        let now = SyncToken { stream: storage::current_stream_pos(&svc.db).await?, typing: 0 };
+        let (body, has_news) = compute(svc, me, &req, now).await?;
+        if has_news || req.since.is_none() || req.full_state {
+            return Ok(body);
+        }
+        match tokio::time::timeout_at(deadline, wake.changed()).await {
+            Ok(Ok(())) => continue,
+            _ => return Ok(body),
+        }
+    }
+}
+
+fn token(pos: i64) -> String {
+    SyncToken { stream: pos, typing: 0 }.to_string()
+}
+
+/// The sync response for (since, now], and whether it carries anything new.
+async fn compute(svc: &Services, me: &Identity, req: &SyncRequest, now: SyncToken) -> Result<(Value, bool)> {
+    let since = req.since.map(|s| s.stream);
+    if since.is_some_and(|s| s > now.stream) {
+        return Err(Error::invalid_param("The since token is from the future"));
+    }
+    let user = me.user_id.as_str();
+    let room_filter = &req.filter.room;
+    let mut news = false;
+
+    // Rooms whose timeline or the user's membership changed since the token.
+    let (changed_rooms, membership_changed): (HashSet<String>, HashSet<String>) = match since {
+        Some(s) => (
+            storage::events::rooms_with_news(&svc.db, s, now.stream).await?.into_iter().collect(),
+            storage::events::membership_changes(&svc.db, user, s, now.stream).await?.into_iter().collect(),
+        ),
+        None => (HashSet::new(), HashSet::new()),
+    };
+    let room_data = match since {
+        Some(s) => storage::account_data::changed_since(&svc.db, user, s).await?,
+        None => storage::account_data::changed_since(&svc.db, user, -1).await?,
+    };
+
+    let mut join = Map::new();
+    for room in storage::rooms::rooms_of_user(&svc.db, user, "join").await? {
+        if !room_filter.allows_room(&room) {
+            continue;
+        }
+        let room_id = RoomId::parse(&room).map_err(|e| Error::Internal(e.into()))?;
+        let newly_joined = membership_changed.contains(&room);
+        let account_data: Vec<Value> = room_data
+            .iter()
+            .filter(|(r, t, _)| *r == room && room_filter.account_data.allows_type(t))
+            .map(|(_, t, c)| json!({ "type": t, "content": serde_json::from_str::<Value>(c).unwrap_or_default() }))
+            .collect();
+        let full = since.is_none() || req.full_state || newly_joined;
+        if !full && !changed_rooms.contains(&room) && account_data.is_empty() {
+            continue;
+        }
+        let after = if full { None } else { since };
+        let mut entry = joined_room(svc, me, &room_id, after, now.stream, &req.filter, req.full_state).await?;
+        entry["account_data"] = json!({ "events": account_data });
+        if full || !entry["timeline"]["events"].as_array().is_none_or(Vec::is_empty) || !account_data.is_empty() {
+            news = true;
+            join.insert(room, entry);
+        }
+    }
+
+    let mut invite = Map::new();
+    let mut knock = Map::new();
+    for (membership, out) in [("invite", &mut invite), ("knock", &mut knock)] {
+        for room in storage::rooms::rooms_of_user(&svc.db, user, membership).await? {
+            if !room_filter.allows_room(&room) || (since.is_some() && !membership_changed.contains(&room)) {
+                continue;
+            }
+            let room_id = RoomId::parse(&room).map_err(|e| Error::Internal(e.into()))?;
+            let stripped = stripped_state(svc, &room_id, &me.user_id).await?;
+            let key = if membership == "invite" { "invite_state" } else { "knock_state" };
+            out.insert(room, json!({ key: { "events": stripped } }));
+            news = true;
+        }
+    }
+
+    let mut leave = Map::new();
+    let include_leave = room_filter.include_leave || since.is_some();
+    if include_leave {
+        for membership in ["leave", "ban"] {
+            for room in storage::rooms::rooms_of_user(&svc.db, user, membership).await? {
+                let changed = since.is_none_or(|_| membership_changed.contains(&room));
+                if !room_filter.allows_room(&room) || !changed {
+                    continue;
+                }
+                let room_id = RoomId::parse(&room).map_err(|e| Error::Internal(e.into()))?;
+                leave.insert(room, left_room(svc, me, &room_id, since, &req.filter).await?);
+                news = true;
+            }
+        }
+    }
+
+    let global: Vec<Value> = room_data
+        .iter()
+        .filter(|(r, t, _)| r.is_empty() && req.filter.account_data.allows_type(t))
+        .map(|(_, t, c)| json!({ "type": t, "content": serde_json::from_str::<Value>(c).unwrap_or_default() }))
+        .collect();
+    if since.is_some() && !global.is_empty() {
+        news = true;
+    }
+    let body = json!({
+        "next_batch": now.to_string(),
+        "rooms": { "join": join, "invite": invite, "knock": knock, "leave": leave },
+        "account_data": { "events": global },
+    });
+    Ok((body, news))
+}
+
+/// The state entries that differ between two state maps (those of `to`).
+fn state_delta(from: &StateMap, to: &StateMap) -> Vec<OwnedEventId> {
+    to.iter().filter(|(k, v)| from.get(*k) != Some(*v)).map(|(_, v)| v.clone()).collect()
+}
+
+/// The state after the last event of a room at or before `pos`.
+async fn state_at(svc: &Services, room_id: &RoomId, pos: i64) -> Result<Arc<StateMap>> {
+    match storage::events::last_pos_in_room(&svc.db, room_id.as_str(), pos).await? {
+        Some(p) => match storage::events::group_at_pos(&svc.db, p).await? {
+            Some(g) => rooms::state::load(svc, g).await,
+            None => Ok(Arc::default()),
+        },
+        None => Ok(Arc::default()),
+    }
+}
+
+async fn to_client(svc: &Services, me: &Identity, events: &[Arc<Pdu>]) -> Result<Vec<Value>> {
+    let viewer = Viewer { user_id: me.user_id.as_str(), device_id: &me.device_id };
+    let mut out = Vec::with_capacity(events.len());
+    for e in events {
+        out.push(client_event(svc, e, Some(viewer), true).await?);
+    }
+    Ok(out)
+}
+
+/// Which part of a room's timeline a sync covers.
+struct Window {
+    /// None: from the start (a full sync of the room).
+    after: Option<i64>,
+    up_to: i64,
+    /// Whether the user is joined (which opens `shared` history).
+    joined: bool,
+    /// Send the whole state even on an incremental sync.
+    full_state: bool,
+}
+
+/// The timeline and state of one room in a window.
+async fn room_timeline(
+    svc: &Services,
+    me: &Identity,
+    room_id: &RoomId,
+    window: Window,
+    filter: &Filter,
+) -> Result<(Vec<Arc<Pdu>>, bool, String, Vec<Arc<Pdu>>)> {
+    let Window { after, up_to, joined, full_state } = window;
+    let tl_filter: &RoomEventFilter = &filter.room.timeline;
+    let limit = tl_filter.limit.unwrap_or(10).clamp(1, 1000) as usize;
+    let page = timeline::paginate(svc, room_id, &me.user_id, joined, up_to, after, true, limit, tl_filter).await?;
+    let mut events = page.events;
+    events.reverse();
+    let limited = page.next.is_some();
+    let start = match events.first() {
+        Some(first) => {
+            storage::events::get(&svc.db, first.event_id.as_str()).await?.and_then(|e| e.stream_pos).unwrap_or(up_to)
+                - 1
+        }
+        None => up_to,
+    };
+    let prev_batch = token(page.next.unwrap_or(start));
+
+    // State: all of it at the start of the timeline for a full sync; for an incremental
+    // one, what changed between `after` and the start of the timeline (only when gappy).
+    let state_at_start = state_at(svc, room_id, start).await?;
+    let ids: Vec<OwnedEventId> = match after {
+        None => state_at_start.values().cloned().collect(),
+        Some(_) if full_state => state_at_start.values().cloned().collect(),
+        Some(a) if limited => state_delta(&*state_at(svc, room_id, a).await?, &state_at_start),
+        Some(_) => vec![],
+    };
+    let state_filter = &filter.room.state;
+    let lazy = state_filter.lazy_load_members;
+    let senders: BTreeSet<&str> =
+        events.iter().map(|e| e.sender.as_str()).chain(std::iter::once(me.user_id.as_str())).collect();
+    let mut state = Vec::new();
+    for id in ids {
+        let Some(pdu) = rooms::get_pdu(svc, &id).await? else { continue };
+        if !state_filter.allows(&pdu) {
+            continue;
+        }
+        let is_member = pdu.kind == ruma::events::TimelineEventType::RoomMember;
+        if lazy && is_member && !pdu.state_key.as_deref().is_some_and(|k| senders.contains(k)) {
+            continue;
+        }
+        state.push(pdu);
+    }
+    if lazy {
+        // Members of timeline senders the client has not been sent yet, even without a gap.
+        for sender in &senders {
+            if let Some(pdu) = rooms::state_pdu(svc, &state_at_start, &StateEventType::RoomMember, sender).await?
+                && !state.iter().any(|s| s.event_id == pdu.event_id)
+                && !events.iter().any(|e| e.event_id == pdu.event_id)
+            {
+                state.push(pdu);
+            }
+        }
+        if !state_filter.include_redundant_members {
+            let (members, others): (Vec<_>, Vec<_>) =
+                state.into_iter().partition(|p| p.kind == ruma::events::TimelineEventType::RoomMember);
+            let mut kept = others;
+            kept.extend(svc.lazy_load.unsent(me.user_id.as_str(), &me.device_id, room_id, members));
+            state = kept;
+        }
+    }
+    Ok((events, limited, prev_batch, state))
+}
+
+async fn joined_room(
+    svc: &Services,
+    me: &Identity,
+    room_id: &RoomId,
+    after: Option<i64>,
+    up_to: i64,
+    filter: &Filter,
+    full_state: bool,
+) -> Result<Value> {
+    let (events, limited, prev_batch, state) =
+        room_timeline(svc, me, room_id, Window { after, up_to, joined: true, full_state }, filter).await?;
+    let mut entry = json!({
+        "timeline": { "events": to_client(svc, me, &events).await?, "limited": limited, "prev_batch": prev_batch },
+        "state": { "events": to_client(svc, me, &state).await? },
+        "ephemeral": { "events": [] },
+    });
+    let membership_news = after.is_none()
+        || events.iter().chain(state.iter()).any(|e| e.kind == ruma::events::TimelineEventType::RoomMember);
+    if membership_news {
+        entry["summary"] = summary(svc, room_id, &me.user_id).await?;
+    }
+    Ok(entry)
+}
+
+/// Heroes and member counts (sent when membership may have changed).
+async fn summary(svc: &Services, room_id: &RoomId, me: &UserId) -> Result<Value> {
+    let members = storage::rooms::members(&svc.db, room_id.as_str()).await?;
+    let joined = members.iter().filter(|(_, m, _)| m == "join").count();
+    let invited = members.iter().filter(|(_, m, _)| m == "invite").count();
+    let heroes: Vec<&str> = members
+        .iter()
+        .filter(|(u, m, _)| u != me.as_str() && (m == "join" || m == "invite"))
+        .map(|(u, _, _)| u.as_str())
+        .take(5)
+        .collect();
+    Ok(json!({ "m.heroes": heroes, "m.joined_member_count": joined, "m.invited_member_count": invited }))
+}
+
+/// A room the user left: its timeline up to the leave.
+async fn left_room(
+    svc: &Services,
+    me: &Identity,
+    room_id: &RoomId,
+    since: Option<i64>,
+    filter: &Filter,
+) -> Result<Value> {
+    let current = rooms::current_state(svc, room_id).await?;
+    let leave_pos = match rooms::state_pdu(svc, &current, &StateEventType::RoomMember, me.user_id.as_str()).await? {
+        Some(m) => storage::events::get(&svc.db, m.event_id.as_str()).await?.and_then(|e| e.stream_pos).unwrap_or(0),
+        None => 0,
+    };
+    let (events, limited, prev_batch, state) = room_timeline(
+        svc,
+        me,
+        room_id,
+        Window { after: since, up_to: leave_pos, joined: false, full_state: false },
+        filter,
+    )
+    .await?;
+    Ok(json!({
+        "timeline": { "events": to_client(svc, me, &events).await?, "limited": limited, "prev_batch": prev_batch },
+        "state": { "events": to_client(svc, me, &state).await? },
+        "account_data": { "events": [] },
+    }))
+}
+
+/// Stripped state for an invite or knock: the room's identity and the user's membership.
+pub async fn stripped_state(svc: &Services, room_id: &RoomId, user: &UserId) -> Result<Vec<Value>> {
+    let current = rooms::current_state(svc, room_id).await?;
+    let mut out = Vec::new();
+    let keys = [
+        (StateEventType::RoomCreate, ""),
+        (StateEventType::RoomJoinRules, ""),
+        (StateEventType::RoomName, ""),
+        (StateEventType::RoomAvatar, ""),
+        (StateEventType::RoomCanonicalAlias, ""),
+        (StateEventType::RoomEncryption, ""),
+        (StateEventType::RoomTopic, ""),
+        (StateEventType::RoomMember, user.as_str()),
+    ];
+    for (kind, key) in keys {
+        if let Some(pdu) = rooms::state_pdu(svc, &current, &kind, key).await? {
+            out.push(pdu.to_stripped());
+        }
+    }
+    Ok(out)
+}
