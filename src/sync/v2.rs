@@ -59,7 +59,10 @@ pub async fn sync(svc: &Services, me: &Identity, req: SyncRequest) -> Result<Val
     }
     loop {
         wake.mark_unchanged();
-        let now = SyncToken { stream: storage::current_stream_pos(&svc.db).await?, typing: 0 };
+        // Read the typing serial first: a change racing with this sync is then sent twice
+        // rather than never.
+        let typing = svc.typing.serial();
+        let now = SyncToken { stream: storage::current_stream_pos(&svc.db).await?, typing };
         let (body, has_news) = compute(svc, me, &req, now).await?;
         if has_news || req.since.is_none() || req.full_state {
             return Ok(body);
@@ -93,6 +96,12 @@ async fn compute(svc: &Services, me: &Identity, req: &SyncRequest, now: SyncToke
         ),
         None => (HashSet::new(), HashSet::new()),
     };
+    // A typing serial from before a restart is meaningless: resend all typing state.
+    let typing_since = req.since.map(|s| if s.typing > now.typing { 0 } else { s.typing });
+    let typing_changed: HashSet<OwnedRoomId> = match typing_since {
+        Some(t) => svc.typing.changed_since(t).into_iter().collect(),
+        None => HashSet::new(),
+    };
     let room_data = match since {
         Some(s) => storage::account_data::changed_since(&svc.db, user, s).await?,
         None => storage::account_data::changed_since(&svc.db, user, -1).await?,
@@ -111,13 +120,29 @@ async fn compute(svc: &Services, me: &Identity, req: &SyncRequest, now: SyncToke
             .map(|(_, t, c)| json!({ "type": t, "content": serde_json::from_str::<Value>(c).unwrap_or_default() }))
             .collect();
         let full = since.is_none() || req.full_state || newly_joined;
-        if !full && !changed_rooms.contains(&room) && account_data.is_empty() {
+        let ephemeral = ephemeral(
+            svc,
+            me,
+            &room_id,
+            if full { None } else { since },
+            now.stream,
+            &typing_changed,
+            &room_filter.ephemeral,
+        )
+        .await?;
+        if !full && !changed_rooms.contains(&room) && account_data.is_empty() && ephemeral.is_empty() {
             continue;
         }
         let after = if full { None } else { since };
         let mut entry = joined_room(svc, me, &room_id, after, now.stream, &req.filter, req.full_state).await?;
         entry["account_data"] = json!({ "events": account_data });
-        if full || !entry["timeline"]["events"].as_array().is_none_or(Vec::is_empty) || !account_data.is_empty() {
+        let has_ephemeral = !ephemeral.is_empty();
+        entry["ephemeral"] = json!({ "events": ephemeral });
+        if full
+            || !entry["timeline"]["events"].as_array().is_none_or(Vec::is_empty)
+            || !account_data.is_empty()
+            || has_ephemeral
+        {
             news = true;
             join.insert(room, entry);
         }
@@ -162,10 +187,15 @@ async fn compute(svc: &Services, me: &Identity, req: &SyncRequest, now: SyncToke
     if since.is_some() && !global.is_empty() {
         news = true;
     }
+    let presence = presence(svc, me, since, now.stream, &req.filter.presence).await?;
+    if since.is_some() && !presence.is_empty() {
+        news = true;
+    }
     let body = json!({
         "next_batch": now.to_string(),
         "rooms": { "join": join, "invite": invite, "knock": knock, "leave": leave },
         "account_data": { "events": global },
+        "presence": { "events": presence },
     });
     Ok((body, news))
 }
@@ -290,7 +320,6 @@ async fn joined_room(
     let mut entry = json!({
         "timeline": { "events": to_client(svc, me, &events).await?, "limited": limited, "prev_batch": prev_batch },
         "state": { "events": to_client(svc, me, &state).await? },
-        "ephemeral": { "events": [] },
     });
     let membership_news = after.is_none()
         || events.iter().chain(state.iter()).any(|e| e.kind == ruma::events::TimelineEventType::RoomMember);
@@ -298,6 +327,65 @@ async fn joined_room(
         entry["summary"] = summary(svc, room_id, &me.user_id).await?;
     }
     Ok(entry)
+}
+
+/// Typing and receipts of a joined room: all current ones for a full sync (`after` None),
+/// else the changes since the token.
+async fn ephemeral(
+    svc: &Services,
+    me: &Identity,
+    room_id: &RoomId,
+    after: Option<i64>,
+    up_to: i64,
+    typing_changed: &HashSet<OwnedRoomId>,
+    filter: &RoomEventFilter,
+) -> Result<Vec<Value>> {
+    let mut events = Vec::new();
+    if filter.allows_type("m.typing") && (after.is_none() || typing_changed.contains(room_id)) {
+        let typing = svc.typing.typing_in(room_id);
+        if after.is_some() || !typing.is_empty() {
+            events.push(json!({ "type": "m.typing", "content": { "user_ids": typing } }));
+        }
+    }
+    if filter.allows_type("m.receipt") {
+        let viewer = me.user_id.as_str();
+        let receipts = match after {
+            Some(a) => storage::receipts::in_range(&svc.db, room_id.as_str(), viewer, a, up_to).await?,
+            None => storage::receipts::latest(&svc.db, room_id.as_str(), viewer, up_to).await?,
+        };
+        if !receipts.is_empty() {
+            events.push(json!({ "type": "m.receipt", "content": receipts }));
+        }
+    }
+    Ok(events)
+}
+
+/// Presence of the users who share a room with `me` (and their own), changed since the token.
+async fn presence(
+    svc: &Services,
+    me: &Identity,
+    since: Option<i64>,
+    up_to: i64,
+    filter: &RoomEventFilter,
+) -> Result<Vec<Value>> {
+    if !filter.allows_type("m.presence") {
+        return Ok(vec![]);
+    }
+    let mut users = storage::rooms::users_sharing_rooms(&svc.db, me.user_id.as_str()).await?;
+    if !users.iter().any(|u| u == me.user_id.as_str()) {
+        users.push(me.user_id.to_string());
+    }
+    let now_ms = storage::now_ms();
+    let changes = storage::presence::changes(&svc.db, &users, since.unwrap_or(i64::MIN), up_to).await?;
+    // Several changes of one user: the latest wins.
+    let mut latest: HashMap<String, Value> = HashMap::new();
+    for p in changes {
+        if filter.allows_sender(&p.user_id) {
+            let event = json!({ "type": "m.presence", "sender": p.user_id, "content": p.content(now_ms) });
+            latest.insert(p.user_id.clone(), event);
+        }
+    }
+    Ok(latest.into_values().collect())
 }
 
 /// Heroes and member counts (sent when membership may have changed).
