@@ -8,6 +8,7 @@ pub mod config;
 pub mod crypto;
 pub mod error;
 pub mod http;
+pub mod media;
 pub mod storage;
 pub mod sync;
 
@@ -36,6 +37,7 @@ pub struct Services {
     pub rate_limiter: RateLimiter,
     pub metrics: Option<PrometheusHandle>,
     pub notifier: Notifier,
+    pub media: media::MediaService,
 }
 
 /// Shared state of the HTTP handlers.
@@ -59,6 +61,7 @@ impl AppState {
             rate_limiter: RateLimiter::new(config.rate_limits.clone()),
             uia: UiaSessions::default(),
             notifier: Notifier::default(),
+            media: media::MediaService::new(&config)?,
             config,
             db,
             server_key,

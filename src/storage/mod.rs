@@ -4,6 +4,7 @@
 pub mod account_data;
 pub mod devices;
 pub mod filters;
+pub mod media;
 pub mod registration_tokens;
 pub mod users;
 

@@ -5,6 +5,7 @@ mod account_data;
 mod devices;
 mod filter;
 mod login;
+mod media;
 mod profile;
 mod register;
 mod user_directory;
@@ -33,4 +34,5 @@ pub fn router() -> Router<AppState> {
         .merge(account_data::router())
         .merge(filter::router())
         .merge(user_directory::router())
+        .merge(media::router())
 }
