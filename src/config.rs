@@ -371,6 +371,14 @@ mod tests {
     }
 
     #[test]
+    fn media_upload_limit_from_env() {
+        let env = env_of(&[("PLEXUS_SERVER_NAME", "ok.org"), ("PLEXUS_MAX_UPLOAD_BYTES", "1000")]);
+        assert_eq!(Config::load_from(None, &env).unwrap().media.max_upload_bytes, 1000);
+        let env = env_of(&[("PLEXUS_SERVER_NAME", "ok.org"), ("PLEXUS_MAX_UPLOAD_BYTES", "lots")]);
+        assert!(Config::load_from(None, &env).is_err());
+    }
+
+    #[test]
     fn generated_config_parses() {
         let text = Config::generate("chat.example.com");
         let c: Config = toml::from_str(&text).unwrap();

@@ -55,10 +55,11 @@ const COMMON_SIZES: [Target; 5] = [
 /// The common size that serves a request: the smallest of the asked method at least as large
 /// as asked (never smaller than requested), else the largest of that method.
 pub fn snap(width: u32, height: u32, method: Method) -> Target {
-    let mut candidates = COMMON_SIZES.iter().filter(|t| t.method == method);
-    let covering = candidates.clone().find(|t| t.width >= width && t.height >= height);
-    // COMMON_SIZES is ordered by size, so `find` is the smallest and `last` the largest.
-    *covering.or_else(|| candidates.next_back()).unwrap_or(&COMMON_SIZES[0])
+    let of_method = || COMMON_SIZES.iter().filter(move |t| t.method == method);
+    // COMMON_SIZES is ordered by size: the first covering size is the smallest, the last the largest.
+    let chosen = of_method().find(|t| t.width >= width && t.height >= height).or_else(|| of_method().next_back());
+    // Every method has sizes, so `chosen` is always found.
+    *chosen.unwrap_or(&COMMON_SIZES[0])
 }
 
 /// Files larger than this are never decoded.
