@@ -35,6 +35,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub turn: TurnConfig,
+    #[serde(default)]
+    pub media: MediaConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -167,6 +169,48 @@ fn default_turn_ttl() -> u64 {
     86_400
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaConfig {
+    /// Largest accepted upload, in bytes (`m.upload.size`).
+    pub max_upload_bytes: u64,
+    /// Total bytes of media one user may have uploaded; none means no quota.
+    pub user_quota_bytes: Option<u64>,
+    /// Created (`/create`) but not yet uploaded media IDs one user may hold at once.
+    pub max_pending_uploads: u32,
+    /// Sustained uploads and media ID creations per second per user (when rate limits are on).
+    pub upload_per_second: f64,
+    /// Uploads allowed in a burst.
+    pub upload_burst: f64,
+    /// Milliseconds since the epoch: media uploaded before it stays reachable through the
+    /// deprecated unauthenticated `/_matrix/media/v3` download and thumbnail endpoints.
+    /// None: those endpoints serve nothing (every upload counts as after the freeze).
+    pub legacy_cutover_ts: Option<i64>,
+    /// Serve `GET /_matrix/client/v1/media/preview_url` (the server fetches URLs for clients).
+    pub url_previews: bool,
+    /// Address ranges a preview may fetch from even though they are private or denied.
+    pub preview_ip_allowlist: Vec<ipnet::IpNet>,
+    /// Address ranges previews never fetch from, on top of the private, loopback and
+    /// link-local ones.
+    pub preview_ip_denylist: Vec<ipnet::IpNet>,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self {
+            max_upload_bytes: 50 * 1024 * 1024,
+            user_quota_bytes: None,
+            max_pending_uploads: 5,
+            upload_per_second: 2.0,
+            upload_burst: 20.0,
+            legacy_cutover_ts: None,
+            url_previews: false,
+            preview_ip_allowlist: Vec::new(),
+            preview_ip_denylist: Vec::new(),
+        }
+    }
+}
+
 fn default_data_dir() -> PathBuf {
     PathBuf::from("data")
 }
@@ -193,6 +237,7 @@ impl Config {
             metrics: MetricsConfig::default(),
             limits: LimitsConfig::default(),
             turn: TurnConfig::default(),
+            media: MediaConfig::default(),
         }
     }
 
@@ -272,6 +317,10 @@ impl Config {
                 _ => bail!("PLEXUS_METRICS must be on or off, not {v:?}"),
             };
         }
+        if let Some(v) = env("PLEXUS_MAX_UPLOAD_BYTES") {
+            self.media.max_upload_bytes =
+                v.parse().with_context(|| format!("PLEXUS_MAX_UPLOAD_BYTES: not a number of bytes: {v}"))?;
+        }
         Ok(())
     }
 
@@ -295,6 +344,9 @@ impl Config {
         }
         if self.turn.ttl_seconds == 0 {
             bail!("turn.ttl_seconds must be at least 1");
+        }
+        if self.rate_limits.enabled && (self.media.upload_per_second <= 0.0 || self.media.upload_burst < 1.0) {
+            bail!("media.upload_per_second must be > 0 and media.upload_burst >= 1");
         }
         Ok(())
     }
@@ -367,6 +419,14 @@ mod tests {
         let c = Config::load_from(None, &env).unwrap();
         assert_eq!(c.base_url(), "http://ok.org");
         assert!(c.registration.shared_secret.is_none());
+    }
+
+    #[test]
+    fn media_upload_limit_from_env() {
+        let env = env_of(&[("PLEXUS_SERVER_NAME", "ok.org"), ("PLEXUS_MAX_UPLOAD_BYTES", "1000")]);
+        assert_eq!(Config::load_from(None, &env).unwrap().media.max_upload_bytes, 1000);
+        let env = env_of(&[("PLEXUS_SERVER_NAME", "ok.org"), ("PLEXUS_MAX_UPLOAD_BYTES", "lots")]);
+        assert!(Config::load_from(None, &env).is_err());
     }
 
     #[test]

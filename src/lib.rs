@@ -8,6 +8,7 @@ pub mod config;
 pub mod crypto;
 pub mod error;
 pub mod http;
+pub mod media;
 pub mod rooms;
 pub mod storage;
 pub mod sync;
@@ -41,6 +42,7 @@ pub struct Services {
     pub rooms: rooms::Rooms,
     pub typing: rooms::typing::Typing,
     pub lazy_load: sync::v2::LazyLoadCache,
+    pub media: media::MediaService,
 }
 
 /// Shared state of the HTTP handlers.
@@ -68,6 +70,7 @@ impl AppState {
             rooms: rooms::Rooms::default(),
             typing: rooms::typing::Typing::default(),
             lazy_load: sync::v2::LazyLoadCache::default(),
+            media: media::MediaService::new(&config)?,
             config,
             db,
             server_key,

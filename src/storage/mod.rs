@@ -5,6 +5,7 @@ pub mod account_data;
 pub mod devices;
 pub mod events;
 pub mod filters;
+pub mod media;
 pub mod presence;
 pub mod receipts;
 pub mod registration_tokens;

@@ -9,6 +9,7 @@ mod cli;
 mod dag;
 mod directory;
 mod errors;
+mod media;
 mod presence;
 mod receipts;
 mod reports;

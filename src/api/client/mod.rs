@@ -6,6 +6,7 @@ mod devices;
 pub(crate) mod directory;
 mod filter;
 mod login;
+mod media;
 mod membership;
 mod messages;
 mod presence;
@@ -57,4 +58,5 @@ pub fn router() -> Router<AppState> {
         .merge(membership::router())
         .merge(messages::router())
         .merge(sync::router())
+        .merge(media::router())
 }
