@@ -2,9 +2,14 @@
 //! `Any` driver; queries use `$N` placeholders and SQL both dialects accept.
 
 pub mod account_data;
+pub mod cross_signing;
+pub mod device_lists;
 pub mod devices;
+pub mod e2ee_keys;
 pub mod filters;
+pub mod key_backup;
 pub mod registration_tokens;
+pub mod to_device;
 pub mod users;
 
 use std::str::FromStr;

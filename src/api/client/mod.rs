@@ -4,9 +4,12 @@ mod account;
 mod account_data;
 mod devices;
 mod filter;
+mod keys;
 mod login;
 mod profile;
 mod register;
+mod room_keys;
+mod to_device;
 mod user_directory;
 mod versions;
 
@@ -33,4 +36,7 @@ pub fn router() -> Router<AppState> {
         .merge(account_data::router())
         .merge(filter::router())
         .merge(user_directory::router())
+        .merge(keys::router())
+        .merge(to_device::router())
+        .merge(room_keys::router())
 }
