@@ -34,18 +34,19 @@ fn random_curve_key() -> String {
     public
 }
 
-/// A logged-in device with its ed25519 identity key.
+/// A logged-in device with its ed25519 and curve25519 identity keys.
 struct Device {
     user: TestUser,
     pair: Ed25519KeyPair,
     ed25519: String,
+    curve25519: String,
     next_key: usize,
 }
 
 impl Device {
     fn new(user: &TestUser) -> Self {
         let (pair, ed25519) = key_pair(Some(&user.device_id));
-        Device { user: user.clone(), pair, ed25519, next_key: 0 }
+        Device { user: user.clone(), pair, ed25519, curve25519: random_curve_key(), next_key: 0 }
     }
 
     fn unsigned_device_keys(&self) -> Value {
@@ -54,7 +55,7 @@ impl Device {
             "user_id": self.user.user_id,
             "device_id": d,
             "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
-            "keys": { format!("curve25519:{d}"): random_curve_key(), format!("ed25519:{d}"): self.ed25519 },
+            "keys": { format!("curve25519:{d}"): self.curve25519, format!("ed25519:{d}"): self.ed25519 },
         })
     }
 
@@ -148,8 +149,14 @@ async fn upload_and_query_device_keys() {
         .await
         .assert_error(400, "M_BAD_JSON");
 
-    // The same keys again (even re-signed) are fine; other identity keys for the device are not.
+    // The same keys again are fine, and so are other algorithms (a new signature); other
+    // identity keys for the device are not.
     a.upload(json!({ "device_keys": keys })).await;
+    let mut more_algorithms = a.unsigned_device_keys();
+    more_algorithms["algorithms"] = json!(["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2", "x.new"]);
+    a.upload(json!({ "device_keys": sign(more_algorithms, &alice.user_id, &a.pair) })).await;
+    let answer = query(&bob, &alice).await;
+    assert_eq!(answer["device_keys"][&alice.user_id][&alice.device_id]["algorithms"][2], json!("x.new"));
     let other = Device::new(&alice);
     alice
         .post(&format!("{C}/keys/upload"), json!({ "device_keys": other.device_keys() }))
@@ -386,7 +393,7 @@ async fn cross_signing_keys_and_signatures_show_in_query() {
     alice.post(&format!("{C}/keys/device_signing/upload"), upload.clone()).await.ok();
     let after = storage::current_stream_pos(&db).await.unwrap();
     let changed = storage::device_lists::changed_users(&db, before, after).await.unwrap();
-    assert_eq!(changed, [alice.user_id.clone()]);
+    assert_eq!(changed, [alice.user_id.as_str()]);
 
     let seen_by_bob = query(&bob, &alice).await;
     assert_eq!(seen_by_bob["master_keys"][&alice.user_id], upload["master_key"]);
@@ -522,7 +529,7 @@ async fn device_list_changes_are_recorded() {
     a2.upload(json!({ "device_keys": a2.device_keys() })).await;
     let t3 = storage::current_stream_pos(&db).await.unwrap();
 
-    assert_eq!(changed(t0, t1).await, [alice.user_id.clone()]);
+    assert_eq!(changed(t0, t1).await, [alice.user_id.as_str()]);
     assert!(changed(t1, t2).await.is_empty());
     assert_eq!(changed(t2, t3).await, [alice.user_id.clone(), bob.user_id.clone()]);
     assert_eq!(changed(t0, t3).await.len(), 2);
@@ -530,7 +537,7 @@ async fn device_list_changes_are_recorded() {
     // Deleting a device with keys is a change, and its keys go.
     delete_device(&alice, &alice2.device_id).await;
     let t4 = storage::current_stream_pos(&db).await.unwrap();
-    assert_eq!(changed(t3, t4).await, [alice.user_id.clone()]);
+    assert_eq!(changed(t3, t4).await, [alice.user_id.as_str()]);
     let devices = query(&bob, &alice).await["device_keys"][&alice.user_id].clone();
     assert_eq!(devices.as_object().unwrap().keys().collect::<Vec<_>>(), [&alice.device_id]);
 }
