@@ -1,6 +1,6 @@
 //! Device keys, one-time and fallback keys: upload, query, claim.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use ruma::{OwnedUserId, UserId};
 use serde_json::{Map, Value, json};
@@ -41,12 +41,9 @@ pub async fn upload(state: &AppState, me: &Identity, body: Upload) -> Result<BTr
     let device_keys = body.device_keys.map(|keys| check_device_keys(me, keys)).transpose()?;
     let one_time_keys = parse_keys(&body.one_time_keys, "one_time_keys")?;
     let fallback_keys = parse_keys(&body.fallback_keys, "fallback_keys")?;
-    let mut seen = Vec::new();
-    for (algorithm, _) in &fallback_keys {
-        if seen.contains(&algorithm) {
-            return Err(Error::invalid_param(format!("More than one fallback key for {algorithm}")));
-        }
-        seen.push(algorithm);
+    let mut algorithms = BTreeSet::new();
+    if let Some((algorithm, _)) = fallback_keys.iter().find(|(algorithm, _)| !algorithms.insert(algorithm)) {
+        return Err(Error::invalid_param(format!("More than one fallback key for {algorithm}")));
     }
 
     let mut tx = state.db.begin().await?;
