@@ -6,6 +6,7 @@ pub mod accounts;
 pub mod api;
 pub mod config;
 pub mod crypto;
+pub mod e2ee;
 pub mod error;
 pub mod http;
 pub mod media;

@@ -8,6 +8,7 @@ mod accounts;
 mod cli;
 mod dag;
 mod directory;
+mod e2ee;
 mod errors;
 mod media;
 mod presence;

@@ -5,6 +5,7 @@ mod account_data;
 mod devices;
 pub(crate) mod directory;
 mod filter;
+mod keys;
 mod login;
 mod media;
 mod membership;
@@ -14,9 +15,11 @@ mod profile;
 mod receipts;
 mod register;
 mod report;
+mod room_keys;
 pub(crate) mod rooms;
 mod sync;
 mod timestamp;
+mod to_device;
 mod typing;
 mod upgrade;
 mod user_directory;
@@ -59,4 +62,7 @@ pub fn router() -> Router<AppState> {
         .merge(messages::router())
         .merge(sync::router())
         .merge(media::router())
+        .merge(keys::router())
+        .merge(to_device::router())
+        .merge(room_keys::router())
 }
