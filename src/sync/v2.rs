@@ -20,6 +20,9 @@ use crate::rooms::state::StateMap;
 use crate::rooms::{self, timeline};
 use crate::storage;
 
+/// Most to-device messages one sync delivers.
+const TO_DEVICE_LIMIT: i64 = 100;
+
 /// Longest long-poll a client may ask for.
 const MAX_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -57,12 +60,18 @@ pub async fn sync(svc: &Services, me: &Identity, req: SyncRequest) -> Result<Val
     if req.since.is_none() || req.full_state {
         svc.lazy_load.reset(me.user_id.as_str(), &me.device_id);
     }
+    // The client has the to-device messages the token says it was given: drop them.
+    if let Some(since) = req.since {
+        let mut tx = svc.db.begin().await?;
+        storage::to_device::delete_up_to(&mut tx, me.user_id.as_str(), &me.device_id, since.to_device_pos()).await?;
+        tx.commit().await?;
+    }
     loop {
         wake.mark_unchanged();
         // Read the typing serial first: a change racing with this sync is then sent twice
         // rather than never.
         let typing = svc.typing.serial();
-        let now = SyncToken { stream: storage::current_stream_pos(&svc.db).await?, typing };
+        let now = SyncToken { stream: storage::current_stream_pos(&svc.db).await?, typing, to_device: None };
         let (body, has_news) = compute(svc, me, &req, now).await?;
         if has_news || req.since.is_none() || req.full_state {
             return Ok(body);
@@ -75,11 +84,11 @@ pub async fn sync(svc: &Services, me: &Identity, req: SyncRequest) -> Result<Val
 }
 
 fn token(pos: i64) -> String {
-    SyncToken { stream: pos, typing: 0 }.to_string()
+    SyncToken::at(pos).to_string()
 }
 
 /// The sync response for (since, now], and whether it carries anything new.
-async fn compute(svc: &Services, me: &Identity, req: &SyncRequest, now: SyncToken) -> Result<(Value, bool)> {
+async fn compute(svc: &Services, me: &Identity, req: &SyncRequest, mut now: SyncToken) -> Result<(Value, bool)> {
     let since = req.since.map(|s| s.stream);
     if since.is_some_and(|s| s > now.stream) {
         return Err(Error::invalid_param("The since token is from the future"));
@@ -191,11 +200,34 @@ async fn compute(svc: &Services, me: &Identity, req: &SyncRequest, now: SyncToke
     if since.is_some() && !presence.is_empty() {
         news = true;
     }
+    // To-device messages after those already acknowledged, at most TO_DEVICE_LIMIT; when cut
+    // short, the token remembers where delivery stopped.
+    let (to_device, last) =
+        crate::e2ee::to_device::pending_events(&svc.db, user, &me.device_id, now.stream, TO_DEVICE_LIMIT).await?;
+    if to_device.len() as i64 == TO_DEVICE_LIMIT {
+        now.to_device = last;
+    }
+    if !to_device.is_empty() {
+        news = true;
+    }
+    let (changed, left) = match since {
+        Some(s) => device_list_changes(svc, &me.user_id, s, now.stream).await?,
+        None => (vec![], vec![]),
+    };
+    if !changed.is_empty() || !left.is_empty() {
+        news = true;
+    }
+    let otk_counts = crate::e2ee::keys::one_time_key_counts(&svc.db, user, &me.device_id).await?;
+    let fallback = storage::e2ee_keys::device_unused_fallback_key_types(&svc.db, user, &me.device_id).await?;
     let body = json!({
         "next_batch": now.to_string(),
         "rooms": { "join": join, "invite": invite, "knock": knock, "leave": leave },
         "account_data": { "events": global },
         "presence": { "events": presence },
+        "to_device": { "events": to_device },
+        "device_lists": { "changed": changed, "left": left },
+        "device_one_time_keys_count": otk_counts,
+        "device_unused_fallback_key_types": fallback,
     });
     Ok((body, news))
 }
@@ -327,6 +359,54 @@ async fn joined_room(
         entry["summary"] = summary(svc, room_id, &me.user_id).await?;
     }
     Ok(entry)
+}
+
+/// Users whose devices the client should re-fetch (`changed`: their device list changed, or
+/// they newly share a room) and those it no longer shares any room with (`left`), for
+/// positions in (`since`, `up_to`].
+pub async fn device_list_changes(
+    svc: &Services,
+    me: &UserId,
+    since: i64,
+    up_to: i64,
+) -> Result<(Vec<String>, Vec<String>)> {
+    let sharing: HashSet<String> =
+        storage::rooms::users_sharing_rooms(&svc.db, me.as_str()).await?.into_iter().collect();
+    let mut changed: BTreeSet<String> = storage::device_lists::changed_users(&svc.db, since, up_to)
+        .await?
+        .into_iter()
+        .filter(|u| sharing.contains(u))
+        .collect();
+    let mut left = BTreeSet::new();
+    // Membership changes in rooms the user is or was in: new room-mates, or room-mates gone.
+    for (user, membership) in storage::events::member_changes_in_rooms_of(&svc.db, me.as_str(), since, up_to).await? {
+        if user == me.as_str() {
+            continue;
+        }
+        if membership == "join" && sharing.contains(&user) {
+            changed.insert(user);
+        } else if !sharing.contains(&user) {
+            left.insert(user);
+        }
+    }
+    // Rooms the user joined: all their members are new room-mates.
+    for room in storage::events::membership_changes(&svc.db, me.as_str(), since, up_to).await? {
+        if storage::rooms::membership(&svc.db, &room, me.as_str()).await?.as_deref() == Some("join") {
+            for (user, membership, _) in storage::rooms::members(&svc.db, &room).await? {
+                if membership == "join" && user != me.as_str() {
+                    changed.insert(user);
+                }
+            }
+        } else {
+            for (user, _, _) in storage::rooms::members(&svc.db, &room).await? {
+                if !sharing.contains(&user) && user != me.as_str() {
+                    left.insert(user);
+                }
+            }
+        }
+    }
+    left.retain(|u| !changed.contains(u));
+    Ok((changed.into_iter().collect(), left.into_iter().collect()))
 }
 
 /// Typing and receipts of a joined room: all current ones for a full sync (`after` None),

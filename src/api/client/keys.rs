@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use axum::extract::State;
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use ruma::OwnedUserId;
 use serde::Deserialize;
@@ -14,7 +14,8 @@ use super::v3;
 use crate::AppState;
 use crate::e2ee::{cross_signing, keys};
 use crate::error::Result;
-use crate::http::extract::{self, Auth};
+use crate::http::extract::{self, Auth, Query};
+use crate::sync::token::SyncToken;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -23,6 +24,21 @@ pub fn router() -> Router<AppState> {
         .route(v3!("/keys/claim"), post(claim))
         .route(v3!("/keys/device_signing/upload"), post(upload_signing_keys))
         .route(v3!("/keys/signatures/upload"), post(upload_signatures))
+        .route(v3!("/keys/changes"), get(changes))
+}
+
+#[derive(Deserialize)]
+struct ChangesQuery {
+    from: String,
+    to: String,
+}
+
+/// Users whose device lists changed between two sync tokens (and those no longer sharing a room).
+async fn changes(State(state): State<AppState>, Auth(me): Auth, Query(q): Query<ChangesQuery>) -> Result<Json<Value>> {
+    let from = SyncToken::parse(&q.from)?.stream;
+    let to = SyncToken::parse(&q.to)?.stream;
+    let (changed, left) = crate::sync::v2::device_list_changes(&state, &me.user_id, from, to.max(from)).await?;
+    Ok(Json(json!({ "changed": changed, "left": left })))
 }
 
 async fn upload(
