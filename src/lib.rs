@@ -6,9 +6,11 @@ pub mod accounts;
 pub mod api;
 pub mod config;
 pub mod crypto;
+pub mod e2ee;
 pub mod error;
 pub mod federation;
 pub mod http;
+pub mod media;
 pub mod rooms;
 pub mod storage;
 pub mod sync;
@@ -35,11 +37,14 @@ pub struct Services {
     pub db: Db,
     pub server_key: ServerKey,
     pub uia: UiaSessions,
+    pub sessions: accounts::sessions::SessionTracker,
     pub rate_limiter: RateLimiter,
     pub metrics: Option<PrometheusHandle>,
     pub notifier: Notifier,
     pub rooms: rooms::Rooms,
+    pub typing: rooms::typing::Typing,
     pub lazy_load: sync::v2::LazyLoadCache,
+    pub media: media::MediaService,
     pub federation: federation::Federation,
 }
 
@@ -61,11 +66,14 @@ impl AppState {
         let server_key = ServerKey::load_or_generate(&config.data_dir)?;
         let metrics = config.metrics.enabled.then(prometheus_handle).transpose()?;
         let state = AppState(Arc::new(Services {
+            sessions: Default::default(),
             rate_limiter: RateLimiter::new(config.rate_limits.clone()),
             uia: UiaSessions::default(),
             notifier: Notifier::default(),
             rooms: rooms::Rooms::default(),
+            typing: rooms::typing::Typing::default(),
             lazy_load: sync::v2::LazyLoadCache::default(),
+            media: media::MediaService::new(&config)?,
             federation: federation::Federation::new(&config)?,
             config,
             db,

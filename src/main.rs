@@ -1,6 +1,7 @@
-//! The `plexus` command: serve, generate-config, register-user, version.
+//! The `plexus` command: serve, generate-config, register-user, registration-token, version.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -38,12 +39,48 @@ enum Command {
         #[arg(short, long)]
         config: Option<PathBuf>,
     },
+    /// Manage registration tokens (for `registration.mode = "token"`).
+    RegistrationToken {
+        #[command(subcommand)]
+        action: TokenAction,
+        #[arg(short, long, global = true)]
+        config: Option<PathBuf>,
+    },
     /// Print the version.
     Version,
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+#[derive(Subcommand)]
+enum TokenAction {
+    /// Create a token (random unless given) and print it.
+    Create {
+        /// How many registrations may use it (unlimited without).
+        #[arg(long)]
+        uses: Option<u32>,
+        /// Days until it expires (never without).
+        #[arg(long)]
+        expires_in_days: Option<u32>,
+        /// The token: 1 to 64 characters from A-Z a-z 0-9 - . _ ~
+        token: Option<String>,
+    },
+    /// List the tokens with their uses and expiry.
+    List,
+    /// Delete a token.
+    Delete { token: String },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // The whole chain of causes on one line, without a backtrace: a message for people.
+            eprintln!("plexus: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Version => {
             println!("plexus {}", env!("CARGO_PKG_VERSION"));
@@ -63,6 +100,10 @@ fn main() -> anyhow::Result<()> {
             let config = Config::load(config.as_deref())?;
             let password = read_password(password_file)?;
             runtime()?.block_on(register_user(config, &name, &password, admin))
+        }
+        Command::RegistrationToken { action, config } => {
+            let config = Config::load(config.as_deref())?;
+            runtime()?.block_on(registration_token(config, action))
         }
     }
 }
@@ -149,3 +190,48 @@ async fn register_user(config: Config, name: &str, password: &str, admin: bool) 
     println!("created {user_id}{}", if admin { " (admin)" } else { "" });
     Ok(())
 }
+
+async fn registration_token(config: Config, action: TokenAction) -> anyhow::Result<()> {
+    use plexus::storage::registration_tokens;
+    let db = plexus::storage::Db::connect(&config.database.url, 1).await?;
+    match action {
+        TokenAction::Create { uses, expires_in_days, token } => {
+            let token = token.unwrap_or_else(plexus::accounts::random_registration_token);
+            plexus::accounts::validate_registration_token(&token).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let expiry_ts = expires_in_days.map(|d| plexus::storage::now_ms() + i64::from(d) * MS_PER_DAY);
+            let mut tx = db.begin().await?;
+            if !registration_tokens::create(&mut tx, &token, uses.map(i64::from), expiry_ts).await? {
+                bail!("the registration token {token} exists already");
+            }
+            tx.commit().await?;
+            println!("{token}");
+        }
+        TokenAction::List => {
+            let now = plexus::storage::now_ms();
+            for t in registration_tokens::list(&db).await? {
+                let uses = match t.uses_allowed {
+                    Some(n) => format!("{}/{n} uses", t.completed),
+                    None => format!("{} uses (unlimited)", t.completed),
+                };
+                let expiry = match t.expiry_ts {
+                    None => "never expires".to_owned(),
+                    Some(ts) if ts <= now => "expired".to_owned(),
+                    Some(ts) => format!("expires in {:.1} days", (ts - now) as f64 / MS_PER_DAY as f64),
+                };
+                let state = if t.is_valid() { "valid" } else { "invalid" };
+                println!("{}\t{uses}\t{expiry}\t{state}", t.token);
+            }
+        }
+        TokenAction::Delete { token } => {
+            let mut tx = db.begin().await?;
+            if !registration_tokens::delete(&mut tx, &token).await? {
+                bail!("no registration token {token}");
+            }
+            tx.commit().await?;
+            println!("deleted {token}");
+        }
+    }
+    Ok(())
+}
+
+const MS_PER_DAY: i64 = 24 * 3600 * 1000;

@@ -1,6 +1,7 @@
 //! Accounts: registration, passwords, login sessions (devices and tokens), identities.
 
 pub mod password;
+pub mod sessions;
 pub mod tokens;
 pub mod uia;
 
@@ -9,6 +10,7 @@ use ruma::{OwnedUserId, UserId};
 
 use crate::error::{Error, Result};
 use crate::storage::{self, Db};
+use sessions::SessionTracker;
 
 /// Who is making an authenticated request.
 #[derive(Debug, Clone)]
@@ -58,6 +60,21 @@ pub fn parse_login_user(user: &str, server_name: &str) -> Option<OwnedUserId> {
 pub fn random_device_id() -> String {
     let mut rng = rand::thread_rng();
     (0..10).map(|_| (b'A' + rng.gen_range(0..26)) as char).collect()
+}
+
+/// Checks a registration token chosen by an administrator: the spec's opaque identifier
+/// grammar, at most 64 characters.
+pub fn validate_registration_token(token: &str) -> Result<()> {
+    let grammar = token.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'));
+    if token.is_empty() || token.len() > 64 || !grammar {
+        return Err(Error::invalid_param("A registration token has 1 to 64 characters from A-Z a-z 0-9 - . _ ~"));
+    }
+    Ok(())
+}
+
+/// A new random registration token of 16 letters and digits.
+pub fn random_registration_token() -> String {
+    rand::thread_rng().sample_iter(rand::distributions::Alphanumeric).take(16).map(char::from).collect()
 }
 
 /// Creates an account in the database (no login).
@@ -118,27 +135,33 @@ pub async fn open_session(
     Ok(Session { user_id: user_id.to_owned(), device_id, access_token, refresh_token, expires_in_ms })
 }
 
-/// Exchanges a refresh token for a new access token and refresh token.
-pub async fn refresh(db: &Db, refresh_token: &str) -> Result<Session> {
+/// Exchanges a refresh token for a new access token and refresh token. The device's other
+/// tokens end (the previous access token, and whatever an earlier answer to this same refresh
+/// handed out if the client never received it); the used refresh token stays valid until the
+/// new access token or refresh token is used, so that a lost answer can be fetched again.
+pub async fn refresh(db: &Db, sessions: &SessionTracker, refresh_token: &str) -> Result<Session> {
+    let used_hash = tokens::hash(refresh_token);
     let mut tx = db.begin().await?;
-    let Some((user_id, device_id)) =
-        storage::devices::take_refresh_token(&mut tx, &tokens::hash(refresh_token)).await?
-    else {
-        return Err(Error::unknown_token(true));
+    let Some((user_id, device_id)) = storage::devices::take_refresh_token(&mut tx, &used_hash).await? else {
+        return Err(Error::unknown_token(false));
     };
     let user_id = OwnedUserId::try_from(user_id).map_err(|e| Error::Internal(e.into()))?;
     storage::devices::delete_tokens(&mut tx, user_id.as_str(), &device_id).await?;
+    storage::devices::add_refresh_token(&mut tx, &used_hash, user_id.as_str(), &device_id).await?;
     let access_token = tokens::generate();
+    let access_hash = tokens::hash(&access_token);
     let new_refresh = tokens::generate();
     storage::devices::add_access_token(
         &mut tx,
-        &tokens::hash(&access_token),
+        &access_hash,
         user_id.as_str(),
         &device_id,
         Some(storage::now_ms() + REFRESHABLE_TOKEN_LIFETIME_MS),
     )
     .await?;
     storage::devices::add_refresh_token(&mut tx, &tokens::hash(&new_refresh), user_id.as_str(), &device_id).await?;
+    // Recorded before the commit, so that even the first use of the new token revokes the old one.
+    sessions.supersede(&user_id, &device_id, access_hash, used_hash);
     tx.commit().await?;
     Ok(Session {
         user_id,
@@ -149,9 +172,11 @@ pub async fn refresh(db: &Db, refresh_token: &str) -> Result<Session> {
     })
 }
 
-/// Resolves an access token to its owner.
-pub async fn authenticate(db: &Db, access_token: &str) -> Result<Identity> {
-    let Some(owner) = storage::devices::access_token_owner(db, &tokens::hash(access_token)).await? else {
+/// Resolves an access token to its owner. The first use of a refreshed access token revokes
+/// the refresh token it was obtained with.
+pub async fn authenticate(db: &Db, sessions: &SessionTracker, access_token: &str) -> Result<Identity> {
+    let access_hash = tokens::hash(access_token);
+    let Some(owner) = storage::devices::access_token_owner(db, &access_hash).await? else {
         return Err(Error::unknown_token(false));
     };
     if owner.expires_ts.is_some_and(|e| e <= storage::now_ms()) {
@@ -163,12 +188,15 @@ pub async fn authenticate(db: &Db, access_token: &str) -> Result<Identity> {
     if user.deactivated {
         return Err(Error::unknown_token(false));
     }
-    Ok(Identity {
-        user_id: OwnedUserId::try_from(owner.user_id).map_err(|e| Error::Internal(e.into()))?,
-        device_id: owner.device_id,
-        is_admin: user.is_admin,
-        is_guest: user.is_guest,
-    })
+    let user_id = OwnedUserId::try_from(owner.user_id).map_err(|e| Error::Internal(e.into()))?;
+    if owner.expires_ts.is_some()
+        && let Some(superseded) = sessions.take_superseded(&user_id, &owner.device_id, &access_hash)
+    {
+        let mut tx = db.begin().await?;
+        storage::devices::take_refresh_token(&mut tx, &superseded).await?;
+        tx.commit().await?;
+    }
+    Ok(Identity { user_id, device_id: owner.device_id, is_admin: user.is_admin, is_guest: user.is_guest })
 }
 
 /// Checks a user's password; `Ok(false)` for a wrong password or an unknown or

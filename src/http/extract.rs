@@ -77,7 +77,7 @@ impl FromRequestParts<AppState> for Auth {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
         let token = access_token(parts).ok_or_else(Error::missing_token)?;
-        accounts::authenticate(&state.db, &token).await.map(Auth)
+        authenticate(parts, state, &token).await.map(Auth)
     }
 }
 
@@ -90,9 +90,16 @@ impl FromRequestParts<AppState> for MaybeAuth {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
         match access_token(parts) {
             None => Ok(MaybeAuth(None)),
-            Some(token) => accounts::authenticate(&state.db, &token).await.map(|i| MaybeAuth(Some(i))),
+            Some(token) => authenticate(parts, state, &token).await.map(|i| MaybeAuth(Some(i))),
         }
     }
+}
+
+/// Resolves the token and records the device's activity (throttled, see `SessionTracker`).
+async fn authenticate(parts: &Parts, state: &AppState, token: &str) -> Result<Identity, Error> {
+    let identity = accounts::authenticate(&state.db, &state.sessions, token).await?;
+    state.sessions.seen(&state.db, &identity.user_id, &identity.device_id, client_ip(parts)).await;
+    Ok(identity)
 }
 
 fn access_token(parts: &Parts) -> Option<String> {
@@ -111,7 +118,10 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Error> {
-        let ip = parts.extensions.get::<ConnectInfo<SocketAddr>>().map_or(IpAddr::from([127, 0, 0, 1]), |c| c.0.ip());
-        Ok(ClientIp(ip))
+        Ok(ClientIp(client_ip(parts)))
     }
+}
+
+fn client_ip(parts: &Parts) -> IpAddr {
+    parts.extensions.get::<ConnectInfo<SocketAddr>>().map_or(IpAddr::from([127, 0, 0, 1]), |c| c.0.ip())
 }

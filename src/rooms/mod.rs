@@ -3,10 +3,14 @@
 
 pub mod create;
 pub mod format;
+pub mod inbound;
 pub mod pdu;
 pub mod power;
+pub mod resolve;
 pub mod state;
 pub mod timeline;
+pub mod typing;
+pub mod upgrade;
 pub mod versions;
 pub mod visibility;
 
@@ -343,6 +347,14 @@ fn too_large_or_internal(e: ruma::signatures::JsonError) -> Error {
     }
 }
 
+/// How an event being appended came.
+pub(crate) struct Arrival<'a> {
+    /// (sender, device, transaction ID) of a local client's send.
+    pub txn: Option<(&'a UserId, &'a str, &'a str)>,
+    /// Failed auth against the room's current state: stored, but neither shown nor built on.
+    pub soft_failed: bool,
+}
+
 /// Persists a built local event on top of `state_before` (group `group_before`).
 async fn append_local(
     svc: &Services,
@@ -352,6 +364,20 @@ async fn append_local(
     txn: Option<(&UserId, &str, &str)>,
 ) -> Result<OwnedEventId> {
     let Built { pdu, rules } = built;
+    append(svc, &pdu, &rules, state_before, group_before, Arrival { txn, soft_failed: false }).await
+}
+
+/// Appends an authorised event to its room (the caller holds the room lock): its state
+/// group, the forward extremities, the room's current state (resolved when the DAG forks),
+/// then wakes the local users concerned.
+pub(crate) async fn append(
+    svc: &Services,
+    pdu: &Pdu,
+    rules: &RoomVersionRules,
+    state_before: &StateMap,
+    group_before: Option<i64>,
+    arrival: Arrival<'_>,
+) -> Result<OwnedEventId> {
     let room = pdu.room_id.as_str();
     let mut json = pdu.json.to_string();
     // Record what a state event replaces (prev_content for clients), outside the signed part.
@@ -368,9 +394,13 @@ async fn append_local(
         });
         json = value.to_string();
     }
+    let (old_current_group, old_extremities) = match storage::rooms::get(&svc.db, room).await? {
+        Some((_, g)) => (g, storage::rooms::extremities(&svc.db, room).await?),
+        None => return Err(Error::not_found("Unknown room")),
+    };
 
     let mut tx = svc.db.begin().await?;
-    let (group, new_state) = match &pdu.state_key {
+    let (group, state_after) = match &pdu.state_key {
         Some(key) => {
             let entry = ((pdu.kind.to_string(), key.clone()), pdu.event_id.to_string());
             let delta: storage::state::StateRows = [entry.clone()].into_iter().collect();
@@ -379,9 +409,9 @@ async fn append_local(
             let id = storage::state::create_group(&mut tx, room, group_before, &delta, &full).await?;
             let mut map = state_before.clone();
             map.insert((pdu.kind.to_string().into(), key.clone()), pdu.event_id.clone());
-            (Some(id), Some(Arc::new(map)))
+            (Some(id), Arc::new(map))
         }
-        None => (group_before, None),
+        None => (group_before, Arc::new(state_before.clone())),
     };
     let pos = storage::next_stream_pos(&mut tx).await?;
     let prev_ids: Vec<String> = pdu.prev_events.iter().map(ToString::to_string).collect();
@@ -403,36 +433,98 @@ async fn append_local(
             prev_events: &prev_ids,
             auth_events: &auth_ids,
             relation: relation.as_ref().map(|(t, e)| (t.as_str(), e.as_str())),
+            soft_failed: arrival.soft_failed,
         },
     )
     .await?;
-    storage::rooms::advance_extremities(&mut tx, room, &prev_ids, pdu.event_id.as_str()).await?;
-    if let (Some(key), Some(group)) = (&pdu.state_key, group) {
-        let membership = (pdu.kind == TimelineEventType::RoomMember).then(|| pdu.content_str("membership")).flatten();
-        let change = StateChange {
-            event_type: &pdu.kind.to_string(),
-            state_key: key,
-            event_id: Some(pdu.event_id.as_str()),
-            membership: membership.as_deref(),
-        };
-        storage::rooms::set_current_state(&mut tx, room, group, &[change]).await?;
-    }
-    if let Some((user, device, txn_id)) = txn {
+    if let Some((user, device, txn_id)) = arrival.txn {
         storage::events::put_txn(&mut tx, user.as_str(), device, room, txn_id, pdu.event_id.as_str()).await?;
     }
+    if arrival.soft_failed {
+        tx.commit().await?;
+        return Ok(pdu.event_id.clone());
+    }
+    storage::rooms::advance_extremities(&mut tx, room, &prev_ids, pdu.event_id.as_str()).await?;
+
+    // The room's new current state: the state after this event when it is the only forward
+    // extremity, else the resolution of the states after every extremity.
+    let remaining: Vec<&String> = old_extremities.iter().filter(|e| !prev_ids.contains(e)).collect();
+    let (new_group, new_state) = if remaining.is_empty() {
+        (group, state_after.clone())
+    } else {
+        // Resolution may need this event, which is not committed yet.
+        svc.rooms.cache_event(Arc::new(pdu.clone()));
+        let mut states = vec![state_after.clone()];
+        for id in &remaining {
+            let g = storage::events::get(&svc.db, id).await?.and_then(|e| e.state_group);
+            if let Some(g) = g {
+                states.push(state::load(svc, g).await?);
+            }
+        }
+        let version =
+            RoomVersionId::try_from(storage::rooms::get(&svc.db, room).await?.map(|(v, _)| v).unwrap_or_default())
+                .map_err(|e| Error::Internal(e.into()))?;
+        let resolved = resolve::resolve(svc, &version, &states).await?;
+        let rows = state::to_rows(&resolved);
+        let id = storage::state::create_group(&mut tx, room, None, &rows, &rows).await?;
+        (Some(id), Arc::new(resolved))
+    };
+    if new_group != old_current_group
+        && let Some(new_group) = new_group
+    {
+        let old_state = match old_current_group {
+            Some(g) => state::load(svc, g).await?,
+            None => Arc::default(),
+        };
+        let mut memberships = Vec::new();
+        let mut changed = Vec::new();
+        for (key, id) in new_state.iter() {
+            if old_state.get(key) != Some(id) {
+                let membership = match key.0 {
+                    // This event is not committed yet: read it from memory.
+                    StateEventType::RoomMember if *id == pdu.event_id => pdu.content_str("membership"),
+                    StateEventType::RoomMember => get_pdu(svc, id).await?.and_then(|p| p.content_str("membership")),
+                    _ => None,
+                };
+                memberships.push(membership);
+                changed.push((key, Some(id)));
+            }
+        }
+        for key in old_state.keys() {
+            if !new_state.contains_key(key) {
+                memberships.push(None);
+                changed.push((key, None));
+            }
+        }
+        let kinds: Vec<String> = changed.iter().map(|(k, _)| k.0.to_string()).collect();
+        let changes: Vec<StateChange<'_>> = changed
+            .iter()
+            .zip(kinds.iter())
+            .zip(memberships.iter())
+            .map(|(((key, id), kind), membership)| StateChange {
+                event_type: kind,
+                state_key: &key.1,
+                event_id: id.map(|i| i.as_str()),
+                membership: membership.as_deref(),
+            })
+            .collect();
+        storage::rooms::set_current_state(&mut tx, room, new_group, &changes).await?;
+    }
     let redacted = match (&pdu.kind, &pdu.redacts) {
-        (TimelineEventType::RoomRedaction, Some(target)) => apply_redaction(svc, &mut tx, &pdu, target, &rules).await?,
+        (TimelineEventType::RoomRedaction, Some(target)) => apply_redaction(svc, &mut tx, pdu, target, rules).await?,
         _ => None,
     };
     tx.commit().await?;
 
-    if let (Some(g), Some(map)) = (group, new_state) {
-        state::remember(svc, g, map);
+    if let Some(g) = group {
+        state::remember(svc, g, state_after);
+    }
+    if let Some(g) = new_group {
+        state::remember(svc, g, new_state);
     }
     if let Some(target) = redacted {
         svc.rooms.forget_event(&target);
     }
-    let event_id = pdu.event_id.clone();
     let mut wake: Vec<OwnedUserId> = storage::rooms::interested_users(&svc.db, room)
         .await?
         .into_iter()
@@ -444,8 +536,8 @@ async fn append_local(
         wake.push(target);
     }
     svc.notifier.notify(wake.iter().map(|u| &**u));
-    metrics::counter!("plexus_events_sent_total").increment(1);
-    Ok(event_id)
+    metrics::counter!("plexus_events_appended_total").increment(1);
+    Ok(pdu.event_id.clone())
 }
 
 /// Prunes the redacted event in storage, if it is in the same room. Returns its ID.

@@ -50,13 +50,14 @@ pub struct NewEvent<'a> {
     pub auth_events: &'a [String],
     /// (rel_type, target event ID) of `m.relates_to`.
     pub relation: Option<(&'a str, &'a str)>,
+    pub soft_failed: bool,
 }
 
 pub async fn insert(tx: &mut Tx, e: &NewEvent<'_>) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO events (event_id, room_id, stream_pos, depth, event_type, state_key, sender,
-                             origin_server_ts, json, outlier, state_group)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                             origin_server_ts, json, outlier, state_group, soft_failed)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
     )
     .bind(e.event_id)
     .bind(e.room_id)
@@ -69,6 +70,7 @@ pub async fn insert(tx: &mut Tx, e: &NewEvent<'_>) -> sqlx::Result<()> {
     .bind(e.json)
     .bind(e.stream_pos.is_none() as i64)
     .bind(e.state_group)
+    .bind(e.soft_failed as i64)
     .execute(&mut **tx)
     .await?;
     for prev in e.prev_events {
@@ -270,4 +272,34 @@ pub async fn group_at_pos(db: &Db, pos: i64) -> sqlx::Result<Option<i64>> {
         .fetch_optional(db.read())
         .await
         .map(Option::flatten)
+}
+
+/// Membership events with positions in (`after`, `up_to`] in rooms where `user_id` has a
+/// membership: (member, membership).
+pub async fn member_changes_in_rooms_of(
+    db: &Db,
+    user_id: &str,
+    after: i64,
+    up_to: i64,
+) -> sqlx::Result<Vec<(String, String)>> {
+    let rows: Vec<(Option<String>, String)> = sqlx::query_as(
+        "SELECT e.state_key, e.json FROM events e
+         JOIN current_state mine ON mine.room_id = e.room_id
+              AND mine.event_type = 'm.room.member' AND mine.state_key = $1
+         WHERE e.event_type = 'm.room.member' AND e.stream_pos > $2 AND e.stream_pos <= $3
+         ORDER BY e.stream_pos",
+    )
+    .bind(user_id)
+    .bind(after)
+    .bind(up_to)
+    .fetch_all(db.read())
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(key, json)| {
+            let membership =
+                serde_json::from_str::<serde_json::Value>(&json).ok()?["content"]["membership"].as_str()?.to_owned();
+            Some((key?, membership))
+        })
+        .collect())
 }

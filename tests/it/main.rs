@@ -5,6 +5,20 @@
 mod harness;
 
 mod accounts;
+mod cli;
+mod dag;
+mod directory;
+mod e2ee;
+mod errors;
 mod federation;
+mod media;
+mod presence;
+mod receipts;
+mod reports;
+mod room_util;
 mod rooms;
 mod sync;
+mod timestamp;
+mod typing;
+mod upgrade;
+mod voip;

@@ -59,6 +59,7 @@ async fn write(state: &AppState, me: &Identity, room_id: &str, data_type: &str, 
     let mut tx = state.db.begin().await?;
     storage::account_data::put(&mut tx, me.user_id.as_str(), room_id, data_type, &content.to_string()).await?;
     tx.commit().await?;
+    state.notifier.notify([&*me.user_id]);
     Ok(Json(json!({})))
 }
 

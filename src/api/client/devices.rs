@@ -20,13 +20,19 @@ pub fn router() -> Router<AppState> {
         .route(v3!("/delete_devices"), post(delete_many))
 }
 
+/// A device as the spec shows it: fields the server does not know are left out, not null.
 fn device_json(d: &DeviceRow) -> Value {
-    json!({
-        "device_id": d.device_id,
-        "display_name": d.display_name,
-        "last_seen_ts": d.last_seen_ts,
-        "last_seen_ip": d.last_seen_ip,
-    })
+    let mut body = json!({ "device_id": d.device_id });
+    if let Some(name) = &d.display_name {
+        body["display_name"] = json!(name);
+    }
+    if let Some(ts) = d.last_seen_ts {
+        body["last_seen_ts"] = json!(ts);
+    }
+    if let Some(ip) = &d.last_seen_ip {
+        body["last_seen_ip"] = json!(ip);
+    }
+    body
 }
 
 async fn list(State(state): State<AppState>, Auth(me): Auth) -> Result<Json<Value>> {
@@ -43,6 +49,7 @@ async fn get_one(State(state): State<AppState>, Auth(me): Auth, Path(device_id):
 
 #[derive(Deserialize)]
 struct RenameBody {
+    /// Absent: the name stays as it is.
     #[serde(default)]
     display_name: Option<String>,
 }
@@ -53,10 +60,15 @@ async fn rename(
     Path(device_id): Path<String>,
     extract::Json(body): extract::Json<RenameBody>,
 ) -> Result<Json<Value>> {
-    let mut tx = state.db.begin().await?;
-    let found =
-        storage::devices::rename(&mut tx, me.user_id.as_str(), &device_id, body.display_name.as_deref()).await?;
-    tx.commit().await?;
+    let found = match body.display_name.as_deref() {
+        Some(name) => {
+            let mut tx = state.db.begin().await?;
+            let found = storage::devices::rename(&mut tx, me.user_id.as_str(), &device_id, Some(name)).await?;
+            tx.commit().await?;
+            found
+        }
+        None => storage::devices::get(&state.db, me.user_id.as_str(), &device_id).await?.is_some(),
+    };
     if !found {
         return Err(Error::not_found("Device not found"));
     }

@@ -129,7 +129,7 @@ async fn refresh(
     State(state): State<AppState>,
     extract::Json(body): extract::Json<RefreshBody>,
 ) -> Result<Json<Value>> {
-    let session = accounts::refresh(&state.db, &body.refresh_token).await?;
+    let session = accounts::refresh(&state.db, &state.sessions, &body.refresh_token).await?;
     Ok(Json(json!({
         "access_token": session.access_token,
         "refresh_token": session.refresh_token,

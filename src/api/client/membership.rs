@@ -62,10 +62,11 @@ pub async fn join(state: &AppState, room_id: &RoomId, user: &UserId, reason: Opt
     let mut draft = member_draft(state, user, "join", reason).await?;
     let current = rooms::current_state(state, room_id).await?;
     let membership = rooms::membership_in(state, &current, user).await?;
-    if membership != "join" && membership != "invite" {
-        if let Some(authoriser) = restricted_join_authoriser(state, &current, &version, user).await? {
-            draft.content["join_authorised_via_users_server"] = json!(authoriser);
-        }
+    if membership != "join"
+        && membership != "invite"
+        && let Some(authoriser) = restricted_join_authoriser(state, &current, &version, user).await?
+    {
+        draft.content["join_authorised_via_users_server"] = json!(authoriser);
     }
     rooms::send(state, room_id, user, draft, None).await?;
     let mut tx = state.db.begin().await?;
@@ -175,15 +176,9 @@ async fn leave(
 async fn forget(State(state): State<AppState>, Auth(me): Auth, Path(room_id): Path<String>) -> Result<Json<Value>> {
     let room_id = parse_room_id(&room_id)?;
     rooms::room_version(&state, &room_id).await?;
-    match storage::rooms::membership(&state.db, room_id.as_str(), me.user_id.as_str()).await?.as_deref() {
-        Some("join" | "invite" | "knock") => {
-            return Err(Error::matrix(
-                http::StatusCode::BAD_REQUEST,
-                "M_UNKNOWN",
-                "Leave the room before forgetting it",
-            ));
-        }
-        _ => {}
+    let membership = storage::rooms::membership(&state.db, room_id.as_str(), me.user_id.as_str()).await?;
+    if matches!(membership.as_deref(), Some("join" | "invite" | "knock")) {
+        return Err(Error::matrix(http::StatusCode::BAD_REQUEST, "M_UNKNOWN", "Leave the room before forgetting it"));
     }
     let mut tx = state.db.begin().await?;
     storage::rooms::forget(&mut tx, me.user_id.as_str(), room_id.as_str()).await?;

@@ -4,8 +4,7 @@ use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use ruma::OwnedUserId;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use super::v3;
 use crate::AppState;
@@ -59,38 +58,37 @@ async fn get_field(
     }
 }
 
-#[derive(Deserialize)]
-struct FieldBody {
-    #[serde(default)]
-    displayname: Option<String>,
-    #[serde(default)]
-    avatar_url: Option<String>,
-}
-
 async fn set_field(
     State(state): State<AppState>,
     Auth(me): Auth,
     Path((user_id, field)): Path<(String, String)>,
-    extract::Json(body): extract::Json<FieldBody>,
+    extract::Json(body): extract::Json<Map<String, Value>>,
 ) -> Result<Json<Value>> {
     if user_id != me.user_id.as_str() {
         return Err(Error::forbidden("Cannot set another user's profile"));
     }
+    if field != "displayname" && field != "avatar_url" {
+        return Err(Error::unrecognized());
+    }
+    let value = body.get(&field).ok_or_else(|| Error::missing_param(format!("Missing {field}")))?;
+    // Like Synapse, null and "" clear the field.
+    let value = match value {
+        Value::Null => None,
+        Value::String(s) if s.is_empty() => None,
+        Value::String(s) => Some(s.as_str()),
+        _ => return Err(Error::bad_json(format!("{field} must be a string"))),
+    };
+    if field == "displayname" && value.is_some_and(|n| n.len() > 256) {
+        return Err(Error::bad_json("displayname is longer than 256 bytes"));
+    }
+    if field == "avatar_url" && value.is_some_and(|u| !u.starts_with("mxc://")) {
+        return Err(Error::bad_json("avatar_url must be an mxc:// URI"));
+    }
     let mut tx = state.db.begin().await?;
-    match field.as_str() {
-        "displayname" => {
-            if body.displayname.as_ref().is_some_and(|n| n.len() > 256) {
-                return Err(Error::bad_json("displayname is longer than 256 bytes"));
-            }
-            storage::users::set_displayname(&mut tx, me.user_id.as_str(), body.displayname.as_deref()).await?
-        }
-        "avatar_url" => {
-            if body.avatar_url.as_ref().is_some_and(|u| !u.is_empty() && !u.starts_with("mxc://")) {
-                return Err(Error::bad_json("avatar_url must be an mxc:// URI"));
-            }
-            storage::users::set_avatar_url(&mut tx, me.user_id.as_str(), body.avatar_url.as_deref()).await?
-        }
-        _ => return Err(Error::unrecognized()),
+    if field == "displayname" {
+        storage::users::set_displayname(&mut tx, me.user_id.as_str(), value).await?;
+    } else {
+        storage::users::set_avatar_url(&mut tx, me.user_id.as_str(), value).await?;
     }
     tx.commit().await?;
     Ok(Json(json!({})))

@@ -39,7 +39,16 @@ async fn search(
     let results: Vec<Value> = rows
         .iter()
         .take(limit as usize)
-        .map(|u| json!({ "user_id": u.user_id, "display_name": u.displayname, "avatar_url": u.avatar_url }))
+        .map(|u| {
+            let mut user = json!({ "user_id": u.user_id });
+            if let Some(name) = &u.displayname {
+                user["display_name"] = json!(name);
+            }
+            if let Some(url) = &u.avatar_url {
+                user["avatar_url"] = json!(url);
+            }
+            user
+        })
         .collect();
     Ok(Json(json!({ "results": results, "limited": limited })))
 }

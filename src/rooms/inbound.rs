@@ -1,0 +1,180 @@
+//! Events from other servers: the spec's checks on receipt of a PDU, in order, then the
+//! same append as local events. Forks merge through state resolution.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ruma::events::StateEventType;
+use ruma::signatures::{PublicKeyMap, Verified};
+use ruma::{CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, RoomId};
+
+use super::pdu::Pdu;
+use super::state::StateMap;
+use super::{Arrival, append, get_pdu, resolve, state, versions};
+use crate::Services;
+use crate::error::{Error, Result};
+use crate::storage;
+
+/// What became of a received PDU.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Appended to the room.
+    Accepted(OwnedEventId),
+    /// Stored, but it fails auth against the current state: not shown, not built upon.
+    SoftFailed(OwnedEventId),
+    /// Already known.
+    Duplicate(OwnedEventId),
+    /// Dropped or rejected, with the reason.
+    Rejected(String),
+    /// Some prev or auth events are unknown: fetch them and try again.
+    MissingEvents(Vec<OwnedEventId>),
+}
+
+/// The event ID of a PDU of a room version.
+pub fn event_id_of(
+    object: &CanonicalJsonObject,
+    rules: &ruma::room_version_rules::RoomVersionRules,
+) -> Result<OwnedEventId> {
+    if rules.event_id_format == ruma::room_version_rules::EventIdFormatVersion::V1 {
+        return match object.get("event_id") {
+            Some(CanonicalJsonValue::String(id)) => EventId::parse(id).map_err(|e| Error::bad_json(e.to_string())),
+            _ => Err(Error::bad_json("PDU without event_id")),
+        };
+    }
+    let hash = ruma::signatures::reference_hash(object, rules).map_err(|e| Error::bad_json(e.to_string()))?;
+    EventId::parse(format!("${hash}")).map_err(|e| Error::bad_json(e.to_string()))
+}
+
+/// Runs the checks on receipt of a PDU for a room this server is in and stores it.
+/// `keys` holds the verify keys of the servers that signed it.
+pub async fn receive(
+    svc: &Services,
+    room_id: &RoomId,
+    mut object: CanonicalJsonObject,
+    keys: &PublicKeyMap,
+) -> Result<Outcome> {
+    let version = super::room_version(svc, room_id).await?;
+    let rules = versions::rules(&version)?;
+    // 1. Well-formed.
+    if let Err(e) = ruma::state_res::check_pdu_format(&object, &rules.event_format) {
+        return Ok(Outcome::Rejected(format!("malformed PDU: {e}")));
+    }
+    object.remove("unsigned");
+    let event_id = event_id_of(&object, &rules)?;
+    if storage::events::get(&svc.db, event_id.as_str()).await?.is_some() {
+        return Ok(Outcome::Duplicate(event_id));
+    }
+    // 2. Signatures; 3. content hash (a mismatch means the event is kept redacted).
+    match ruma::signatures::verify_event(keys, &object, &rules) {
+        Ok(Verified::All) => {}
+        Ok(Verified::Signatures) => {
+            object = ruma::canonical_json::redact(object, &rules.redaction, None)
+                .map_err(|e| Error::bad_json(e.to_string()))?;
+        }
+        Err(e) => return Ok(Outcome::Rejected(format!("bad signature: {e}"))),
+    }
+    let json = ruma::canonical_json::to_canonical_value(&object).map_err(|e| Error::Internal(e.into()))?.to_string();
+    let pdu = Pdu::parse(event_id.clone(), &json, Some(room_id)).map_err(Error::bad_json)?;
+    if pdu.room_id != room_id {
+        return Ok(Outcome::Rejected("PDU is for another room".into()));
+    }
+
+    let mut missing = Vec::new();
+    let mut auth_events: HashMap<OwnedEventId, Arc<Pdu>> = HashMap::new();
+    for id in &pdu.auth_events {
+        match get_pdu(svc, id).await? {
+            Some(p) => {
+                auth_events.insert(id.clone(), p);
+            }
+            None => missing.push(id.clone()),
+        }
+    }
+    let mut prev_groups = Vec::new();
+    for id in &pdu.prev_events {
+        match storage::events::get(&svc.db, id.as_str()).await? {
+            Some(e) => prev_groups.push(e.state_group),
+            None => missing.push(id.clone()),
+        }
+    }
+    if !missing.is_empty() {
+        return Ok(Outcome::MissingEvents(missing));
+    }
+    // Room version 12: the create event is found through the room ID.
+    if rules.authorization.room_create_event_id_as_room_id
+        && let Ok(create_id) = EventId::parse(format!("${}", &pdu.room_id.as_str()[1..]))
+        && let Some(create) = get_pdu(svc, &create_id).await?
+    {
+        auth_events.insert(create_id, create);
+    }
+
+    let lock = svc.rooms.lock_for(room_id);
+    let _guard = lock.lock().await;
+    // 4. Auth against its auth events.
+    if let Err(e) = ruma::state_res::check_state_independent_auth_rules(&rules.authorization, &pdu, |id: &EventId| {
+        auth_events.get(id).map(|p| p.as_ref().clone())
+    }) {
+        return Ok(Outcome::Rejected(format!("fails auth against its auth events: {e}")));
+    }
+    // 5. Auth against the state before it (the resolved states after its prev events).
+    let mut states = Vec::new();
+    for g in prev_groups.iter().flatten() {
+        states.push(state::load(svc, *g).await?);
+    }
+    let state_before = resolve::resolve(svc, &version, &states).await?;
+    let group_before = match prev_groups.as_slice() {
+        [Some(g)] => Some(*g),
+        _ => None,
+    };
+    if let Err(e) = check_against(svc, &rules, &pdu, &state_before).await? {
+        return Ok(Outcome::Rejected(format!("fails auth against the state before it: {e}")));
+    }
+    // 6. Soft failure: auth against the room's current state.
+    let current = super::current_state(svc, room_id).await?;
+    let soft_failed = check_against(svc, &rules, &pdu, &current).await?.is_err();
+    let group_before = match group_before {
+        Some(g) => Some(g),
+        None if state_before.is_empty() => None,
+        None => {
+            let rows = state::to_rows(&state_before);
+            let mut tx = svc.db.begin().await?;
+            let g = storage::state::create_group(&mut tx, room_id.as_str(), None, &rows, &rows).await?;
+            tx.commit().await?;
+            state::remember(svc, g, Arc::new(state_before.clone()));
+            Some(g)
+        }
+    };
+    append(svc, &pdu, &rules, &state_before, group_before, Arrival { txn: None, soft_failed }).await?;
+    Ok(if soft_failed { Outcome::SoftFailed(event_id) } else { Outcome::Accepted(event_id) })
+}
+
+/// The state-dependent auth rules against a state.
+async fn check_against(
+    svc: &Services,
+    rules: &ruma::room_version_rules::RoomVersionRules,
+    pdu: &Pdu,
+    state: &StateMap,
+) -> Result<std::result::Result<(), String>> {
+    let content = pdu.content.clone();
+    let mut wanted = ruma::state_res::auth_types_for_event(
+        &pdu.kind,
+        &pdu.sender,
+        pdu.state_key.as_deref(),
+        &content,
+        &rules.authorization,
+    )
+    .unwrap_or_default();
+    wanted.push((StateEventType::RoomCreate, String::new()));
+    let mut loaded: HashMap<(StateEventType, String), Arc<Pdu>> = HashMap::new();
+    for key in wanted {
+        if let Some(id) = state.get(&key)
+            && let Some(p) = get_pdu(svc, id).await?
+        {
+            loaded.insert(key, p);
+        }
+    }
+    Ok(ruma::state_res::check_state_dependent_auth_rules(
+        &rules.authorization,
+        pdu,
+        |kind: &StateEventType, key: &str| loaded.get(&(kind.clone(), key.to_owned())).map(|p| p.as_ref().clone()),
+    ))
+}
