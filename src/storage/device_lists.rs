@@ -24,3 +24,12 @@ pub async fn changed_users(db: &Db, from: i64, to: i64) -> sqlx::Result<Vec<Stri
     .fetch_all(db.read())
     .await
 }
+
+/// The stream position of a user's last device-list change (the `stream_id` of the
+/// federation device list), if any.
+pub async fn last_change(db: &Db, user_id: &str) -> sqlx::Result<Option<i64>> {
+    sqlx::query_scalar("SELECT MAX(stream_pos) FROM device_list_changes WHERE user_id = $1")
+        .bind(user_id)
+        .fetch_one(db.read())
+        .await
+}

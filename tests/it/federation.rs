@@ -559,3 +559,92 @@ async fn tls_listener_with_a_trusted_ca() {
     assert_eq!(keys_of(&careless, &server_name).await.len(), 1);
     let _ = stop.send(());
 }
+
+/// A new ed25519 key pair named `ed25519:<name>` (or by its public key), with that public key.
+fn ed25519_pair(name: Option<&str>) -> (ruma::signatures::Ed25519KeyPair, String) {
+    use base64::Engine;
+    let der = ruma::signatures::Ed25519KeyPair::generate();
+    let public = ruma::signatures::Ed25519KeyPair::from_der(&der, String::new()).unwrap().public_key();
+    let public = base64::engine::general_purpose::STANDARD_NO_PAD.encode(public);
+    let pair = ruma::signatures::Ed25519KeyPair::from_der(&der, name.unwrap_or(&public).to_owned()).unwrap();
+    (pair, public)
+}
+
+fn signed(object: Value, signer: &str, pair: &ruma::signatures::Ed25519KeyPair) -> Value {
+    let mut canonical: ruma::CanonicalJsonObject = serde_json::from_value(object).unwrap();
+    ruma::signatures::sign_json(signer, pair, &mut canonical).unwrap();
+    serde_json::to_value(canonical).unwrap()
+}
+
+#[tokio::test]
+async fn devices_and_keys_of_local_users_for_other_servers() {
+    let a = fed_server("127.0.0.1").await;
+    let b = fed_server("127.0.0.2").await;
+    let a_name = name_of(&a);
+    let alice = a.register("alice").await;
+    let (user, device) = (alice.user_id.as_str(), alice.device_id.as_str());
+    let (device_pair, device_ed25519) = ed25519_pair(Some(device));
+    let device_keys = signed(
+        json!({
+            "user_id": user,
+            "device_id": device,
+            "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+            "keys": { format!("curve25519:{device}"): ed25519_pair(None).1, format!("ed25519:{device}"): device_ed25519 },
+        }),
+        user,
+        &device_pair,
+    );
+    let one_time_key = signed(json!({ "key": ed25519_pair(None).1 }), user, &device_pair);
+    let upload = json!({ "device_keys": device_keys, "one_time_keys": { "signed_curve25519:AAAA1": one_time_key } });
+    alice.post("/_matrix/client/v3/keys/upload", upload).await.ok();
+    let (master_pair, master) = ed25519_pair(None);
+    let cross_key = |usage: &str, public: &str| json!({ "user_id": user, "usage": [usage], "keys": { format!("ed25519:{public}"): public } });
+    let master_key = cross_key("master", &master);
+    let self_signing_key = signed(cross_key("self_signing", &ed25519_pair(None).1), user, &master_pair);
+    let user_signing_key = signed(cross_key("user_signing", &ed25519_pair(None).1), user, &master_pair);
+    let cross_signing = json!({
+        "master_key": master_key, "self_signing_key": self_signing_key, "user_signing_key": user_signing_key,
+    });
+    alice.post("/_matrix/client/v3/keys/device_signing/upload", cross_signing).await.ok();
+
+    let ask = |method: Method, path: &str, body: Option<Value>| {
+        let (state, a_name, path) = (b.state.clone(), a_name.clone(), path.to_owned());
+        async move { client::request::<Value>(&state, &a_name, method, &path, body.as_ref()).await.unwrap() }
+    };
+    let mut expected_device = device_keys.clone();
+    expected_device["unsigned"] = json!({ "device_display_name": "test" });
+    let body = json!({ "device_keys": { user: [], "@remote:elsewhere.org": [] } });
+    let keys = ask(Method::POST, "/_matrix/federation/v1/user/keys/query", Some(body)).await;
+    assert_eq!(keys["device_keys"], json!({ user: { device: expected_device } }));
+    assert_eq!(keys["master_keys"], json!({ user: master_key }));
+    assert_eq!(keys["self_signing_keys"], json!({ user: self_signing_key }));
+    assert!(keys.get("user_signing_keys").is_none(), "the user-signing key stays private");
+
+    let devices = ask(Method::GET, &format!("/_matrix/federation/v1/user/devices/{}", enc(user)), None).await;
+    assert_eq!(devices["user_id"], user);
+    assert!(devices["stream_id"].as_i64().unwrap() > 0);
+    assert_eq!(
+        devices["devices"],
+        json!([{ "device_id": device, "keys": device_keys, "device_display_name": "test" }])
+    );
+    assert_eq!((&devices["master_key"], &devices["self_signing_key"]), (&master_key, &self_signing_key));
+
+    // The one-time key is handed out once; then there is none.
+    let claim = json!({ "one_time_keys": { user: { device: "signed_curve25519" } } });
+    let claimed = ask(Method::POST, "/_matrix/federation/v1/user/keys/claim", Some(claim.clone())).await;
+    assert_eq!(claimed, json!({ "one_time_keys": { user: { device: { "signed_curve25519:AAAA1": one_time_key } } } }));
+    let again = ask(Method::POST, "/_matrix/federation/v1/user/keys/claim", Some(claim)).await;
+    assert_eq!(again, json!({ "one_time_keys": {} }));
+
+    // Only local users: another server's user is refused.
+    let err = client::request::<Value>(
+        &b.state,
+        &a_name,
+        Method::GET,
+        &format!("/_matrix/federation/v1/user/devices/{}", enc("@bob:elsewhere.org")),
+        None,
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, FederationError::Remote { ref errcode, .. } if errcode == "M_INVALID_PARAM"), "{err:?}");
+}

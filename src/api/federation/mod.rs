@@ -3,6 +3,7 @@
 mod auth;
 mod keys;
 mod query;
+mod user;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -19,6 +20,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .merge(keys::router())
         .merge(query::router())
+        .merge(user::router())
         .layer(middleware::from_fn(auth::buffer_body))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
 }
