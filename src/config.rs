@@ -501,4 +501,33 @@ mod tests {
         assert!(c.registration.shared_secret.is_some());
         c.validate().unwrap();
     }
+
+    #[test]
+    fn federation_settings_from_the_environment() {
+        let env = env_of(&[
+            ("PLEXUS_SERVER_NAME", "127.0.0.1:18143"),
+            ("PLEXUS_FEDERATION_LISTEN", "127.0.0.1:18143"),
+            ("PLEXUS_TLS_CERT", "/tmp/cert.pem"),
+            ("PLEXUS_TLS_KEY", "/tmp/key.pem"),
+            ("PLEXUS_FEDERATION_CA", "/tmp/ca.pem"),
+            ("PLEXUS_FEDERATION_INSECURE_TLS", "true"),
+            ("PLEXUS_FEDERATION_NOTARY_SERVERS", "matrix.org, example.com:8448"),
+        ]);
+        let c = Config::load_from(None, &env).unwrap();
+        let f = &c.federation;
+        assert_eq!(f.listen, Some("127.0.0.1:18143".parse().unwrap()));
+        assert_eq!(f.tls_cert.as_deref(), Some(Path::new("/tmp/cert.pem")));
+        assert_eq!(f.tls_key.as_deref(), Some(Path::new("/tmp/key.pem")));
+        assert_eq!(f.trusted_ca_file.as_deref(), Some(Path::new("/tmp/ca.pem")));
+        assert!(f.insecure_skip_verify && !f.insecure_plain_http);
+        assert_eq!(f.notary_servers, ["matrix.org", "example.com:8448"]);
+
+        // A listener needs its certificate and key; notaries must be server names.
+        let env = env_of(&[("PLEXUS_SERVER_NAME", "ok.org"), ("PLEXUS_FEDERATION_LISTEN", "127.0.0.1:8448")]);
+        assert!(Config::load_from(None, &env).is_err());
+        let env = env_of(&[("PLEXUS_SERVER_NAME", "ok.org"), ("PLEXUS_FEDERATION_NOTARY_SERVERS", "bad name")]);
+        assert!(Config::load_from(None, &env).is_err());
+        let env = env_of(&[("PLEXUS_SERVER_NAME", "ok.org"), ("PLEXUS_FEDERATION_INSECURE_TLS", "yes")]);
+        assert!(Config::load_from(None, &env).is_err());
+    }
 }

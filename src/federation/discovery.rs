@@ -548,6 +548,13 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn system_dns_knows_localhost() {
+        // `localhost:PORT` server names resolve through the hosts file.
+        let ips = HickoryDns::from_system().unwrap().ips("localhost").await.unwrap();
+        assert!(ips.iter().all(IpAddr::is_loopback) && !ips.is_empty(), "{ips:?}");
+    }
+
     #[test]
     fn ip_literal_hosts() {
         assert_eq!(ip_literal("127.0.0.1"), Some("127.0.0.1".parse().unwrap()));

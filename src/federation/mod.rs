@@ -45,3 +45,19 @@ pub fn delegated_server_name(config: &Config) -> String {
         None => config.server_name.clone(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn well_known_points_at_the_tls_listener() {
+        let mut config = Config::with_server_name("example.org");
+        assert_eq!(delegated_server_name(&config), "example.org");
+        config.federation.listen = Some("0.0.0.0:8448".parse().unwrap());
+        assert_eq!(delegated_server_name(&config), "example.org:8448");
+        let mut config = Config::with_server_name("127.0.0.1:8008");
+        config.federation.listen = Some("127.0.0.1:8449".parse().unwrap());
+        assert_eq!(delegated_server_name(&config), "127.0.0.1:8449");
+    }
+}
