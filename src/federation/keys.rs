@@ -434,9 +434,9 @@ mod tests {
         let pair = key_pair("k1");
         let server: &ServerName = "remote.org".try_into().unwrap();
         let now = 1_000_000;
-        let verified = verify_key_response(signed_response("remote.org", &pair, now + 3600_000), server, now).unwrap();
+        let verified = verify_key_response(signed_response("remote.org", &pair, now + 3_600_000), server, now).unwrap();
         let current = verified.keys.iter().find(|k| k.key_id == "ed25519:k1").unwrap();
-        assert_eq!((current.valid_until_ts, current.old), (now + 3600_000, false));
+        assert_eq!((current.valid_until_ts, current.old), (now + 3_600_000, false));
         let old = verified.keys.iter().find(|k| k.key_id == "ed25519:old").unwrap();
         assert_eq!((old.valid_until_ts, old.old), (1000, true));
 
