@@ -20,6 +20,8 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a destination's resolution (and its pooled connections) is reused.
 const CLIENT_TTL: Duration = Duration::from_secs(3600);
+/// Destinations with a pooled client before the idle ones are dropped.
+const MAX_ROUTES: usize = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FederationError {
@@ -142,7 +144,9 @@ impl Client {
             expires: now + CLIENT_TTL,
         });
         let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
-        routes.retain(|_, r| r.expires > now);
+        if routes.len() >= MAX_ROUTES {
+            routes.retain(|_, r| r.expires > now && Arc::strong_count(r) > 1);
+        }
         routes.insert(destination.to_owned(), route.clone());
         Ok(route)
     }

@@ -21,6 +21,8 @@ const WELL_KNOWN_MAX_TTL: Duration = Duration::from_secs(48 * 3600);
 const WELL_KNOWN_ERROR_TTL: Duration = Duration::from_secs(3600);
 const WELL_KNOWN_TIMEOUT: Duration = Duration::from_secs(10);
 const WELL_KNOWN_MAX_BYTES: usize = 50 * 1024;
+/// Cached `.well-known` answers before the cache is emptied (names come from other servers).
+const WELL_KNOWN_MAX_ENTRIES: usize = 10_000;
 
 /// Where to send the requests for a server name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -242,7 +244,12 @@ impl<D: Dns> Resolver<D> {
             }
         };
         let mut cache = self.well_known.lock().unwrap_or_else(|e| e.into_inner());
-        cache.retain(|_, entry| entry.expires > now);
+        if cache.len() >= WELL_KNOWN_MAX_ENTRIES {
+            cache.retain(|_, entry| entry.expires > now);
+            if cache.len() >= WELL_KNOWN_MAX_ENTRIES {
+                cache.clear();
+            }
+        }
         cache.insert(host.to_owned(), WellKnown { delegated: delegated.clone(), expires: now + ttl });
         delegated
     }

@@ -24,6 +24,8 @@ const MAX_VALIDITY_MS: i64 = 7 * 24 * 3600 * 1000;
 /// The least time between two fetches of one server's keys.
 const REFETCH_INTERVAL: Duration = Duration::from_secs(10);
 const KEY_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// Servers whose fetch state is kept before idle ones are forgotten.
+const MAX_TRACKED_SERVERS: usize = 10_000;
 
 /// What the keys of a server are needed for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +80,12 @@ pub struct KeyFetches {
 impl KeyFetches {
     fn lock_for(&self, server: &ServerName) -> Arc<tokio::sync::Mutex<Option<Instant>>> {
         let mut map = self.last_attempt.lock().unwrap_or_else(|e| e.into_inner());
+        // Origins are chosen by whoever sends a request: forget the idle ones now and then.
+        if map.len() >= MAX_TRACKED_SERVERS {
+            map.retain(|_, entry| {
+                entry.try_lock().map_or(true, |last| last.is_some_and(|t| t.elapsed() < REFETCH_INTERVAL))
+            });
+        }
         map.entry(server.to_owned()).or_default().clone()
     }
 }

@@ -177,8 +177,10 @@ pub async fn verify_request(
     let content = if body.iter().all(u8::is_ascii_whitespace) {
         None
     } else {
-        let value: CanonicalJsonValue =
+        let value: serde_json::Value =
             serde_json::from_slice(body).map_err(|e| Error::not_json(format!("Content not JSON: {e}")))?;
+        let value = CanonicalJsonValue::try_from(value)
+            .map_err(|e| Error::bad_json(format!("Content is not canonical JSON: {e}")))?;
         Some(value)
     };
     let need = KeyNeed { server: auth.origin.clone(), key_ids: vec![auth.key.clone()], usage: KeyUsage::Request };
