@@ -8,6 +8,7 @@ pub mod config;
 pub mod crypto;
 pub mod error;
 pub mod http;
+pub mod push;
 pub mod rooms;
 pub mod storage;
 pub mod sync;
@@ -40,6 +41,7 @@ pub struct Services {
     pub notifier: Notifier,
     pub rooms: rooms::Rooms,
     pub lazy_load: sync::v2::LazyLoadCache,
+    pub push: push::PushRules,
 }
 
 /// Shared state of the HTTP handlers.
@@ -66,6 +68,7 @@ impl AppState {
             notifier: Notifier::default(),
             rooms: rooms::Rooms::default(),
             lazy_load: sync::v2::LazyLoadCache::default(),
+            push: push::PushRules::default(),
             config,
             db,
             server_key,

@@ -8,5 +8,6 @@ mod accounts;
 mod cli;
 mod dag;
 mod errors;
+mod push;
 mod rooms;
 mod sync;

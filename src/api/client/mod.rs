@@ -8,6 +8,7 @@ mod login;
 mod membership;
 mod messages;
 mod profile;
+mod push;
 mod register;
 pub(crate) mod rooms;
 mod sync;
@@ -41,4 +42,5 @@ pub fn router() -> Router<AppState> {
         .merge(membership::router())
         .merge(messages::router())
         .merge(sync::router())
+        .merge(push::router())
 }
