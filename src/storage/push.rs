@@ -3,7 +3,10 @@
 use super::{Db, Tx};
 
 pub async fn ruleset(db: &Db, user_id: &str) -> sqlx::Result<Option<String>> {
-    sqlx::query_scalar("SELECT ruleset FROM push_rules WHERE user_id = $1").bind(user_id).fetch_optional(db.read()).await
+    sqlx::query_scalar("SELECT ruleset FROM push_rules WHERE user_id = $1")
+        .bind(user_id)
+        .fetch_optional(db.read())
+        .await
 }
 
 pub async fn put_ruleset(tx: &mut Tx, user_id: &str, ruleset: &str) -> sqlx::Result<()> {

@@ -29,7 +29,10 @@ async fn default_rules_are_listed_and_server_defaults_refuse_deletion() {
     assert!(ids(&global["content"]).is_empty() || global["content"].is_array());
     assert_eq!(global["room"], json!([]));
     assert_eq!(alice.get(&format!("{PR}/global/")).await.ok(), *global);
-    assert_eq!(alice.get(&format!("{PR}/global/override/.m.rule.master/enabled")).await.ok(), json!({"enabled": false}));
+    assert_eq!(
+        alice.get(&format!("{PR}/global/override/.m.rule.master/enabled")).await.ok(),
+        json!({"enabled": false})
+    );
     let message = alice.get(&format!("{PR}/global/underride/.m.rule.message")).await.ok();
     assert_eq!(message["default"], true);
     assert!(message["actions"].as_array().unwrap().contains(&json!("notify")));
@@ -57,7 +60,9 @@ async fn default_rules_are_listed_and_server_defaults_refuse_deletion() {
 async fn custom_rules_are_placed_with_before_and_after_and_deleted() {
     let server = TestServer::start().await;
     let alice = server.register("alice").await;
-    let content = |id: &str, pattern: &str| (format!("{PR}/global/content/{id}"), json!({"actions": ["notify"], "pattern": pattern}));
+    let content = |id: &str, pattern: &str| {
+        (format!("{PR}/global/content/{id}"), json!({"actions": ["notify"], "pattern": pattern}))
+    };
     let (path, body) = content("a", "apple");
     alice.put(&path, body).await.ok();
     let (path, body) = content("c", "cherry");
@@ -81,17 +86,32 @@ async fn custom_rules_are_placed_with_before_and_after_and_deleted() {
     let (path, body) = content("d", "date");
     alice.put(&format!("{path}?after=.m.rule.contains_user_name"), body).await.assert_error(400, "M_INVALID_PARAM");
 
-    alice.put(&format!("{PR}/global/content/b/actions"), json!({"actions": ["notify", {"set_tweak": "highlight"}]})).await.ok();
+    alice
+        .put(&format!("{PR}/global/content/b/actions"), json!({"actions": ["notify", {"set_tweak": "highlight"}]}))
+        .await
+        .ok();
     assert_eq!(
         alice.get(&format!("{PR}/global/content/b/actions")).await.ok(),
         json!({"actions": ["notify", {"set_tweak": "highlight"}]})
     );
     alice.put(&format!("{PR}/global/content/b/enabled"), json!({"enabled": false})).await.ok();
     assert_eq!(alice.get(&format!("{PR}/global/content/b/enabled")).await.ok(), json!({"enabled": false}));
-    alice.put(&format!("{PR}/global/content/b/enabled"), json!({"enabled": "yes"})).await.assert_error(400, "M_BAD_JSON");
-    alice.put(&format!("{PR}/global/content/nope/actions"), json!({"actions": []})).await.assert_error(404, "M_NOT_FOUND");
-    alice.put(&format!("{PR}/global/content/e"), json!({"actions": ["notify"]})).await.assert_error(400, "M_MISSING_PARAM");
-    alice.put(&format!("{PR}/global/room/not-a-room"), json!({"actions": []})).await.assert_error(400, "M_INVALID_PARAM");
+    alice
+        .put(&format!("{PR}/global/content/b/enabled"), json!({"enabled": "yes"}))
+        .await
+        .assert_error(400, "M_BAD_JSON");
+    alice
+        .put(&format!("{PR}/global/content/nope/actions"), json!({"actions": []}))
+        .await
+        .assert_error(404, "M_NOT_FOUND");
+    alice
+        .put(&format!("{PR}/global/content/e"), json!({"actions": ["notify"]}))
+        .await
+        .assert_error(400, "M_MISSING_PARAM");
+    alice
+        .put(&format!("{PR}/global/room/not-a-room"), json!({"actions": []}))
+        .await
+        .assert_error(400, "M_INVALID_PARAM");
 
     alice.delete(&format!("{PR}/global/content/b"), json!({})).await.ok();
     alice.get(&format!("{PR}/global/content/b")).await.assert_error(404, "M_NOT_FOUND");
@@ -106,12 +126,12 @@ async fn counts(user: &TestUser, room: &str) -> (u64, u64) {
     (unread["notification_count"].as_u64().unwrap(), unread["highlight_count"].as_u64().unwrap())
 }
 
-/// Two users in a private (non one-to-one: three members) room.
+/// Alice and Bob (and Carol) in a public room they joined uninvited (an invite would notify).
 async fn shared_room(server: &TestServer) -> (TestUser, TestUser, String) {
     let alice = server.register("alice").await;
     let bob = server.register("bob").await;
     let carol = server.register("carol").await;
-    let room = alice.create_room(json!({"invite": [bob.user_id, carol.user_id]})).await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
     bob.join(&room).await.ok();
     carol.join(&room).await.ok();
     (alice, bob, room)

@@ -98,7 +98,8 @@ fn new_rule(kind: &RuleKind, rule_id: String, body: RuleBody) -> Result<NewPushR
             NewPushRule::Content(NewPatternedPushRule::new(rule_id, pattern, actions))
         }
         RuleKind::Room => {
-            let room = OwnedRoomId::try_from(rule_id).map_err(|_| Error::invalid_param("Room rule IDs are room IDs"))?;
+            let room =
+                OwnedRoomId::try_from(rule_id).map_err(|_| Error::invalid_param("Room rule IDs are room IDs"))?;
             NewPushRule::Room(NewSimplePushRule::new(room, actions))
         }
         RuleKind::Sender => {
