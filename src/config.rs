@@ -33,6 +33,10 @@ pub struct Config {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    #[serde(default)]
+    pub turn: TurnConfig,
+    #[serde(default)]
+    pub media: MediaConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -138,6 +142,75 @@ impl Default for LimitsConfig {
     }
 }
 
+/// The TURN server clients use for calls (`GET /voip/turnServer`), with coturn's
+/// `use-auth-secret` REST credentials. Without `uris` and `shared_secret`, clients get none.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TurnConfig {
+    /// `turn:` and `turns:` URIs of the TURN server.
+    #[serde(default)]
+    pub uris: Vec<String>,
+    /// The secret shared with the TURN server (coturn's `static-auth-secret`).
+    #[serde(default)]
+    pub shared_secret: Option<String>,
+    /// How long the credentials handed out stay valid, in seconds.
+    #[serde(default = "default_turn_ttl")]
+    pub ttl_seconds: u64,
+}
+
+impl Default for TurnConfig {
+    fn default() -> Self {
+        Self { uris: Vec::new(), shared_secret: None, ttl_seconds: default_turn_ttl() }
+    }
+}
+
+/// One day, as Synapse's `turn_user_lifetime`.
+fn default_turn_ttl() -> u64 {
+    86_400
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaConfig {
+    /// Largest accepted upload, in bytes (`m.upload.size`).
+    pub max_upload_bytes: u64,
+    /// Total bytes of media one user may have uploaded; none means no quota.
+    pub user_quota_bytes: Option<u64>,
+    /// Created (`/create`) but not yet uploaded media IDs one user may hold at once.
+    pub max_pending_uploads: u32,
+    /// Sustained uploads and media ID creations per second per user (when rate limits are on).
+    pub upload_per_second: f64,
+    /// Uploads allowed in a burst.
+    pub upload_burst: f64,
+    /// Milliseconds since the epoch: media uploaded before it stays reachable through the
+    /// deprecated unauthenticated `/_matrix/media/v3` download and thumbnail endpoints.
+    /// None: those endpoints serve nothing (every upload counts as after the freeze).
+    pub legacy_cutover_ts: Option<i64>,
+    /// Serve `GET /_matrix/client/v1/media/preview_url` (the server fetches URLs for clients).
+    pub url_previews: bool,
+    /// Address ranges a preview may fetch from even though they are private or denied.
+    pub preview_ip_allowlist: Vec<ipnet::IpNet>,
+    /// Address ranges previews never fetch from, on top of the private, loopback and
+    /// link-local ones.
+    pub preview_ip_denylist: Vec<ipnet::IpNet>,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self {
+            max_upload_bytes: 50 * 1024 * 1024,
+            user_quota_bytes: None,
+            max_pending_uploads: 5,
+            upload_per_second: 2.0,
+            upload_burst: 20.0,
+            legacy_cutover_ts: None,
+            url_previews: false,
+            preview_ip_allowlist: Vec::new(),
+            preview_ip_denylist: Vec::new(),
+        }
+    }
+}
+
 fn default_data_dir() -> PathBuf {
     PathBuf::from("data")
 }
@@ -163,6 +236,8 @@ impl Config {
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
             limits: LimitsConfig::default(),
+            turn: TurnConfig::default(),
+            media: MediaConfig::default(),
         }
     }
 
@@ -242,6 +317,10 @@ impl Config {
                 _ => bail!("PLEXUS_METRICS must be on or off, not {v:?}"),
             };
         }
+        if let Some(v) = env("PLEXUS_MAX_UPLOAD_BYTES") {
+            self.media.max_upload_bytes =
+                v.parse().with_context(|| format!("PLEXUS_MAX_UPLOAD_BYTES: not a number of bytes: {v}"))?;
+        }
         Ok(())
     }
 
@@ -259,6 +338,15 @@ impl Config {
         }
         if self.database.max_connections == 0 {
             bail!("database.max_connections must be at least 1");
+        }
+        if let Some(uri) = self.turn.uris.iter().find(|u| !(u.starts_with("turn:") || u.starts_with("turns:"))) {
+            bail!("turn.uris must be turn: or turns: URIs, not {uri:?}");
+        }
+        if self.turn.ttl_seconds == 0 {
+            bail!("turn.ttl_seconds must be at least 1");
+        }
+        if self.rate_limits.enabled && (self.media.upload_per_second <= 0.0 || self.media.upload_burst < 1.0) {
+            bail!("media.upload_per_second must be > 0 and media.upload_burst >= 1");
         }
         Ok(())
     }
@@ -331,6 +419,14 @@ mod tests {
         let c = Config::load_from(None, &env).unwrap();
         assert_eq!(c.base_url(), "http://ok.org");
         assert!(c.registration.shared_secret.is_none());
+    }
+
+    #[test]
+    fn media_upload_limit_from_env() {
+        let env = env_of(&[("PLEXUS_SERVER_NAME", "ok.org"), ("PLEXUS_MAX_UPLOAD_BYTES", "1000")]);
+        assert_eq!(Config::load_from(None, &env).unwrap().media.max_upload_bytes, 1000);
+        let env = env_of(&[("PLEXUS_SERVER_NAME", "ok.org"), ("PLEXUS_MAX_UPLOAD_BYTES", "lots")]);
+        assert!(Config::load_from(None, &env).is_err());
     }
 
     #[test]

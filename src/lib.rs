@@ -6,8 +6,10 @@ pub mod accounts;
 pub mod api;
 pub mod config;
 pub mod crypto;
+pub mod e2ee;
 pub mod error;
 pub mod http;
+pub mod media;
 pub mod push;
 pub mod rooms;
 pub mod storage;
@@ -40,8 +42,10 @@ pub struct Services {
     pub metrics: Option<PrometheusHandle>,
     pub notifier: Notifier,
     pub rooms: rooms::Rooms,
+    pub typing: rooms::typing::Typing,
     pub lazy_load: sync::v2::LazyLoadCache,
     pub push: push::PushRules,
+    pub media: media::MediaService,
 }
 
 /// Shared state of the HTTP handlers.
@@ -67,8 +71,10 @@ impl AppState {
             uia: UiaSessions::default(),
             notifier: Notifier::default(),
             rooms: rooms::Rooms::default(),
+            typing: rooms::typing::Typing::default(),
             lazy_load: sync::v2::LazyLoadCache::default(),
             push: push::PushRules::default(),
+            media: media::MediaService::new(&config)?,
             config,
             db,
             server_key,

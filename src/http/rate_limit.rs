@@ -1,4 +1,4 @@
-//! Token-bucket rate limiting per client address, for login and registration.
+//! Token-bucket rate limiting per client address (login, registration) or per user (uploads).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -10,7 +10,14 @@ use crate::error::{Error, Result};
 
 pub struct RateLimiter {
     config: RateLimitConfig,
-    buckets: Mutex<HashMap<(&'static str, IpAddr), Bucket>>,
+    buckets: Mutex<HashMap<(&'static str, Subject), Bucket>>,
+}
+
+/// Whom a bucket limits.
+#[derive(PartialEq, Eq, Hash)]
+enum Subject {
+    Ip(IpAddr),
+    User(String),
 }
 
 struct Bucket {
@@ -25,6 +32,15 @@ impl RateLimiter {
 
     /// Takes one token from the bucket of `action` for `ip`, or answers 429 with the wait.
     pub fn check(&self, action: &'static str, ip: IpAddr) -> Result<()> {
+        self.take(action, Subject::Ip(ip))
+    }
+
+    /// Like `check`, with one bucket per user instead of per address.
+    pub fn check_user(&self, action: &'static str, user_id: &str) -> Result<()> {
+        self.take(action, Subject::User(user_id.to_owned()))
+    }
+
+    fn take(&self, action: &'static str, subject: Subject) -> Result<()> {
         if !self.config.enabled {
             return Ok(());
         }
@@ -34,7 +50,7 @@ impl RateLimiter {
         if buckets.len() > 100_000 {
             buckets.retain(|_, b| now.duration_since(b.updated).as_secs_f64() * rate < burst);
         }
-        let bucket = buckets.entry((action, ip)).or_insert(Bucket { tokens: burst, updated: now });
+        let bucket = buckets.entry((action, subject)).or_insert(Bucket { tokens: burst, updated: now });
         bucket.tokens = (bucket.tokens + now.duration_since(bucket.updated).as_secs_f64() * rate).min(burst);
         bucket.updated = now;
         if bucket.tokens >= 1.0 {
@@ -63,5 +79,11 @@ mod tests {
         // Another action and another address have their own buckets.
         limiter.check("register", ip).unwrap();
         limiter.check("login", IpAddr::from([10, 0, 0, 2])).unwrap();
+        // Users have buckets of their own.
+        for _ in 0..3 {
+            limiter.check_user("login", "@a:x").unwrap();
+        }
+        assert!(limiter.check_user("login", "@a:x").is_err());
+        limiter.check_user("login", "@b:x").unwrap();
     }
 }

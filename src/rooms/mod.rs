@@ -9,6 +9,8 @@ pub mod power;
 pub mod resolve;
 pub mod state;
 pub mod timeline;
+pub mod typing;
+pub mod upgrade;
 pub mod versions;
 pub mod visibility;
 

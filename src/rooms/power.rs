@@ -67,7 +67,26 @@ pub async fn has_level(svc: &Services, state: &StateMap, user: &UserId, action: 
     Ok(user_level(svc, state, user).await? >= required)
 }
 
+/// The level needed to send a state event of type `kind`: `events[kind]`, else
+/// `state_default` (50 when unset), or 0 when the room has no power levels at all.
+pub fn state_send_level(power_levels: Option<&Value>, kind: &str) -> i64 {
+    let Some(content) = power_levels else { return 0 };
+    content
+        .get("events")
+        .and_then(|e| e.get(kind))
+        .and_then(as_int)
+        .or_else(|| content.get("state_default").and_then(as_int))
+        .unwrap_or(50)
+}
+
+/// Whether a user's level allows sending a state event of type `kind`.
+pub async fn can_send_state(svc: &Services, state: &StateMap, user: &UserId, kind: &str) -> Result<bool> {
+    let power_levels =
+        super::state_pdu(svc, state, &StateEventType::RoomPowerLevels, "").await?.map(|p| p.content_value());
+    Ok(user_level(svc, state, user).await? >= state_send_level(power_levels.as_ref(), kind))
+}
+
 /// Power levels are integers, or (before room version 10) strings holding integers.
-fn as_int(v: &Value) -> Option<i64> {
+pub fn as_int(v: &Value) -> Option<i64> {
     v.as_i64().or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
 }

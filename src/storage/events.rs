@@ -273,3 +273,33 @@ pub async fn group_at_pos(db: &Db, pos: i64) -> sqlx::Result<Option<i64>> {
         .await
         .map(Option::flatten)
 }
+
+/// Membership events with positions in (`after`, `up_to`] in rooms where `user_id` has a
+/// membership: (member, membership).
+pub async fn member_changes_in_rooms_of(
+    db: &Db,
+    user_id: &str,
+    after: i64,
+    up_to: i64,
+) -> sqlx::Result<Vec<(String, String)>> {
+    let rows: Vec<(Option<String>, String)> = sqlx::query_as(
+        "SELECT e.state_key, e.json FROM events e
+         JOIN current_state mine ON mine.room_id = e.room_id
+              AND mine.event_type = 'm.room.member' AND mine.state_key = $1
+         WHERE e.event_type = 'm.room.member' AND e.stream_pos > $2 AND e.stream_pos <= $3
+         ORDER BY e.stream_pos",
+    )
+    .bind(user_id)
+    .bind(after)
+    .bind(up_to)
+    .fetch_all(db.read())
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(key, json)| {
+            let membership =
+                serde_json::from_str::<serde_json::Value>(&json).ok()?["content"]["membership"].as_str()?.to_owned();
+            Some((key?, membership))
+        })
+        .collect())
+}

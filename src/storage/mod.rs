@@ -2,13 +2,22 @@
 //! `Any` driver; queries use `$N` placeholders and SQL both dialects accept.
 
 pub mod account_data;
+pub mod cross_signing;
+pub mod device_lists;
 pub mod devices;
+pub mod e2ee_keys;
 pub mod events;
 pub mod filters;
+pub mod key_backup;
+pub mod media;
+pub mod presence;
 pub mod push;
+pub mod receipts;
 pub mod registration_tokens;
+pub mod reports;
 pub mod rooms;
 pub mod state;
+pub mod to_device;
 pub mod users;
 
 use std::str::FromStr;

@@ -230,3 +230,49 @@ pub async fn aliases_of_room(db: &Db, room_id: &str) -> sqlx::Result<Vec<String>
         .fetch_all(db.read())
         .await
 }
+
+/// Points every alias of `old_room` at `new_room` (room upgrades).
+pub async fn move_aliases(tx: &mut Tx, old_room: &str, new_room: &str) -> sqlx::Result<()> {
+    sqlx::query("UPDATE room_aliases SET room_id = $1 WHERE room_id = $2")
+        .bind(new_room)
+        .bind(old_room)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+pub async fn joined_member_count(db: &Db, room_id: &str) -> sqlx::Result<i64> {
+    sqlx::query_scalar(
+        "SELECT COUNT(*) FROM current_state WHERE room_id = $1 AND event_type = 'm.room.member' AND membership = 'join'",
+    )
+    .bind(room_id)
+    .fetch_one(db.read())
+    .await
+}
+
+/// Whether two users are both joined to at least one room.
+pub async fn share_joined_room(db: &Db, user_a: &str, user_b: &str) -> sqlx::Result<bool> {
+    let found: Option<i64> = sqlx::query_scalar(
+        "SELECT 1 FROM current_state a JOIN current_state b ON a.room_id = b.room_id
+         WHERE a.event_type = 'm.room.member' AND a.state_key = $1 AND a.membership = 'join'
+           AND b.event_type = 'm.room.member' AND b.state_key = $2 AND b.membership = 'join'
+         LIMIT 1",
+    )
+    .bind(user_a)
+    .bind(user_b)
+    .fetch_optional(db.read())
+    .await?;
+    Ok(found.is_some())
+}
+
+/// Users joined to any room `user_id` is joined to (including `user_id`).
+pub async fn users_sharing_rooms(db: &Db, user_id: &str) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar(
+        "SELECT DISTINCT b.state_key FROM current_state a JOIN current_state b ON a.room_id = b.room_id
+         WHERE a.event_type = 'm.room.member' AND a.state_key = $1 AND a.membership = 'join'
+           AND b.event_type = 'm.room.member' AND b.membership = 'join'",
+    )
+    .bind(user_id)
+    .fetch_all(db.read())
+    .await
+}

@@ -1,7 +1,9 @@
-//! Sync tokens (`next_batch`, `since`, `/keys/changes` from/to): `s{stream}_{typing}`.
-//! `stream` is the global stream position everything persisted is ordered by; `typing` is the
-//! serial of the in-memory typing state. Small, opaque to clients, valid across restarts
-//! (a typing serial from before a restart just means "send current typing state").
+//! Sync tokens (`next_batch`, `since`, `/keys/changes` from/to): `s{stream}_{typing}` or
+//! `s{stream}_{typing}_{to_device}`. `stream` is the global stream position everything
+//! persisted is ordered by; `typing` is the serial of the in-memory typing state; `to_device`
+//! is how far to-device messages were delivered when a sync had to cut them short (else
+//! `stream`). Small, opaque to clients, valid across restarts (a typing serial from before a
+//! restart just means "send current typing state").
 
 use std::fmt;
 
@@ -11,25 +13,41 @@ use crate::error::{Error, Result};
 pub struct SyncToken {
     pub stream: i64,
     pub typing: u64,
+    /// Delivered to-device messages end here (None: at `stream`).
+    pub to_device: Option<i64>,
 }
 
 impl SyncToken {
     pub fn parse(token: &str) -> Result<Self> {
         let invalid = || Error::invalid_param(format!("Invalid sync token {token:?}"));
         let rest = token.strip_prefix('s').ok_or_else(invalid)?;
-        let (stream, typing) = rest.split_once('_').unwrap_or((rest, "0"));
-        let stream: i64 = stream.parse().map_err(|_| invalid())?;
-        let typing: u64 = typing.parse().map_err(|_| invalid())?;
-        if stream < 0 {
+        let mut parts = rest.split('_');
+        let stream: i64 = parts.next().unwrap_or_default().parse().map_err(|_| invalid())?;
+        let typing: u64 = parts.next().map_or(Ok(0), str::parse).map_err(|_| invalid())?;
+        let to_device: Option<i64> = parts.next().map(str::parse).transpose().map_err(|_| invalid())?;
+        if stream < 0 || parts.next().is_some() || to_device.is_some_and(|t| t < 0 || t > stream) {
             return Err(invalid());
         }
-        Ok(SyncToken { stream, typing })
+        Ok(SyncToken { stream, typing, to_device })
+    }
+
+    /// A token for a stream position alone (pagination).
+    pub fn at(stream: i64) -> Self {
+        SyncToken { stream, typing: 0, to_device: None }
+    }
+
+    /// Where acknowledged to-device messages end.
+    pub fn to_device_pos(&self) -> i64 {
+        self.to_device.unwrap_or(self.stream)
     }
 }
 
 impl fmt::Display for SyncToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "s{}_{}", self.stream, self.typing)
+        match self.to_device {
+            Some(t) if t != self.stream => write!(f, "s{}_{}_{t}", self.stream, self.typing),
+            _ => write!(f, "s{}_{}", self.stream, self.typing),
+        }
     }
 }
 
@@ -39,10 +57,13 @@ mod tests {
 
     #[test]
     fn round_trip_and_garbage() {
-        let t = SyncToken { stream: 42, typing: 7 };
+        let t = SyncToken { stream: 42, typing: 7, to_device: None };
         assert_eq!(SyncToken::parse(&t.to_string()).unwrap(), t);
-        assert_eq!(SyncToken::parse("s5").unwrap(), SyncToken { stream: 5, typing: 0 });
-        for bad in ["", "5", "s", "sx_1", "s1_x", "s-1_0"] {
+        let t = SyncToken { stream: 42, typing: 7, to_device: Some(40) };
+        assert_eq!(t.to_string(), "s42_7_40");
+        assert_eq!(SyncToken::parse(&t.to_string()).unwrap(), t);
+        assert_eq!(SyncToken::parse("s5").unwrap(), SyncToken::at(5));
+        for bad in ["", "5", "s", "sx_1", "s1_x", "s-1_0", "s5_0_6", "s5_0_1_1"] {
             assert!(SyncToken::parse(bad).is_err(), "{bad}");
         }
     }

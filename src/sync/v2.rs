@@ -20,6 +20,9 @@ use crate::rooms::state::StateMap;
 use crate::rooms::{self, timeline};
 use crate::storage;
 
+/// Most to-device messages one sync delivers.
+const TO_DEVICE_LIMIT: i64 = 100;
+
 /// Longest long-poll a client may ask for.
 const MAX_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -57,9 +60,18 @@ pub async fn sync(svc: &Services, me: &Identity, req: SyncRequest) -> Result<Val
     if req.since.is_none() || req.full_state {
         svc.lazy_load.reset(me.user_id.as_str(), &me.device_id);
     }
+    // The client has the to-device messages the token says it was given: drop them.
+    if let Some(since) = req.since {
+        let mut tx = svc.db.begin().await?;
+        storage::to_device::delete_up_to(&mut tx, me.user_id.as_str(), &me.device_id, since.to_device_pos()).await?;
+        tx.commit().await?;
+    }
     loop {
         wake.mark_unchanged();
-        let now = SyncToken { stream: storage::current_stream_pos(&svc.db).await?, typing: 0 };
+        // Read the typing serial first: a change racing with this sync is then sent twice
+        // rather than never.
+        let typing = svc.typing.serial();
+        let now = SyncToken { stream: storage::current_stream_pos(&svc.db).await?, typing, to_device: None };
         let (body, has_news) = compute(svc, me, &req, now).await?;
         if has_news || req.since.is_none() || req.full_state {
             return Ok(body);
@@ -72,11 +84,11 @@ pub async fn sync(svc: &Services, me: &Identity, req: SyncRequest) -> Result<Val
 }
 
 fn token(pos: i64) -> String {
-    SyncToken { stream: pos, typing: 0 }.to_string()
+    SyncToken::at(pos).to_string()
 }
 
 /// The sync response for (since, now], and whether it carries anything new.
-async fn compute(svc: &Services, me: &Identity, req: &SyncRequest, now: SyncToken) -> Result<(Value, bool)> {
+async fn compute(svc: &Services, me: &Identity, req: &SyncRequest, mut now: SyncToken) -> Result<(Value, bool)> {
     let since = req.since.map(|s| s.stream);
     if since.is_some_and(|s| s > now.stream) {
         return Err(Error::invalid_param("The since token is from the future"));
@@ -92,6 +104,12 @@ async fn compute(svc: &Services, me: &Identity, req: &SyncRequest, now: SyncToke
             storage::events::membership_changes(&svc.db, user, s, now.stream).await?.into_iter().collect(),
         ),
         None => (HashSet::new(), HashSet::new()),
+    };
+    // A typing serial from before a restart is meaningless: resend all typing state.
+    let typing_since = req.since.map(|s| if s.typing > now.typing { 0 } else { s.typing });
+    let typing_changed: HashSet<OwnedRoomId> = match typing_since {
+        Some(t) => svc.typing.changed_since(t).into_iter().collect(),
+        None => HashSet::new(),
     };
     let room_data = match since {
         Some(s) => storage::account_data::changed_since(&svc.db, user, s).await?,
@@ -111,13 +129,29 @@ async fn compute(svc: &Services, me: &Identity, req: &SyncRequest, now: SyncToke
             .map(|(_, t, c)| json!({ "type": t, "content": serde_json::from_str::<Value>(c).unwrap_or_default() }))
             .collect();
         let full = since.is_none() || req.full_state || newly_joined;
-        if !full && !changed_rooms.contains(&room) && account_data.is_empty() {
+        let ephemeral = ephemeral(
+            svc,
+            me,
+            &room_id,
+            if full { None } else { since },
+            now.stream,
+            &typing_changed,
+            &room_filter.ephemeral,
+        )
+        .await?;
+        if !full && !changed_rooms.contains(&room) && account_data.is_empty() && ephemeral.is_empty() {
             continue;
         }
         let after = if full { None } else { since };
         let mut entry = joined_room(svc, me, &room_id, after, now.stream, &req.filter, req.full_state).await?;
         entry["account_data"] = json!({ "events": account_data });
-        if full || !entry["timeline"]["events"].as_array().is_none_or(Vec::is_empty) || !account_data.is_empty() {
+        let has_ephemeral = !ephemeral.is_empty();
+        entry["ephemeral"] = json!({ "events": ephemeral });
+        if full
+            || !entry["timeline"]["events"].as_array().is_none_or(Vec::is_empty)
+            || !account_data.is_empty()
+            || has_ephemeral
+        {
             news = true;
             join.insert(room, entry);
         }
@@ -162,10 +196,38 @@ async fn compute(svc: &Services, me: &Identity, req: &SyncRequest, now: SyncToke
     if since.is_some() && !global.is_empty() {
         news = true;
     }
+    let presence = presence(svc, me, since, now.stream, &req.filter.presence).await?;
+    if since.is_some() && !presence.is_empty() {
+        news = true;
+    }
+    // To-device messages after those already acknowledged, at most TO_DEVICE_LIMIT; when cut
+    // short, the token remembers where delivery stopped.
+    let (to_device, last) =
+        crate::e2ee::to_device::pending_events(&svc.db, user, &me.device_id, now.stream, TO_DEVICE_LIMIT).await?;
+    if to_device.len() as i64 == TO_DEVICE_LIMIT {
+        now.to_device = last;
+    }
+    if !to_device.is_empty() {
+        news = true;
+    }
+    let (changed, left) = match since {
+        Some(s) => device_list_changes(svc, &me.user_id, s, now.stream).await?,
+        None => (vec![], vec![]),
+    };
+    if !changed.is_empty() || !left.is_empty() {
+        news = true;
+    }
+    let otk_counts = crate::e2ee::keys::one_time_key_counts(&svc.db, user, &me.device_id).await?;
+    let fallback = storage::e2ee_keys::device_unused_fallback_key_types(&svc.db, user, &me.device_id).await?;
     let body = json!({
         "next_batch": now.to_string(),
         "rooms": { "join": join, "invite": invite, "knock": knock, "leave": leave },
         "account_data": { "events": global },
+        "presence": { "events": presence },
+        "to_device": { "events": to_device },
+        "device_lists": { "changed": changed, "left": left },
+        "device_one_time_keys_count": otk_counts,
+        "device_unused_fallback_key_types": fallback,
     });
     Ok((body, news))
 }
@@ -290,7 +352,6 @@ async fn joined_room(
     let mut entry = json!({
         "timeline": { "events": to_client(svc, me, &events).await?, "limited": limited, "prev_batch": prev_batch },
         "state": { "events": to_client(svc, me, &state).await? },
-        "ephemeral": { "events": [] },
     });
     let (notifications, highlights) = crate::push::unread_counts(svc, &me.user_id, room_id).await?;
     entry["unread_notifications"] = json!({ "notification_count": notifications, "highlight_count": highlights });
@@ -300,6 +361,113 @@ async fn joined_room(
         entry["summary"] = summary(svc, room_id, &me.user_id).await?;
     }
     Ok(entry)
+}
+
+/// Users whose devices the client should re-fetch (`changed`: their device list changed, or
+/// they newly share a room) and those it no longer shares any room with (`left`), for
+/// positions in (`since`, `up_to`].
+pub async fn device_list_changes(
+    svc: &Services,
+    me: &UserId,
+    since: i64,
+    up_to: i64,
+) -> Result<(Vec<String>, Vec<String>)> {
+    let sharing: HashSet<String> =
+        storage::rooms::users_sharing_rooms(&svc.db, me.as_str()).await?.into_iter().collect();
+    let mut changed: BTreeSet<String> = storage::device_lists::changed_users(&svc.db, since, up_to)
+        .await?
+        .into_iter()
+        .filter(|u| sharing.contains(u))
+        .collect();
+    let mut left = BTreeSet::new();
+    // Membership changes in rooms the user is or was in: new room-mates, or room-mates gone.
+    for (user, membership) in storage::events::member_changes_in_rooms_of(&svc.db, me.as_str(), since, up_to).await? {
+        if user == me.as_str() {
+            continue;
+        }
+        if membership == "join" && sharing.contains(&user) {
+            changed.insert(user);
+        } else if !sharing.contains(&user) {
+            left.insert(user);
+        }
+    }
+    // Rooms the user joined: all their members are new room-mates.
+    for room in storage::events::membership_changes(&svc.db, me.as_str(), since, up_to).await? {
+        if storage::rooms::membership(&svc.db, &room, me.as_str()).await?.as_deref() == Some("join") {
+            for (user, membership, _) in storage::rooms::members(&svc.db, &room).await? {
+                if membership == "join" && user != me.as_str() {
+                    changed.insert(user);
+                }
+            }
+        } else {
+            for (user, _, _) in storage::rooms::members(&svc.db, &room).await? {
+                if !sharing.contains(&user) && user != me.as_str() {
+                    left.insert(user);
+                }
+            }
+        }
+    }
+    left.retain(|u| !changed.contains(u));
+    Ok((changed.into_iter().collect(), left.into_iter().collect()))
+}
+
+/// Typing and receipts of a joined room: all current ones for a full sync (`after` None),
+/// else the changes since the token.
+async fn ephemeral(
+    svc: &Services,
+    me: &Identity,
+    room_id: &RoomId,
+    after: Option<i64>,
+    up_to: i64,
+    typing_changed: &HashSet<OwnedRoomId>,
+    filter: &RoomEventFilter,
+) -> Result<Vec<Value>> {
+    let mut events = Vec::new();
+    if filter.allows_type("m.typing") && (after.is_none() || typing_changed.contains(room_id)) {
+        let typing = svc.typing.typing_in(room_id);
+        if after.is_some() || !typing.is_empty() {
+            events.push(json!({ "type": "m.typing", "content": { "user_ids": typing } }));
+        }
+    }
+    if filter.allows_type("m.receipt") {
+        let viewer = me.user_id.as_str();
+        let receipts = match after {
+            Some(a) => storage::receipts::in_range(&svc.db, room_id.as_str(), viewer, a, up_to).await?,
+            None => storage::receipts::latest(&svc.db, room_id.as_str(), viewer, up_to).await?,
+        };
+        if !receipts.is_empty() {
+            events.push(json!({ "type": "m.receipt", "content": receipts }));
+        }
+    }
+    Ok(events)
+}
+
+/// Presence of the users who share a room with `me` (and their own), changed since the token.
+async fn presence(
+    svc: &Services,
+    me: &Identity,
+    since: Option<i64>,
+    up_to: i64,
+    filter: &RoomEventFilter,
+) -> Result<Vec<Value>> {
+    if !filter.allows_type("m.presence") {
+        return Ok(vec![]);
+    }
+    let mut users = storage::rooms::users_sharing_rooms(&svc.db, me.user_id.as_str()).await?;
+    if !users.iter().any(|u| u == me.user_id.as_str()) {
+        users.push(me.user_id.to_string());
+    }
+    let now_ms = storage::now_ms();
+    let changes = storage::presence::changes(&svc.db, &users, since.unwrap_or(i64::MIN), up_to).await?;
+    // Several changes of one user: the latest wins.
+    let mut latest: HashMap<String, Value> = HashMap::new();
+    for p in changes {
+        if filter.allows_sender(&p.user_id) {
+            let event = json!({ "type": "m.presence", "sender": p.user_id, "content": p.content(now_ms) });
+            latest.insert(p.user_id.clone(), event);
+        }
+    }
+    Ok(latest.into_values().collect())
 }
 
 /// Heroes and member counts (sent when membership may have changed).

@@ -139,3 +139,25 @@ async fn bad_since_token_is_refused() {
     let alice = server.register("alice").await;
     alice.get("/_matrix/client/v3/sync?since=garbage").await.assert_error(400, "M_INVALID_PARAM");
 }
+
+#[tokio::test]
+async fn to_device_messages_are_redelivered_until_acknowledged() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let start = bob.sync("timeout=0").await["next_batch"].as_str().unwrap().to_owned();
+    let body = json!({ "messages": { bob.user_id.clone(): { bob.device_id.clone(): { "secret": 1 } } } });
+    alice.put("/_matrix/client/v3/sendToDevice/m.test/txn1", body).await.ok();
+    let events = |b: &Value| b["to_device"]["events"].as_array().cloned().unwrap_or_default();
+    let first = bob.sync(&format!("timeout=5000&since={start}")).await;
+    assert_eq!(events(&first).len(), 1, "{first}");
+    assert_eq!(events(&first)[0]["sender"], json!(alice.user_id));
+    assert_eq!(events(&first)[0]["content"], json!({ "secret": 1 }));
+    // The same since again: not acknowledged yet, so delivered again.
+    let again = bob.sync(&format!("timeout=0&since={start}")).await;
+    assert_eq!(events(&again).len(), 1);
+    // Syncing from the new token acknowledges it.
+    let next = first["next_batch"].as_str().unwrap();
+    let after = bob.sync(&format!("timeout=0&since={next}")).await;
+    assert!(events(&after).is_empty(), "{after}");
+}

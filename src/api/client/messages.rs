@@ -38,7 +38,7 @@ pub fn router() -> Router<AppState> {
 }
 
 fn token(pos: i64) -> String {
-    SyncToken { stream: pos, typing: 0 }.to_string()
+    SyncToken::at(pos).to_string()
 }
 
 /// The newest position `me` may read in a room (their leave, if they left), and whether

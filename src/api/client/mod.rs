@@ -3,17 +3,29 @@
 mod account;
 mod account_data;
 mod devices;
+pub(crate) mod directory;
 mod filter;
+mod keys;
 mod login;
+mod media;
 mod membership;
 mod messages;
+mod presence;
 mod profile;
 mod push;
+mod receipts;
 mod register;
+mod report;
+mod room_keys;
 pub(crate) mod rooms;
 mod sync;
+mod timestamp;
+mod to_device;
+mod typing;
+mod upgrade;
 mod user_directory;
 mod versions;
+mod voip;
 
 use axum::Router;
 
@@ -39,8 +51,20 @@ pub fn router() -> Router<AppState> {
         .merge(filter::router())
         .merge(user_directory::router())
         .merge(rooms::router())
+        .merge(directory::router())
+        .merge(typing::router())
+        .merge(receipts::router())
+        .merge(presence::router())
+        .merge(report::router())
+        .merge(upgrade::router())
+        .merge(timestamp::router())
+        .merge(voip::router())
         .merge(membership::router())
         .merge(messages::router())
         .merge(sync::router())
         .merge(push::router())
+        .merge(media::router())
+        .merge(keys::router())
+        .merge(to_device::router())
+        .merge(room_keys::router())
 }

@@ -168,6 +168,9 @@ async fn put_state_event(
     if kind == TimelineEventType::RoomCreate {
         return Err(Error::bad_json("Cannot send m.room.create"));
     }
+    if kind == TimelineEventType::RoomCanonicalAlias && state_key.is_empty() {
+        super::directory::check_canonical_alias(state, &room_id, &content).await?;
+    }
     let event_id = rooms::send(state, &room_id, &me.user_id, Draft::state(kind, state_key, content), None).await?;
     Ok(Json(json!({ "event_id": event_id })))
 }

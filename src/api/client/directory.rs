@@ -1,0 +1,434 @@
+//! Room directory: local aliases (create, resolve, delete, list per room), the checks on
+//! `m.room.canonical_alias`, and the published room directory (visibility, `/publicRooms`).
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ruma::events::{StateEventType, TimelineEventType};
+use ruma::{OwnedRoomAliasId, OwnedRoomId, RoomAliasId, RoomId, UserId};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::rooms::{parse_room_id, require_joined};
+use super::v3;
+use crate::accounts::Identity;
+use crate::error::{Error, Result};
+use crate::http::extract::{self, Auth, MaybeAuth, Path, Query};
+use crate::rooms::state::StateMap;
+use crate::rooms::{self, Draft};
+use crate::{AppState, Services, storage};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route(v3!("/directory/room/{room_alias}"), get(resolve_alias).put(create_alias).delete(delete_alias))
+        .route(v3!("/rooms/{room_id}/aliases"), get(room_aliases))
+        .route(v3!("/directory/list/room/{room_id}"), get(get_visibility).put(set_visibility))
+        .route(v3!("/publicRooms"), get(public_rooms_get).post(public_rooms_post))
+}
+
+fn parse_alias(alias: &str) -> Result<OwnedRoomAliasId> {
+    RoomAliasId::parse(alias).map_err(|_| Error::invalid_param(format!("Invalid room alias {alias}")))
+}
+
+fn is_local(svc: &Services, alias: &RoomAliasId) -> bool {
+    alias.server_name().as_str() == svc.config.server_name
+}
+
+fn require_local(svc: &Services, alias: &RoomAliasId) -> Result<()> {
+    if !is_local(svc, alias) {
+        return Err(Error::invalid_param("Room alias must be local to this server"));
+    }
+    Ok(())
+}
+
+/// The content of a current state event of a room, if set.
+async fn state_content(svc: &Services, state: &StateMap, kind: StateEventType) -> Result<Option<Value>> {
+    Ok(rooms::state_pdu(svc, state, &kind, "").await?.map(|p| p.content_value()))
+}
+
+/// Whether a user may manage a room's entries in the directory: a server admin, or a
+/// joined member with the power to send `m.room.canonical_alias` (as Synapse).
+async fn can_manage_directory(svc: &Services, me: &Identity, room_id: &RoomId) -> Result<bool> {
+    if me.is_admin {
+        return Ok(true);
+    }
+    let current = rooms::current_state(svc, room_id).await?;
+    if rooms::membership_in(svc, &current, &me.user_id).await? != "join" {
+        return Ok(false);
+    }
+    rooms::power::can_send_state(svc, &current, &me.user_id, "m.room.canonical_alias").await
+}
+
+#[derive(Deserialize)]
+struct NewAlias {
+    room_id: OwnedRoomId,
+}
+
+async fn create_alias(
+    State(state): State<AppState>,
+    Auth(me): Auth,
+    Path(alias): Path<String>,
+    extract::Json(body): extract::Json<NewAlias>,
+) -> Result<Json<Value>> {
+    let alias = parse_alias(&alias)?;
+    require_local(&state, &alias)?;
+    require_joined(&state, &body.room_id, &me.user_id).await?;
+    let mut tx = state.db.begin().await?;
+    let created =
+        storage::rooms::create_alias(&mut tx, alias.as_str(), body.room_id.as_str(), me.user_id.as_str()).await?;
+    tx.commit().await?;
+    if !created {
+        return Err(Error::matrix(StatusCode::CONFLICT, "M_UNKNOWN", format!("Room alias {alias} already exists")));
+    }
+    Ok(Json(json!({})))
+}
+
+async fn resolve_alias(State(state): State<AppState>, Path(alias): Path<String>) -> Result<Json<Value>> {
+    let alias = parse_alias(&alias)?;
+    let not_found = || Error::not_found(format!("Room alias {alias} not found"));
+    // Aliases of other servers would be asked over federation, which this server does not speak yet.
+    if !is_local(&state, &alias) {
+        return Err(not_found());
+    }
+    let (room_id, _) = storage::rooms::resolve_alias(&state.db, alias.as_str()).await?.ok_or_else(not_found)?;
+    // This server first, then the other servers with joined members (as Synapse).
+    let mut servers = vec![state.config.server_name.clone()];
+    for (user, membership, _) in storage::rooms::members(&state.db, &room_id).await? {
+        if membership == "join"
+            && let Some((_, server)) = user.split_once(':')
+            && !servers.iter().any(|s| s == server)
+        {
+            servers.push(server.to_owned());
+        }
+    }
+    Ok(Json(json!({ "room_id": room_id, "servers": servers })))
+}
+
+async fn delete_alias(State(state): State<AppState>, Auth(me): Auth, Path(alias): Path<String>) -> Result<Json<Value>> {
+    let alias = parse_alias(&alias)?;
+    require_local(&state, &alias)?;
+    let (room_id, creator) = storage::rooms::resolve_alias(&state.db, alias.as_str())
+        .await?
+        .ok_or_else(|| Error::not_found(format!("Room alias {alias} not found")))?;
+    let room_id = parse_room_id(&room_id)?;
+    let allowed = creator == me.user_id.as_str() || can_manage_directory(&state, &me, &room_id).await?;
+    if !allowed {
+        return Err(Error::forbidden("You may not delete this alias"));
+    }
+    let mut tx = state.db.begin().await?;
+    storage::rooms::delete_alias(&mut tx, alias.as_str()).await?;
+    tx.commit().await?;
+    drop_from_canonical_alias(&state, &me, &room_id, alias.as_str()).await?;
+    Ok(Json(json!({})))
+}
+
+/// Removes a deleted alias from the room's `m.room.canonical_alias`, when the user may send
+/// it; the deletion stands either way (as the spec recommends).
+async fn drop_from_canonical_alias(svc: &Services, me: &Identity, room_id: &RoomId, alias: &str) -> Result<()> {
+    let current = rooms::current_state(svc, room_id).await?;
+    let Some(Value::Object(mut content)) = state_content(svc, &current, StateEventType::RoomCanonicalAlias).await?
+    else {
+        return Ok(());
+    };
+    let mut changed = false;
+    if content.get("alias").and_then(Value::as_str) == Some(alias) {
+        content.remove("alias");
+        changed = true;
+    }
+    if let Some(alt) = content.get_mut("alt_aliases").and_then(Value::as_array_mut) {
+        let before = alt.len();
+        alt.retain(|a| a.as_str() != Some(alias));
+        changed |= alt.len() != before;
+    }
+    if !changed {
+        return Ok(());
+    }
+    let draft = Draft::state(TimelineEventType::RoomCanonicalAlias, "", Value::Object(content));
+    match rooms::send(svc, room_id, &me.user_id, draft, None).await {
+        Err(e) if e.errcode() == "M_FORBIDDEN" => {
+            tracing::info!(%room_id, %alias, "alias deleted; its user may not update the canonical alias");
+            Ok(())
+        }
+        other => other.map(|_| ()),
+    }
+}
+
+/// The aliases a `m.room.canonical_alias` content lists (`alias` and `alt_aliases`).
+fn listed_aliases(content: &Value) -> Vec<&str> {
+    let alt = content.get("alt_aliases").and_then(Value::as_array).into_iter().flatten();
+    content.get("alias").into_iter().chain(alt).filter_map(Value::as_str).collect()
+}
+
+/// The checks on a `m.room.canonical_alias` content a client sends (called by the state PUT
+/// handler): every alias not already in the room's current event must be valid (400
+/// `M_INVALID_PARAM`) and point at this room (400 `M_BAD_ALIAS`). Aliases of other servers
+/// cannot be checked without federation and are refused.
+pub async fn check_canonical_alias(svc: &Services, room_id: &RoomId, content: &Value) -> Result<()> {
+    let wanted = listed_aliases(content);
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let current = rooms::current_state(svc, room_id).await?;
+    let existing = state_content(svc, &current, StateEventType::RoomCanonicalAlias).await?.unwrap_or_default();
+    let existing = listed_aliases(&existing);
+    for alias in wanted.into_iter().filter(|a| !existing.contains(a)) {
+        let parsed = parse_alias(alias)?;
+        let points_here = is_local(svc, &parsed)
+            && storage::rooms::resolve_alias(&svc.db, alias).await?.is_some_and(|(room, _)| room == room_id.as_str());
+        if !points_here {
+            return Err(Error::matrix(
+                StatusCode::BAD_REQUEST,
+                "M_BAD_ALIAS",
+                format!("The alias {alias} does not point to this room"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether a user may look into a room: joined to it, or the room is world-readable (404
+/// for an unknown room).
+pub(super) async fn can_peek(svc: &Services, room_id: &RoomId, user: &UserId) -> Result<bool> {
+    let current = rooms::current_state(svc, room_id).await?;
+    if rooms::membership_in(svc, &current, user).await? == "join" {
+        return Ok(true);
+    }
+    let visibility = state_content(svc, &current, StateEventType::RoomHistoryVisibility).await?;
+    Ok(visibility.is_some_and(|c| c["history_visibility"] == "world_readable"))
+}
+
+async fn room_aliases(
+    State(state): State<AppState>,
+    Auth(me): Auth,
+    Path(room_id): Path<String>,
+) -> Result<Json<Value>> {
+    let room_id = parse_room_id(&room_id)?;
+    if !(can_peek(&state, &room_id, &me.user_id).await? || me.is_admin) {
+        return Err(Error::forbidden("You are not a member of this room"));
+    }
+    let aliases = storage::rooms::aliases_of_room(&state.db, room_id.as_str()).await?;
+    Ok(Json(json!({ "aliases": aliases })))
+}
+
+async fn get_visibility(State(state): State<AppState>, Path(room_id): Path<String>) -> Result<Json<Value>> {
+    let room_id = parse_room_id(&room_id)?;
+    rooms::room_version(&state, &room_id).await?;
+    let published = storage::rooms::is_published(&state.db, room_id.as_str()).await?;
+    Ok(Json(json!({ "visibility": if published { "public" } else { "private" } })))
+}
+
+#[derive(Deserialize)]
+struct VisibilityBody {
+    #[serde(default)]
+    visibility: Option<String>,
+}
+
+async fn set_visibility(
+    State(state): State<AppState>,
+    Auth(me): Auth,
+    Path(room_id): Path<String>,
+    extract::Json(body): extract::Json<VisibilityBody>,
+) -> Result<Json<Value>> {
+    let room_id = parse_room_id(&room_id)?;
+    let published = match body.visibility.as_deref() {
+        None | Some("public") => true,
+        Some("private") => false,
+        Some(other) => return Err(Error::invalid_param(format!("Invalid visibility {other:?}"))),
+    };
+    rooms::room_version(&state, &room_id).await?;
+    if !can_manage_directory(&state, &me, &room_id).await? {
+        return Err(Error::forbidden("You may not change this room's visibility in the directory"));
+    }
+    let mut tx = state.db.begin().await?;
+    storage::rooms::set_published(&mut tx, room_id.as_str(), published).await?;
+    tx.commit().await?;
+    Ok(Json(json!({})))
+}
+
+#[derive(Deserialize)]
+struct PublicRoomsQuery {
+    #[serde(default)]
+    limit: Option<u64>,
+    #[serde(default)]
+    since: Option<String>,
+    #[serde(default)]
+    server: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct PublicRoomsBody {
+    #[serde(default)]
+    limit: Option<u64>,
+    #[serde(default)]
+    since: Option<String>,
+    #[serde(default)]
+    filter: Option<PublicRoomsFilter>,
+    #[serde(default)]
+    third_party_instance_id: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct PublicRoomsFilter {
+    #[serde(default)]
+    generic_search_term: Option<String>,
+    /// Room types to list; `None` in the list stands for rooms without a type.
+    #[serde(default)]
+    room_types: Option<Vec<Option<String>>>,
+}
+
+#[derive(Deserialize)]
+struct ServerQuery {
+    #[serde(default)]
+    server: Option<String>,
+}
+
+async fn public_rooms_get(
+    State(state): State<AppState>,
+    MaybeAuth(_): MaybeAuth,
+    Query(q): Query<PublicRoomsQuery>,
+) -> Result<Json<Value>> {
+    let body = PublicRoomsBody { limit: q.limit, since: q.since, ..Default::default() };
+    list_public_rooms(&state, q.server.as_deref(), body).await.map(Json)
+}
+
+async fn public_rooms_post(
+    State(state): State<AppState>,
+    Auth(_): Auth,
+    Query(q): Query<ServerQuery>,
+    extract::Json(body): extract::Json<PublicRoomsBody>,
+) -> Result<Json<Value>> {
+    list_public_rooms(&state, q.server.as_deref(), body).await.map(Json)
+}
+
+/// A published room as the directory lists it, with what it is sorted and searched by.
+struct PublicRoom {
+    /// (-joined members, room ID): the most populated rooms first, then a stable order.
+    key: (i64, String),
+    room_type: Option<String>,
+    /// Lowercased name, topic and canonical alias, for `generic_search_term`.
+    haystack: String,
+    chunk: Value,
+}
+
+async fn public_room(svc: &Services, room_id: &str) -> Result<PublicRoom> {
+    let room = parse_room_id(room_id)?;
+    let current = rooms::current_state(svc, &room).await?;
+    let content = |kind: StateEventType| state_content(svc, &current, kind);
+    let text = |c: &Option<Value>, field: &str| c.as_ref().and_then(|c| c.get(field)?.as_str().map(str::to_owned));
+    let name = text(&content(StateEventType::RoomName).await?, "name").filter(|n| !n.is_empty());
+    // `topic` is the plain-text form (an empty one unsets the topic).
+    let topic = text(&content(StateEventType::RoomTopic).await?, "topic").filter(|t| !t.is_empty());
+    let canonical_alias = text(&content(StateEventType::RoomCanonicalAlias).await?, "alias");
+    let avatar_url = text(&content(StateEventType::RoomAvatar).await?, "url").filter(|u| !u.is_empty());
+    let join_rule = text(&content(StateEventType::RoomJoinRules).await?, "join_rule");
+    let history = text(&content(StateEventType::RoomHistoryVisibility).await?, "history_visibility");
+    let guest_access = text(&content(StateEventType::RoomGuestAccess).await?, "guest_access");
+    let room_type = text(&content(StateEventType::RoomCreate).await?, "type");
+    let joined = storage::rooms::joined_member_count(&svc.db, room_id).await?;
+
+    let mut chunk = Map::new();
+    chunk.insert("room_id".into(), json!(room_id));
+    chunk.insert("num_joined_members".into(), json!(joined));
+    chunk.insert("world_readable".into(), json!(history.as_deref() == Some("world_readable")));
+    chunk.insert("guest_can_join".into(), json!(guest_access.as_deref() == Some("can_join")));
+    let optional = [
+        ("name", &name),
+        ("topic", &topic),
+        ("canonical_alias", &canonical_alias),
+        ("avatar_url", &avatar_url),
+        ("join_rule", &join_rule),
+        ("room_type", &room_type),
+    ];
+    for (field, value) in optional {
+        if let Some(v) = value {
+            chunk.insert(field.into(), json!(v));
+        }
+    }
+    let haystack: Vec<String> =
+        [&name, &topic, &canonical_alias].into_iter().flatten().map(|s| s.to_lowercase()).collect();
+    Ok(PublicRoom { key: (-joined, room_id.to_owned()), room_type, haystack: haystack.join("\n"), chunk: chunk.into() })
+}
+
+/// A `/publicRooms` pagination token: the key of the last room of a page (`next_batch`,
+/// continue after it) or of the first (`prev_batch`, continue before it).
+enum Since {
+    After((i64, String)),
+    Before((i64, String)),
+}
+
+impl Since {
+    fn encode(&self) -> String {
+        let (dir, (neg_joined, room)) = match self {
+            Since::After(k) => ('n', k),
+            Since::Before(k) => ('p', k),
+        };
+        URL_SAFE_NO_PAD.encode(format!("{dir}{neg_joined}|{room}"))
+    }
+
+    fn parse(token: &str) -> Result<Self> {
+        let invalid = || Error::invalid_param(format!("Invalid pagination token {token:?}"));
+        let raw = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
+        let raw = String::from_utf8(raw).map_err(|_| invalid())?;
+        let (head, room) = raw.split_once('|').ok_or_else(invalid)?;
+        let mut chars = head.chars();
+        let dir = chars.next().ok_or_else(invalid)?;
+        let key = (chars.as_str().parse::<i64>().map_err(|_| invalid())?, room.to_owned());
+        match dir {
+            'n' => Ok(Since::After(key)),
+            'p' => Ok(Since::Before(key)),
+            _ => Err(invalid()),
+        }
+    }
+}
+
+async fn list_public_rooms(svc: &Services, server: Option<&str>, req: PublicRoomsBody) -> Result<Value> {
+    if server.is_some_and(|s| s != svc.config.server_name) {
+        // Other servers' directories are asked over federation, which this server does not speak yet.
+        return Err(Error::invalid_param("Only this server's room directory can be listed"));
+    }
+    let since = req.since.as_deref().map(Since::parse).transpose()?;
+    let filter = req.filter.unwrap_or_default();
+    let term = filter.generic_search_term.map(|t| t.to_lowercase()).filter(|t| !t.trim().is_empty());
+    let mut listed = Vec::new();
+    // Rooms bridged from a third-party network would carry its instance ID; this server has none.
+    if req.third_party_instance_id.is_none() {
+        for room_id in storage::rooms::published_rooms(&svc.db).await? {
+            let room = public_room(svc, &room_id).await?;
+            let type_ok = filter.room_types.as_ref().is_none_or(|types| types.contains(&room.room_type));
+            let term_ok = term.as_ref().is_none_or(|t| room.haystack.contains(t.as_str()));
+            if type_ok && term_ok {
+                listed.push(room);
+            }
+        }
+    }
+    listed.sort_by(|a, b| a.key.cmp(&b.key));
+    let total = listed.len();
+    // A limit of 0 means no limit, as in Synapse.
+    let limit = req.limit.filter(|l| *l > 0).map_or(total, |l| usize::try_from(l).unwrap_or(usize::MAX));
+    let (start, end) = match &since {
+        None => (0, limit.min(total)),
+        Some(Since::After(key)) => {
+            let start = listed.partition_point(|r| r.key <= *key);
+            (start, start.saturating_add(limit).min(total))
+        }
+        Some(Since::Before(key)) => {
+            let end = listed.partition_point(|r| r.key < *key);
+            (end.saturating_sub(limit), end)
+        }
+    };
+    let mut response = json!({ "total_room_count_estimate": total });
+    if start < end {
+        if end < total {
+            response["next_batch"] = json!(Since::After(listed[end - 1].key.clone()).encode());
+        }
+        if start > 0 {
+            response["prev_batch"] = json!(Since::Before(listed[start].key.clone()).encode());
+        }
+    }
+    let chunk: Vec<Value> = listed.drain(start..end).map(|r| r.chunk).collect();
+    response["chunk"] = Value::Array(chunk);
+    Ok(response)
+}

@@ -1,0 +1,77 @@
+//! Presence: online, unavailable or offline, with a status message.
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use ruma::{OwnedUserId, UserId};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::v3;
+use crate::AppState;
+use crate::error::{Error, Result};
+use crate::http::extract::{self, Auth, Path};
+use crate::storage;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route(v3!("/presence/{user_id}/status"), get(get_presence).put(set_presence))
+}
+
+const STATES: [&str; 3] = ["online", "unavailable", "offline"];
+
+fn parse_user(user_id: &str) -> Result<OwnedUserId> {
+    UserId::parse(user_id).map_err(|_| Error::invalid_param(format!("Invalid user ID {user_id}")))
+}
+
+#[derive(Deserialize)]
+struct SetPresence {
+    presence: String,
+    #[serde(default)]
+    status_msg: Option<String>,
+}
+
+async fn set_presence(
+    State(state): State<AppState>,
+    Auth(me): Auth,
+    Path(user_id): Path<String>,
+    extract::Json(body): extract::Json<SetPresence>,
+) -> Result<Json<Value>> {
+    let user_id = parse_user(&user_id)?;
+    if user_id != me.user_id {
+        return Err(Error::forbidden("You cannot set the presence of another user"));
+    }
+    if !STATES.contains(&body.presence.as_str()) {
+        return Err(Error::invalid_param(format!("Invalid presence state {:?}", body.presence)));
+    }
+    let mut tx = state.db.begin().await?;
+    let now = storage::now_ms();
+    storage::presence::set(&mut tx, me.user_id.as_str(), &body.presence, body.status_msg.as_deref(), now).await?;
+    tx.commit().await?;
+    // Those who share a room see the change in their sync.
+    let watchers: Vec<OwnedUserId> = storage::rooms::users_sharing_rooms(&state.db, me.user_id.as_str())
+        .await?
+        .into_iter()
+        .filter_map(|u| OwnedUserId::try_from(u).ok())
+        .chain([me.user_id.clone()])
+        .collect();
+    state.notifier.notify(watchers.iter().map(|u| &**u));
+    Ok(Json(json!({})))
+}
+
+async fn get_presence(
+    State(state): State<AppState>,
+    Auth(me): Auth,
+    Path(user_id): Path<String>,
+) -> Result<Json<Value>> {
+    let user_id = parse_user(&user_id)?;
+    // Presence is shared with the users one shares a room with (as Synapse).
+    let visible = user_id == me.user_id
+        || storage::rooms::share_joined_room(&state.db, me.user_id.as_str(), user_id.as_str()).await?;
+    if !visible {
+        return Err(Error::forbidden("You are not allowed to see their presence"));
+    }
+    match storage::presence::get(&state.db, user_id.as_str()).await? {
+        Some(presence) => Ok(Json(presence.content(storage::now_ms()))),
+        None => Ok(Json(json!({ "presence": "offline" }))),
+    }
+}

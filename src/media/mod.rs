@@ -1,0 +1,289 @@
+//! The content repository: uploads streamed into the content-addressed store, metadata in the
+//! database, waiting for asynchronous uploads, thumbnails, and link previews.
+
+pub mod html;
+pub mod preview;
+pub mod store;
+pub mod thumbnail;
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use bytes::Bytes;
+use futures::Stream;
+use rand::Rng;
+use ruma::UserId;
+use tokio::sync::{Semaphore, watch};
+
+use crate::Services;
+use crate::config::{Config, RateLimitConfig};
+use crate::error::{Error, Result};
+use crate::http::rate_limit::RateLimiter;
+use crate::storage::media::{MediaRow, StoredContent, ThumbnailKey, ThumbnailRow, Upload};
+use crate::storage::{self, now_ms};
+use preview::Previewer;
+use store::{ContentStore, WriteError};
+use thumbnail::{Rendered, Target, ThumbnailError};
+
+/// How long a media ID from `POST /_matrix/media/v1/create` waits for its upload (the spec's
+/// recommended 24 hours).
+pub const PENDING_UPLOAD_LIFETIME_MS: i64 = 24 * 60 * 60 * 1000;
+/// How long a download waits for a pending upload when the client does not say.
+pub const DEFAULT_WAIT_MS: u64 = 20_000;
+/// The longest wait for a pending upload a client may ask for.
+const MAX_WAIT_MS: u64 = 60_000;
+
+pub struct MediaService {
+    pub store: ContentStore,
+    limiter: RateLimiter,
+    /// Bumped whenever a pending media ID receives its content, to wake waiting downloads.
+    uploaded: watch::Sender<u64>,
+    /// Thumbnails decoded at once: decoding is CPU- and memory-heavy.
+    thumbnail_slots: Semaphore,
+    /// Present when URL previews are enabled.
+    pub previewer: Option<Previewer>,
+}
+
+impl MediaService {
+    pub fn new(config: &Config) -> anyhow::Result<Self> {
+        let limits = RateLimitConfig {
+            enabled: config.rate_limits.enabled,
+            per_second: config.media.upload_per_second,
+            burst: config.media.upload_burst,
+        };
+        let cores = std::thread::available_parallelism().map_or(2, usize::from);
+        Ok(Self {
+            store: ContentStore::open(config.data_dir.join("media"))?,
+            limiter: RateLimiter::new(limits),
+            uploaded: watch::Sender::new(0),
+            thumbnail_slots: Semaphore::new(cores),
+            previewer: config.media.url_previews.then(|| Previewer::new(&config.media)).transpose()?,
+        })
+    }
+}
+
+/// The `mxc://` URI of a local media ID.
+pub fn mxc(server_name: &str, media_id: &str) -> String {
+    format!("mxc://{server_name}/{media_id}")
+}
+
+/// Media IDs are 24 random letters and digits (the spec allows `A-Za-z0-9_-`).
+fn new_media_id() -> String {
+    rand::thread_rng().sample_iter(rand::distributions::Alphanumeric).take(24).map(char::from).collect()
+}
+
+/// Whether a string can be a media ID (the spec's character set).
+pub fn is_valid_media_id(media_id: &str) -> bool {
+    !media_id.is_empty()
+        && media_id.len() <= 255
+        && media_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+fn internal(e: impl Into<anyhow::Error>) -> Error {
+    Error::Internal(e.into())
+}
+
+/// What the request says about an upload besides its bytes.
+pub struct UploadInfo {
+    pub content_type: String,
+    pub file_name: Option<String>,
+    /// The announced length, checked before reading anything.
+    pub content_length: Option<u64>,
+}
+
+/// Receives the bytes of an upload into the store, enforcing the rate limit, the size limit
+/// (413 `M_TOO_LARGE`) and the user's quota (403 `M_FORBIDDEN`).
+async fn receive<E: std::fmt::Display>(
+    state: &Services,
+    user: &UserId,
+    info: &UploadInfo,
+    body: impl Stream<Item = Result<Bytes, E>>,
+) -> Result<StoredContent> {
+    state.media.limiter.check_user("media_upload", user.as_str())?;
+    let max = state.config.media.max_upload_bytes;
+    let quota_left = match state.config.media.user_quota_bytes {
+        Some(quota) => quota.saturating_sub(storage::media::bytes_uploaded_by(&state.db, user.as_str()).await?),
+        None => u64::MAX,
+    };
+    let too_large = || Error::too_large(format!("Uploads are limited to {max} bytes"));
+    let over_quota = || Error::forbidden("Upload quota exceeded");
+    match info.content_length {
+        Some(len) if len > max => return Err(too_large()),
+        Some(len) if len > quota_left => return Err(over_quota()),
+        _ => {}
+    }
+    match state.media.store.write_stream(body, max.min(quota_left)).await {
+        Ok(content) => Ok(content),
+        Err(WriteError::TooLarge(limit)) if limit < max => Err(over_quota()),
+        Err(WriteError::TooLarge(_)) => Err(too_large()),
+        Err(WriteError::Source(e)) => {
+            Err(Error::matrix(StatusCode::BAD_REQUEST, "M_UNKNOWN", format!("Upload failed: {e}")))
+        }
+        Err(e @ WriteError::Io(_)) => Err(internal(e)),
+    }
+}
+
+/// `POST /_matrix/media/v3/upload`: stores the content under a new media ID.
+pub async fn upload<E: std::fmt::Display>(
+    state: &Services,
+    user: &UserId,
+    info: UploadInfo,
+    body: impl Stream<Item = Result<Bytes, E>>,
+) -> Result<String> {
+    let content = receive(state, user, &info, body).await?;
+    record_upload(state, user, &content, &info.content_type, info.file_name.as_deref()).await
+}
+
+/// Records stored content as a new local media ID of `user`.
+async fn record_upload(
+    state: &Services,
+    user: &UserId,
+    content: &StoredContent,
+    content_type: &str,
+    file_name: Option<&str>,
+) -> Result<String> {
+    let media_id = new_media_id();
+    let upload = Upload { content, content_type, file_name };
+    let mut tx = state.db.begin().await?;
+    storage::media::insert_uploaded(&mut tx, &media_id, user.as_str(), &upload, now_ms()).await?;
+    tx.commit().await?;
+    Ok(media_id)
+}
+
+/// `POST /_matrix/media/v1/create`: a media ID whose content comes later; returns it with
+/// its expiry.
+pub async fn create(state: &Services, user: &UserId) -> Result<(String, i64)> {
+    state.media.limiter.check_user("media_create", user.as_str())?;
+    let now = now_ms();
+    let pending = storage::media::count_pending(&state.db, user.as_str(), now).await?;
+    if pending >= i64::from(state.config.media.max_pending_uploads) {
+        return Err(Error::matrix(
+            StatusCode::TOO_MANY_REQUESTS,
+            "M_LIMIT_EXCEEDED",
+            "Too many pending uploads: upload to them or wait until they expire",
+        ));
+    }
+    let media_id = new_media_id();
+    let expires = now + PENDING_UPLOAD_LIFETIME_MS;
+    let mut tx = state.db.begin().await?;
+    storage::media::insert_pending(&mut tx, &media_id, user.as_str(), now, expires).await?;
+    tx.commit().await?;
+    Ok((media_id, expires))
+}
+
+fn cannot_overwrite() -> Error {
+    Error::matrix(StatusCode::CONFLICT, "M_CANNOT_OVERWRITE_MEDIA", "Media already uploaded")
+}
+
+/// `PUT /_matrix/media/v3/upload/{serverName}/{mediaId}`: the content of a created media ID.
+pub async fn upload_pending<E: std::fmt::Display>(
+    state: &Services,
+    user: &UserId,
+    media_id: &str,
+    info: UploadInfo,
+    body: impl Stream<Item = Result<Bytes, E>>,
+) -> Result<()> {
+    let row = storage::media::get(&state.db, media_id).await?.ok_or_else(|| Error::not_found("Unknown media ID"))?;
+    if row.uploader != user.as_str() {
+        return Err(Error::forbidden("This media ID was created by another user"));
+    }
+    if row.content.is_some() {
+        return Err(cannot_overwrite());
+    }
+    if row.unused_expires_ts.is_some_and(|t| t <= now_ms()) {
+        return Err(Error::not_found("This media ID has expired"));
+    }
+    let content = receive(state, user, &info, body).await?;
+    let upload = Upload { content: &content, content_type: &info.content_type, file_name: info.file_name.as_deref() };
+    let mut tx = state.db.begin().await?;
+    if !storage::media::complete_pending(&mut tx, media_id, &upload, now_ms()).await? {
+        // Another upload to the same ID finished first.
+        return Err(cannot_overwrite());
+    }
+    tx.commit().await?;
+    state.media.uploaded.send_modify(|n| *n += 1);
+    Ok(())
+}
+
+/// Which door a download comes through: the deprecated unauthenticated endpoints only see
+/// media older than the configured cut-over (the spec's "freeze").
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Authenticated,
+    Legacy,
+}
+
+/// A local media and its content, waiting up to `wait_ms` (capped) for a pending upload
+/// (then 504 `M_NOT_YET_UPLOADED`).
+pub async fn local_content(
+    state: &Services,
+    media_id: &str,
+    access: Access,
+    wait_ms: u64,
+) -> Result<(MediaRow, StoredContent)> {
+    let mut uploads = state.media.uploaded.subscribe();
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms.min(MAX_WAIT_MS));
+    let cutover = state.config.media.legacy_cutover_ts;
+    loop {
+        let row = storage::media::get(&state.db, media_id)
+            .await?
+            .filter(|row| !row.quarantined)
+            .filter(|row| access == Access::Authenticated || cutover.is_some_and(|c| row.created_ts < c))
+            .filter(|row| row.content.is_some() || row.unused_expires_ts.is_none_or(|t| t > now_ms()))
+            .ok_or_else(|| Error::not_found("Media not found"))?;
+        if let Some(content) = row.content.clone() {
+            return Ok((row, content));
+        }
+        if !matches!(tokio::time::timeout_at(deadline, uploads.changed()).await, Ok(Ok(()))) {
+            return Err(Error::matrix(
+                StatusCode::GATEWAY_TIMEOUT,
+                "M_NOT_YET_UPLOADED",
+                "Content has not yet been uploaded",
+            ));
+        }
+    }
+}
+
+/// The thumbnail of a media's content at a common size, generated on first request (in the
+/// blocking pool) and kept on disk and in the database.
+pub async fn thumbnail(
+    state: &Services,
+    media_id: &str,
+    content: &StoredContent,
+    target: Target,
+    animated: bool,
+) -> Result<ThumbnailRow> {
+    let key =
+        ThumbnailKey { media_id, width: target.width, height: target.height, method: target.method.as_str(), animated };
+    if let Some(cached) = storage::media::get_thumbnail(&state.db, &key).await? {
+        return Ok(cached);
+    }
+    let _slot = state.media.thumbnail_slots.acquire().await.map_err(internal)?;
+    let path = state.media.store.path(content);
+    let size = content.size;
+    let rendered = tokio::task::spawn_blocking(move || thumbnail::render(&path, size, target, animated))
+        .await
+        .map_err(internal)?;
+    let row = match rendered {
+        Ok(Rendered::Original { content_type }) => {
+            ThumbnailRow { content: content.clone(), content_type: content_type.to_owned() }
+        }
+        Ok(Rendered::Image { bytes, content_type }) => ThumbnailRow {
+            content: state.media.store.write_bytes(bytes).await.map_err(internal)?,
+            content_type: content_type.to_owned(),
+        },
+        Err(ThumbnailError::NotAnImage) => {
+            return Err(Error::matrix(
+                StatusCode::BAD_REQUEST,
+                "M_UNKNOWN",
+                "Cannot generate thumbnails for the requested content",
+            ));
+        }
+        Err(ThumbnailError::TooLarge) => return Err(Error::too_large("Content is too large to thumbnail")),
+        Err(e) => return Err(internal(e)),
+    };
+    let mut tx = state.db.begin().await?;
+    storage::media::insert_thumbnail(&mut tx, &key, &row).await?;
+    tx.commit().await?;
+    Ok(row)
+}

@@ -1,0 +1,143 @@
+//! Who is typing in which room: in memory only (typing is ephemeral), with a global serial
+//! that moves on every change so `/sync` can ask which rooms changed since its token.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
+
+/// Longest typing notification a client may ask for.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Default)]
+pub struct Typing {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    serial: u64,
+    rooms: HashMap<OwnedRoomId, RoomTyping>,
+}
+
+#[derive(Default)]
+struct RoomTyping {
+    /// The serial of the room's last change (kept when nobody types any more, so that
+    /// syncs behind it still learn that the list became empty).
+    changed: u64,
+    /// Typing users and when their notification expires.
+    users: HashMap<OwnedUserId, Instant>,
+}
+
+impl Inner {
+    fn bump(&mut self, room: &RoomId) {
+        self.serial += 1;
+        let serial = self.serial;
+        self.rooms.entry(room.to_owned()).or_default().changed = serial;
+    }
+}
+
+impl Typing {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Marks `user` as typing in `room` until `until`; returns whether the room's list of
+    /// typing users changed (extending a notification changes nothing clients see).
+    pub fn start(&self, room: &RoomId, user: &UserId, until: Instant) -> bool {
+        let mut inner = self.lock();
+        let entry = inner.rooms.entry(room.to_owned()).or_default();
+        let was_typing = entry.users.insert(user.to_owned(), until).is_some_and(|old| old > Instant::now());
+        if !was_typing {
+            inner.bump(room);
+        }
+        !was_typing
+    }
+
+    /// Marks `user` as no longer typing in `room`; returns whether that changed anything.
+    pub fn stop(&self, room: &RoomId, user: &UserId) -> bool {
+        let mut inner = self.lock();
+        let removed = inner.rooms.get_mut(room).and_then(|r| r.users.remove(user)).is_some();
+        if removed {
+            inner.bump(room);
+        }
+        removed
+    }
+
+    /// Drops the notifications expired at `now`; returns the rooms whose list changed.
+    pub fn expire(&self, now: Instant) -> Vec<OwnedRoomId> {
+        let mut inner = self.lock();
+        let mut changed = Vec::new();
+        for (room, typing) in inner.rooms.iter_mut() {
+            let before = typing.users.len();
+            typing.users.retain(|_, until| *until > now);
+            if typing.users.len() != before {
+                changed.push(room.clone());
+            }
+        }
+        for room in &changed {
+            inner.bump(room);
+        }
+        changed
+    }
+
+    /// The users typing in a room now, sorted.
+    pub fn typing_in(&self, room: &RoomId) -> Vec<OwnedUserId> {
+        let now = Instant::now();
+        let inner = self.lock();
+        let mut users: Vec<OwnedUserId> = inner
+            .rooms
+            .get(room)
+            .map(|r| r.users.iter().filter(|(_, until)| **until > now).map(|(u, _)| u.clone()).collect())
+            .unwrap_or_default();
+        users.sort();
+        users
+    }
+
+    /// Rooms whose typing list changed after `serial`.
+    pub fn changed_since(&self, serial: u64) -> Vec<OwnedRoomId> {
+        self.lock().rooms.iter().filter(|(_, r)| r.changed > serial).map(|(room, _)| room.clone()).collect()
+    }
+
+    /// The serial of the latest change.
+    pub fn serial(&self) -> u64 {
+        self.lock().serial
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ruma::{room_id, user_id};
+
+    #[test]
+    fn start_stop_expire_and_serials() {
+        let typing = Typing::default();
+        let room = room_id!("!r:x");
+        let other = room_id!("!o:x");
+        let alice = user_id!("@alice:x");
+        let now = Instant::now();
+        assert!(typing.start(room, alice, now + Duration::from_secs(30)));
+        assert_eq!(typing.serial(), 1);
+        assert_eq!(typing.typing_in(room), vec![alice.to_owned()]);
+        // Extending the notification is not a change.
+        assert!(!typing.start(room, alice, now + Duration::from_secs(60)));
+        assert_eq!(typing.serial(), 1);
+        assert_eq!(typing.changed_since(0), vec![room.to_owned()]);
+        assert!(typing.changed_since(1).is_empty());
+
+        assert!(typing.stop(room, alice));
+        assert!(!typing.stop(room, alice));
+        assert!(typing.typing_in(room).is_empty());
+        // The room stays listed as changed, so a sync learns the list is empty.
+        assert_eq!(typing.changed_since(1), vec![room.to_owned()]);
+
+        typing.start(other, alice, now + Duration::from_millis(10));
+        let serial = typing.serial();
+        assert!(typing.expire(now).is_empty());
+        assert_eq!(typing.expire(now + Duration::from_secs(1)), vec![other.to_owned()]);
+        assert!(typing.typing_in(other).is_empty());
+        assert_eq!(typing.changed_since(serial), vec![other.to_owned()]);
+    }
+}

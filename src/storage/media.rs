@@ -1,0 +1,219 @@
+//! Content repository metadata: local media, their thumbnails, and URL preview cache.
+
+use sqlx::Row;
+
+use super::{Db, Tx};
+
+#[derive(Debug, Clone)]
+pub struct MediaRow {
+    pub media_id: String,
+    pub uploader: String,
+    /// The content, once uploaded.
+    pub content: Option<StoredContent>,
+    pub content_type: Option<String>,
+    pub file_name: Option<String>,
+    pub created_ts: i64,
+    pub unused_expires_ts: Option<i64>,
+    pub quarantined: bool,
+}
+
+/// Where the bytes of a file are: its SHA-256 (hex) names the file on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredContent {
+    pub sha256: String,
+    pub size: u64,
+}
+
+fn content_from_row(r: &sqlx::any::AnyRow) -> sqlx::Result<Option<StoredContent>> {
+    let sha256: Option<String> = r.try_get("sha256")?;
+    let size: Option<i64> = r.try_get("size")?;
+    Ok(sha256.zip(size).map(|(sha256, size)| StoredContent { sha256, size: size as u64 }))
+}
+
+fn media_from_row(r: &sqlx::any::AnyRow) -> sqlx::Result<MediaRow> {
+    Ok(MediaRow {
+        media_id: r.try_get("media_id")?,
+        uploader: r.try_get("uploader")?,
+        content: content_from_row(r)?,
+        content_type: r.try_get("content_type")?,
+        file_name: r.try_get("file_name")?,
+        created_ts: r.try_get("created_ts")?,
+        unused_expires_ts: r.try_get("unused_expires_ts")?,
+        quarantined: r.try_get::<i64, _>("quarantined")? != 0,
+    })
+}
+
+/// What is known of an upload when it completes.
+pub struct Upload<'a> {
+    pub content: &'a StoredContent,
+    pub content_type: &'a str,
+    pub file_name: Option<&'a str>,
+}
+
+/// Records a media ID together with its content (a plain upload).
+pub async fn insert_uploaded(
+    tx: &mut Tx,
+    media_id: &str,
+    uploader: &str,
+    upload: &Upload<'_>,
+    now: i64,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO media (media_id, uploader, sha256, size, content_type, file_name, created_ts, uploaded_ts)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+    )
+    .bind(media_id)
+    .bind(uploader)
+    .bind(&upload.content.sha256)
+    .bind(upload.content.size as i64)
+    .bind(upload.content_type)
+    .bind(upload.file_name)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Records a media ID whose content comes later (`POST /_matrix/media/v1/create`).
+pub async fn insert_pending(
+    tx: &mut Tx,
+    media_id: &str,
+    uploader: &str,
+    now: i64,
+    expires_ts: i64,
+) -> sqlx::Result<()> {
+    sqlx::query("INSERT INTO media (media_id, uploader, created_ts, unused_expires_ts) VALUES ($1, $2, $3, $4)")
+        .bind(media_id)
+        .bind(uploader)
+        .bind(now)
+        .bind(expires_ts)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Attaches content to a pending media ID; `Ok(false)` when it already has content.
+pub async fn complete_pending(tx: &mut Tx, media_id: &str, upload: &Upload<'_>, now: i64) -> sqlx::Result<bool> {
+    let res = sqlx::query(
+        "UPDATE media SET sha256 = $2, size = $3, content_type = $4, file_name = $5, uploaded_ts = $6,
+         unused_expires_ts = NULL WHERE media_id = $1 AND sha256 IS NULL",
+    )
+    .bind(media_id)
+    .bind(&upload.content.sha256)
+    .bind(upload.content.size as i64)
+    .bind(upload.content_type)
+    .bind(upload.file_name)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(res.rows_affected() == 1)
+}
+
+pub async fn get(db: &Db, media_id: &str) -> sqlx::Result<Option<MediaRow>> {
+    sqlx::query(
+        "SELECT media_id, uploader, sha256, size, content_type, file_name, created_ts, unused_expires_ts, quarantined
+         FROM media WHERE media_id = $1",
+    )
+    .bind(media_id)
+    .fetch_optional(db.read())
+    .await?
+    .as_ref()
+    .map(media_from_row)
+    .transpose()
+}
+
+/// Media IDs a user created that are still waiting for their upload.
+pub async fn count_pending(db: &Db, uploader: &str, now: i64) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM media WHERE uploader = $1 AND sha256 IS NULL AND unused_expires_ts > $2")
+        .bind(uploader)
+        .bind(now)
+        .fetch_one(db.read())
+        .await
+}
+
+/// Total bytes a user has uploaded.
+pub async fn bytes_uploaded_by(db: &Db, uploader: &str) -> sqlx::Result<u64> {
+    let total: i64 = sqlx::query_scalar("SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM media WHERE uploader = $1")
+        .bind(uploader)
+        .fetch_one(db.read())
+        .await?;
+    Ok(total as u64)
+}
+
+/// A cached thumbnail of a media ID.
+#[derive(Debug, Clone)]
+pub struct ThumbnailRow {
+    pub content: StoredContent,
+    pub content_type: String,
+}
+
+/// Which thumbnail of a media: size, method and whether it may be animated.
+pub struct ThumbnailKey<'a> {
+    pub media_id: &'a str,
+    pub width: u32,
+    pub height: u32,
+    pub method: &'a str,
+    pub animated: bool,
+}
+
+pub async fn get_thumbnail(db: &Db, key: &ThumbnailKey<'_>) -> sqlx::Result<Option<ThumbnailRow>> {
+    let row = sqlx::query(
+        "SELECT sha256, size, content_type FROM media_thumbnails
+         WHERE media_id = $1 AND width = $2 AND height = $3 AND method = $4 AND animated = $5",
+    )
+    .bind(key.media_id)
+    .bind(i64::from(key.width))
+    .bind(i64::from(key.height))
+    .bind(key.method)
+    .bind(key.animated as i64)
+    .fetch_optional(db.read())
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let content = content_from_row(&row)?;
+    Ok(content.map(|content| ThumbnailRow { content, content_type: row.get("content_type") }))
+}
+
+/// Records a generated thumbnail; a concurrent request may have recorded the same one first.
+pub async fn insert_thumbnail(tx: &mut Tx, key: &ThumbnailKey<'_>, thumbnail: &ThumbnailRow) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO media_thumbnails (media_id, width, height, method, animated, sha256, size, content_type)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+         ON CONFLICT (media_id, width, height, method, animated) DO NOTHING",
+    )
+    .bind(key.media_id)
+    .bind(i64::from(key.width))
+    .bind(i64::from(key.height))
+    .bind(key.method)
+    .bind(key.animated as i64)
+    .bind(&thumbnail.content.sha256)
+    .bind(thumbnail.content.size as i64)
+    .bind(&thumbnail.content_type)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The cached preview of a URL, unless it has expired.
+pub async fn get_preview(db: &Db, url: &str, now: i64) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar("SELECT og_json FROM url_previews WHERE url = $1 AND expires_ts > $2")
+        .bind(url)
+        .bind(now)
+        .fetch_optional(db.read())
+        .await
+}
+
+/// Stores the preview of a URL, replacing an older one.
+pub async fn put_preview(tx: &mut Tx, url: &str, og_json: &str, now: i64, expires_ts: i64) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO url_previews (url, og_json, fetched_ts, expires_ts) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (url) DO UPDATE SET og_json = EXCLUDED.og_json, fetched_ts = EXCLUDED.fetched_ts,
+         expires_ts = EXCLUDED.expires_ts",
+    )
+    .bind(url)
+    .bind(og_json)
+    .bind(now)
+    .bind(expires_ts)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,94 @@
+//! Presence: each user's latest state, with the stream position of its last change.
+
+use serde_json::{Value, json};
+use sqlx::Row;
+
+use super::{Db, Tx, next_stream_pos};
+
+/// A user is shown as currently active within this long of their last activity (as Synapse).
+const CURRENTLY_ACTIVE_MS: i64 = 60_000;
+
+/// Most users named in one query (bind parameters are limited).
+const USERS_PER_QUERY: usize = 500;
+
+#[derive(Debug, Clone)]
+pub struct Presence {
+    pub user_id: String,
+    /// online, unavailable or offline
+    pub state: String,
+    pub status_msg: Option<String>,
+    pub last_active_ts: i64,
+}
+
+impl Presence {
+    /// The content of an `m.presence` event as of `now_ms`.
+    pub fn content(&self, now_ms: i64) -> Value {
+        let mut content = json!({
+            "presence": self.state,
+            "last_active_ago": (now_ms - self.last_active_ts).max(0),
+        });
+        if let Some(msg) = &self.status_msg {
+            content["status_msg"] = json!(msg);
+        }
+        if self.state == "online" {
+            content["currently_active"] = json!(now_ms - self.last_active_ts < CURRENTLY_ACTIVE_MS);
+        }
+        content
+    }
+}
+
+fn from_row(r: &sqlx::any::AnyRow) -> sqlx::Result<Presence> {
+    Ok(Presence {
+        user_id: r.try_get("user_id")?,
+        state: r.try_get("state")?,
+        status_msg: r.try_get("status_msg")?,
+        last_active_ts: r.try_get("last_active_ts")?,
+    })
+}
+
+/// Sets a user's presence (active now); returns the change's stream position.
+pub async fn set(tx: &mut Tx, user_id: &str, state: &str, status_msg: Option<&str>, now_ms: i64) -> sqlx::Result<i64> {
+    let pos = next_stream_pos(tx).await?;
+    sqlx::query(
+        "INSERT INTO presence (user_id, state, status_msg, last_active_ts, stream_pos) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (user_id) DO UPDATE SET state = EXCLUDED.state, status_msg = EXCLUDED.status_msg,
+             last_active_ts = EXCLUDED.last_active_ts, stream_pos = EXCLUDED.stream_pos",
+    )
+    .bind(user_id)
+    .bind(state)
+    .bind(status_msg)
+    .bind(now_ms)
+    .bind(pos)
+    .execute(&mut **tx)
+    .await?;
+    Ok(pos)
+}
+
+pub async fn get(db: &Db, user_id: &str) -> sqlx::Result<Option<Presence>> {
+    let row = sqlx::query("SELECT user_id, state, status_msg, last_active_ts FROM presence WHERE user_id = $1")
+        .bind(user_id)
+        .fetch_optional(db.read())
+        .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+/// The presence of those of `users` whose presence changed at positions in (`after`, `up_to`].
+pub async fn changes(db: &Db, users: &[String], after: i64, up_to: i64) -> sqlx::Result<Vec<Presence>> {
+    let mut found = Vec::new();
+    for batch in users.chunks(USERS_PER_QUERY) {
+        let placeholders: Vec<String> = (0..batch.len()).map(|i| format!("${}", i + 3)).collect();
+        let sql = format!(
+            "SELECT user_id, state, status_msg, last_active_ts FROM presence
+             WHERE stream_pos > $1 AND stream_pos <= $2 AND user_id IN ({}) ORDER BY stream_pos",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(after).bind(up_to);
+        for user in batch {
+            query = query.bind(user);
+        }
+        for row in query.fetch_all(db.read()).await? {
+            found.push(from_row(&row)?);
+        }
+    }
+    Ok(found)
+}
