@@ -11,6 +11,7 @@ pub mod error;
 pub mod federation;
 pub mod http;
 pub mod media;
+pub mod push;
 pub mod rooms;
 pub mod storage;
 pub mod sync;
@@ -44,6 +45,7 @@ pub struct Services {
     pub rooms: rooms::Rooms,
     pub typing: rooms::typing::Typing,
     pub lazy_load: sync::v2::LazyLoadCache,
+    pub push: push::PushRules,
     pub media: media::MediaService,
     pub federation: federation::Federation,
 }
@@ -73,6 +75,7 @@ impl AppState {
             rooms: rooms::Rooms::default(),
             typing: rooms::typing::Typing::default(),
             lazy_load: sync::v2::LazyLoadCache::default(),
+            push: push::PushRules::default(),
             media: media::MediaService::new(&config)?,
             federation: federation::Federation::new(&config)?,
             config,

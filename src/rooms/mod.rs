@@ -515,6 +515,7 @@ pub(crate) async fn append(
         _ => None,
     };
     tx.commit().await?;
+    crate::push::process_event(svc, pdu).await?;
 
     if let Some(g) = group {
         state::remember(svc, g, state_after);

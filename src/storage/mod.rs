@@ -12,6 +12,7 @@ pub mod filters;
 pub mod key_backup;
 pub mod media;
 pub mod presence;
+pub mod push;
 pub mod receipts;
 pub mod registration_tokens;
 pub mod reports;

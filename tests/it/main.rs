@@ -13,6 +13,7 @@ mod errors;
 mod federation;
 mod media;
 mod presence;
+mod push;
 mod receipts;
 mod reports;
 mod room_util;

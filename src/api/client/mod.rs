@@ -12,6 +12,7 @@ mod membership;
 mod messages;
 mod presence;
 mod profile;
+mod push;
 mod receipts;
 mod register;
 mod report;
@@ -61,6 +62,7 @@ pub fn router() -> Router<AppState> {
         .merge(membership::router())
         .merge(messages::router())
         .merge(sync::router())
+        .merge(push::router())
         .merge(media::router())
         .merge(keys::router())
         .merge(to_device::router())

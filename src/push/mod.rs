@@ -1,0 +1,219 @@
+//! Push: each user's push rules (kept in memory once loaded), evaluated with ruma for every
+//! local member on every new room event, and the unread counts that gives.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use ruma::events::room::power_levels::{RoomPowerLevels, RoomPowerLevelsEventContent, RoomPowerLevelsSource};
+use ruma::events::{StateEventType, TimelineEventType};
+use ruma::push::{PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset};
+use ruma::serde::Raw;
+use ruma::{OwnedUserId, RoomId, UInt, UserId};
+use serde_json::{Value, json};
+
+use crate::Services;
+use crate::error::{Error, Result};
+use crate::rooms::pdu::Pdu;
+use crate::rooms::state::StateMap;
+use crate::rooms::{self, versions};
+use crate::storage::{self, push::NewNotification};
+
+/// The rule kinds, in the order the spec lists them in a ruleset.
+pub const RULE_KINDS: [&str; 5] = ["override", "content", "room", "sender", "underride"];
+
+/// Thread ID of events outside any thread.
+const MAIN_THREAD: &str = "main";
+
+/// The rulesets loaded so far, and the lock that serialises their changes.
+#[derive(Default)]
+pub struct PushRules {
+    loaded: Mutex<HashMap<OwnedUserId, Arc<Ruleset>>>,
+    edit: tokio::sync::Mutex<()>,
+}
+
+impl PushRules {
+    fn cached(&self, user: &UserId) -> Option<Arc<Ruleset>> {
+        self.loaded.lock().unwrap_or_else(|e| e.into_inner()).get(user).cloned()
+    }
+
+    fn remember(&self, user: &UserId, rules: Arc<Ruleset>) {
+        self.loaded.lock().unwrap_or_else(|e| e.into_inner()).insert(user.to_owned(), rules);
+    }
+}
+
+/// A ruleset as clients see it: every kind present, empty or not.
+pub fn ruleset_json(rules: &Ruleset) -> Result<Value> {
+    let mut value = serde_json::to_value(rules).map_err(|e| Error::Internal(e.into()))?;
+    if let Some(object) = value.as_object_mut() {
+        for kind in RULE_KINDS {
+            object.entry(kind).or_insert_with(|| json!([]));
+        }
+    }
+    Ok(value)
+}
+
+/// A user's ruleset: from memory, else from the database, else the server default (stored,
+/// and published as `m.push_rules` account data, on this first use).
+pub async fn ruleset(svc: &Services, user: &UserId) -> Result<Arc<Ruleset>> {
+    if let Some(rules) = svc.push.cached(user) {
+        return Ok(rules);
+    }
+    let _edit = svc.push.edit.lock().await;
+    load(svc, user).await
+}
+
+/// Loads a ruleset; the caller holds the edit lock (so a first use cannot overwrite a change).
+async fn load(svc: &Services, user: &UserId) -> Result<Arc<Ruleset>> {
+    if let Some(rules) = svc.push.cached(user) {
+        return Ok(rules);
+    }
+    let rules = match storage::push::ruleset(&svc.db, user.as_str()).await? {
+        Some(stored) => serde_json::from_str(&stored).map_err(|e| Error::Internal(e.into()))?,
+        None => {
+            let rules = Ruleset::server_default(user);
+            save(svc, user, &rules).await?;
+            rules
+        }
+    };
+    let rules = Arc::new(rules);
+    svc.push.remember(user, rules.clone());
+    Ok(rules)
+}
+
+/// Stores a ruleset and its `m.push_rules` account data in one transaction.
+async fn save(svc: &Services, user: &UserId, rules: &Ruleset) -> Result<()> {
+    let stored = serde_json::to_string(rules).map_err(|e| Error::Internal(e.into()))?;
+    let account_data = json!({ "global": ruleset_json(rules)? }).to_string();
+    let mut tx = svc.db.begin().await?;
+    storage::push::put_ruleset(&mut tx, user.as_str(), &stored).await?;
+    storage::account_data::put(&mut tx, user.as_str(), "", "m.push_rules", &account_data).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Changes a user's ruleset with `change`, then stores it; the change's error is returned
+/// untouched (nothing stored).
+pub async fn update(svc: &Services, user: &UserId, change: impl FnOnce(&mut Ruleset) -> Result<()>) -> Result<()> {
+    let _edit = svc.push.edit.lock().await;
+    let mut rules = (*load(svc, user).await?).clone();
+    change(&mut rules)?;
+    save(svc, user, &rules).await?;
+    svc.push.remember(user, Arc::new(rules));
+    svc.notifier.notify(std::iter::once(user));
+    Ok(())
+}
+
+/// Evaluates a newly appended event against the push rules of every local member it may
+/// concern (joined members but the sender, and the target of an invite), and records the
+/// events that notify them.
+pub async fn process_event(svc: &Services, pdu: &Pdu) -> Result<()> {
+    let Some(pos) = storage::events::get(&svc.db, pdu.event_id.as_str()).await?.and_then(|e| e.stream_pos) else {
+        return Ok(());
+    };
+    let members = storage::rooms::members(&svc.db, pdu.room_id.as_str()).await?;
+    let invited = (pdu.kind == TimelineEventType::RoomMember
+        && pdu.content_str("membership").as_deref() == Some("invite"))
+    .then_some(pdu.state_key.as_deref())
+    .flatten();
+    let targets: Vec<(OwnedUserId, &str)> = members
+        .iter()
+        .filter(|(user, membership, _)| {
+            user != pdu.sender.as_str() && (membership == "join" || (membership == "invite" && invited == Some(user)))
+        })
+        .filter_map(|(user, _, member_event)| Some((OwnedUserId::try_from(user.as_str()).ok()?, member_event.as_str())))
+        .filter(|(user, _)| user.server_name().as_str() == svc.config.server_name)
+        .collect();
+    if targets.is_empty() {
+        return Ok(());
+    }
+
+    // What every member's evaluation shares, built once for the event.
+    let joined = members.iter().filter(|(_, membership, _)| membership == "join").count();
+    let state = rooms::current_state(svc, &pdu.room_id).await?;
+    let base = PushConditionRoomCtx::new(
+        pdu.room_id.clone(),
+        UInt::try_from(joined).unwrap_or(UInt::MAX),
+        pdu.sender.clone(),
+        String::new(),
+    );
+    let base = match power_levels(svc, &state).await? {
+        Some(levels) => base.with_power_levels(levels),
+        None => base,
+    };
+    let event = serde_json::value::to_raw_value(&pdu.to_client()).map_err(|e| Error::Internal(e.into()))?;
+    let event: Raw<Value> = Raw::from_json(event);
+    let thread_id = match pdu.relation() {
+        Some((rel_type, root)) if rel_type == "m.thread" => root.to_string(),
+        _ => MAIN_THREAD.to_owned(),
+    };
+
+    let mut notified = Vec::new();
+    for (user, member_event) in targets {
+        let rules = ruleset(svc, &user).await?;
+        let mut ctx = base.clone();
+        ctx.user_display_name = display_name(svc, member_event).await?.unwrap_or_else(|| user.localpart().to_owned());
+        ctx.user_id = user.clone();
+        let actions = rules.get_actions(&event, &ctx).await;
+        if actions.iter().any(|a| a.should_notify()) {
+            let highlight = actions.iter().any(|a| a.is_highlight());
+            let actions = serde_json::to_string(actions).map_err(|e| Error::Internal(e.into()))?;
+            notified.push((user, highlight, actions));
+        }
+    }
+    if notified.is_empty() {
+        return Ok(());
+    }
+    let now = storage::now_ms();
+    let mut tx = svc.db.begin().await?;
+    for (user, highlight, actions) in &notified {
+        let row = NewNotification {
+            user_id: user.as_str(),
+            stream_pos: pos,
+            room_id: pdu.room_id.as_str(),
+            thread_id: &thread_id,
+            event_id: pdu.event_id.as_str(),
+            highlight: *highlight,
+            actions,
+            ts: now,
+        };
+        storage::push::insert_notification(&mut tx, &row).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The display name in a member event.
+async fn display_name(svc: &Services, member_event: &str) -> Result<Option<String>> {
+    let Ok(id) = ruma::OwnedEventId::try_from(member_event) else { return Ok(None) };
+    Ok(rooms::get_pdu(svc, &id).await?.and_then(|p| p.content_str("displayname")))
+}
+
+/// The room's power levels as push conditions read them (room creators of room version 12
+/// included), or None without a create event.
+async fn power_levels(svc: &Services, state: &StateMap) -> Result<Option<PushConditionPowerLevelsCtx>> {
+    let Some(create) = rooms::state_pdu(svc, state, &StateEventType::RoomCreate, "").await? else {
+        return Ok(None);
+    };
+    let content = create.content_value();
+    let version = content.get("room_version").and_then(Value::as_str).unwrap_or("1");
+    let Ok(version) = ruma::RoomVersionId::try_from(version) else { return Ok(None) };
+    let rules = versions::rules(&version)?;
+    let mut creators = vec![create.sender.clone()];
+    if let Some(additional) = content.get("additional_creators").and_then(Value::as_array) {
+        creators.extend(additional.iter().filter_map(|u| OwnedUserId::try_from(u.as_str()?).ok()));
+    }
+    let source = match rooms::state_pdu(svc, state, &StateEventType::RoomPowerLevels, "").await? {
+        Some(pl) => serde_json::from_str::<RoomPowerLevelsEventContent>(pl.content.get())
+            .map(RoomPowerLevelsSource::Original)
+            .unwrap_or_default(),
+        None => RoomPowerLevelsSource::None,
+    };
+    Ok(Some(RoomPowerLevels::new(source, &rules.authorization, creators).into()))
+}
+
+/// Unread (notification, highlight) counts of a user in a room: notifying events after the
+/// user's read receipts, all threads together.
+pub async fn unread_counts(svc: &Services, user: &UserId, room: &RoomId) -> Result<(u64, u64)> {
+    let per_thread = storage::push::unread_counts(&svc.db, user.as_str(), room.as_str()).await?;
+    Ok(per_thread.iter().fold((0, 0), |(n, h), (_, tn, th)| (n + *tn as u64, h + *th as u64)))
+}
