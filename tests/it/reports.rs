@@ -5,6 +5,9 @@ use serde_json::json;
 use crate::harness::TestServer;
 use crate::room_util::{C, database, enc, join, public_room, send_text};
 
+/// (event_id, reporter, reason, score) of a stored report.
+type ReportRow = (Option<String>, String, Option<String>, Option<i64>);
+
 #[tokio::test]
 async fn reports_are_stored() {
     let server = TestServer::start().await;
@@ -45,7 +48,7 @@ async fn reports_are_stored() {
         .assert_error(400, "M_INVALID_PARAM");
 
     let db = database(&server).await;
-    let events: Vec<(Option<String>, String, Option<String>, Option<i64>)> =
+    let events: Vec<ReportRow> =
         sqlx::query_as("SELECT event_id, reporter, reason, score FROM event_reports ORDER BY id")
             .fetch_all(db.read())
             .await
