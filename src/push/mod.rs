@@ -103,13 +103,9 @@ pub async fn update(svc: &Services, user: &UserId, change: impl FnOnce(&mut Rule
     Ok(())
 }
 
-/// Evaluates a newly appended event against the push rules of every local member it may
-/// concern (joined members but the sender, and the target of an invite), and records the
-/// events that notify them.
-pub async fn process_event(svc: &Services, pdu: &Pdu) -> Result<()> {
-    let Some(pos) = storage::events::get(&svc.db, pdu.event_id.as_str()).await?.and_then(|e| e.stream_pos) else {
-        return Ok(());
-    };
+/// Evaluates an event about to be appended against the push rules of every local member it
+/// may concern (joined members but the sender, and the target of an invite): those it notifies.
+pub async fn evaluate(svc: &Services, pdu: &Pdu) -> Result<Vec<Notified>> {
     let members = storage::rooms::members(&svc.db, pdu.room_id.as_str()).await?;
     let invited = (pdu.kind == TimelineEventType::RoomMember
         && pdu.content_str("membership").as_deref() == Some("invite"))
@@ -124,7 +120,7 @@ pub async fn process_event(svc: &Services, pdu: &Pdu) -> Result<()> {
         .filter(|(user, _)| user.server_name().as_str() == svc.config.server_name)
         .collect();
     if targets.is_empty() {
-        return Ok(());
+        return Ok(vec![]);
     }
 
     // What every member's evaluation shares, built once for the event.
@@ -142,11 +138,6 @@ pub async fn process_event(svc: &Services, pdu: &Pdu) -> Result<()> {
     };
     let event = serde_json::value::to_raw_value(&pdu.to_client()).map_err(|e| Error::Internal(e.into()))?;
     let event: Raw<Value> = Raw::from_json(event);
-    let thread_id = match pdu.relation() {
-        Some((rel_type, root)) if rel_type == "m.thread" => root.to_string(),
-        _ => MAIN_THREAD.to_owned(),
-    };
-
     let mut notified = Vec::new();
     for (user, member_event) in targets {
         let rules = ruleset(svc, &user).await?;
@@ -157,15 +148,28 @@ pub async fn process_event(svc: &Services, pdu: &Pdu) -> Result<()> {
         if actions.iter().any(|a| a.should_notify()) {
             let highlight = actions.iter().any(|a| a.is_highlight());
             let actions = serde_json::to_string(actions).map_err(|e| Error::Internal(e.into()))?;
-            notified.push((user, highlight, actions));
+            notified.push(Notified { user, highlight, actions });
         }
     }
-    if notified.is_empty() {
-        return Ok(());
-    }
+    Ok(notified)
+}
+
+/// A member an event notifies: whether it highlights, and the actions (JSON).
+pub struct Notified {
+    user: OwnedUserId,
+    highlight: bool,
+    actions: String,
+}
+
+/// Stores the notifications of an event in the transaction that appends it, so that a sync
+/// which sees the event also sees its counts.
+pub async fn store(tx: &mut storage::Tx, pdu: &Pdu, pos: i64, notified: &[Notified]) -> Result<()> {
+    let thread_id = match pdu.relation() {
+        Some((rel_type, root)) if rel_type == "m.thread" => root.to_string(),
+        _ => MAIN_THREAD.to_owned(),
+    };
     let now = storage::now_ms();
-    let mut tx = svc.db.begin().await?;
-    for (user, highlight, actions) in &notified {
+    for Notified { user, highlight, actions } in notified {
         let row = NewNotification {
             user_id: user.as_str(),
             stream_pos: pos,
@@ -176,9 +180,8 @@ pub async fn process_event(svc: &Services, pdu: &Pdu) -> Result<()> {
             actions,
             ts: now,
         };
-        storage::push::insert_notification(&mut tx, &row).await?;
+        storage::push::insert_notification(tx, &row).await?;
     }
-    tx.commit().await?;
     Ok(())
 }
 

@@ -394,6 +394,9 @@ pub(crate) async fn append(
         });
         json = value.to_string();
     }
+    // Push rules are evaluated before the transaction (rulesets may be created on first use);
+    // the counts are written with the event.
+    let notified = if arrival.soft_failed { Vec::new() } else { crate::push::evaluate(svc, pdu).await? };
     let (old_current_group, old_extremities) = match storage::rooms::get(&svc.db, room).await? {
         Some((_, g)) => (g, storage::rooms::extremities(&svc.db, room).await?),
         None => return Err(Error::not_found("Unknown room")),
@@ -444,6 +447,7 @@ pub(crate) async fn append(
         tx.commit().await?;
         return Ok(pdu.event_id.clone());
     }
+    crate::push::store(&mut tx, pdu, pos, &notified).await?;
     storage::rooms::advance_extremities(&mut tx, room, &prev_ids, pdu.event_id.as_str()).await?;
 
     // The room's new current state: the state after this event when it is the only forward
@@ -515,7 +519,6 @@ pub(crate) async fn append(
         _ => None,
     };
     tx.commit().await?;
-    crate::push::process_event(svc, pdu).await?;
 
     if let Some(g) = group {
         state::remember(svc, g, state_after);
