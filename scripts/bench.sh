@@ -3,9 +3,10 @@
 # one after the other on this machine, and prints the results side by side (Markdown).
 #
 #   scripts/bench.sh [--quick] [--synapse] [--only "plexus-sqlite plexus-postgres synapse"]
-#                    [--out DIR] [-- EXTRA plexus-bench run FLAGS...]
+#                    [--debug] [--out DIR] [-- EXTRA plexus-bench run FLAGS...]
 #
-# Plexus is built in release mode from this working copy. PostgreSQL: a fresh database on
+# Plexus is built in release mode from this working copy (--debug: debug build, for trying
+# the script out; its figures mean nothing). PostgreSQL: a fresh database on
 # $BENCH_POSTGRES (default postgres://postgres@127.0.0.1:5432), dropped afterwards. Synapse:
 # installed from PyPI into a scratch virtualenv ($BENCH_VENV), SQLite, rate limits off.
 # Results: DIR/<target>.json, DIR/<target>.txt, DIR/comparison.md (DIR defaults to
@@ -13,15 +14,16 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
-QUICK=""; SYNAPSE=0; ONLY=""; OUT=""; EXTRA=()
+QUICK=""; SYNAPSE=0; PROFILE=release; ONLY=""; OUT=""; EXTRA=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=--quick ;;
     --synapse) SYNAPSE=1 ;;
+    --debug) PROFILE=debug ;;
     --only) ONLY=$2; shift ;;
     --out) OUT=$2; shift ;;
     --) shift; EXTRA=("$@"); break ;;
-    *) sed -n '2,12p' "$0"; exit 2 ;;
+    *) sed -n '2,13p' "$0"; exit 2 ;;
   esac
   shift
 done
@@ -34,10 +36,15 @@ mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 REV=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src migrations Cargo.toml Cargo.lock || echo "-dirty")
 
-echo "building release binaries (revision $REV)"
-cargo build --release --bin plexus --bin plexus-bench
-PLEXUS=$ROOT/target/release/plexus
-BENCH=$ROOT/target/release/plexus-bench
+echo "building $PROFILE binaries (revision $REV)"
+if [ $PROFILE = release ]; then
+  cargo build --release --bin plexus --bin plexus-bench
+else
+  cargo build --bin plexus --bin plexus-bench
+  REV="$REV-debug-build"
+fi
+PLEXUS=$ROOT/target/$PROFILE/plexus
+BENCH=$ROOT/target/$PROFILE/plexus-bench
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'

@@ -121,8 +121,7 @@ impl Server {
             mac.update(part.as_bytes());
         }
         let mac: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
-        let body =
-            json!({ "nonce": nonce, "username": localpart, "password": PASSWORD, "admin": false, "mac": mac });
+        let body = json!({ "nonce": nonce, "username": localpart, "password": PASSWORD, "admin": false, "mac": mac });
         self.request(Method::POST, path, None, Some(&body)).await
     }
 

@@ -185,7 +185,11 @@ fn compare_markdown(reports: &[RunReport]) -> String {
     header(&mut out, "");
     let cell = |f: &dyn Fn(&RunReport) -> String| reports.iter().map(f).collect::<Vec<_>>().join(" | ");
     let _ = writeln!(out, "| revision | {} |", cell(&|r| r.revision.clone().unwrap_or_else(|| "-".into())));
-    let _ = writeln!(out, "| idle RSS | {} |", cell(&|r| r.idle_rss_mb.map_or("-".into(), |v| format!("{} MiB", number(v)))));
+    let _ = writeln!(
+        out,
+        "| idle RSS | {} |",
+        cell(&|r| r.idle_rss_mb.map_or("-".into(), |v| format!("{} MiB", number(v))))
+    );
     let _ = writeln!(out, "| load average at end | {} |", cell(&|r| r.machine.load_average.clone()));
     let _ = writeln!(out, "| run time | {} |", cell(&|r| format!("{} s", number(r.wall_seconds))));
 
@@ -200,7 +204,8 @@ fn compare_markdown(reports: &[RunReport]) -> String {
     for name in names {
         let results: Vec<Option<&ScenarioResult>> =
             reports.iter().map(|r| r.scenarios.iter().find(|s| s.name == name)).collect();
-        let rows: Vec<Vec<(String, String)>> = results.iter().map(|s| s.map(|s| s.rows()).unwrap_or_default()).collect();
+        let rows: Vec<Vec<(String, String)>> =
+            results.iter().map(|s| s.map(|s| s.rows()).unwrap_or_default()).collect();
         let mut keys: Vec<&str> = Vec::new();
         for row in &rows {
             for (k, _) in row {

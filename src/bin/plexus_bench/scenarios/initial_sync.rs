@@ -51,8 +51,9 @@ pub async fn run(ctx: &Ctx, result: &mut ScenarioResult) -> anyhow::Result<()> {
     result.metric("history set-up rate", (room_count * events) as f64 / history_seconds, "msg/s");
 
     // Logins hash a password: done before the measured phase.
-    let devices =
-        ctx.for_each("log in devices", sizes.initial_iterations, |_| async move { reader_ref.new_device().await }).await?;
+    let devices = ctx
+        .for_each("log in devices", sizes.initial_iterations, |_| async move { reader_ref.new_device().await })
+        .await?;
     let filter = json!({ "room": { "timeline": { "limit": TIMELINE_LIMIT }, "state": { "lazy_load_members": true } } });
     let measure = ctx.measure(result);
     let mut times = Vec::new();

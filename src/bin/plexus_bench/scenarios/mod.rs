@@ -1,8 +1,8 @@
 //! The scenarios and what they share: naming users, set-up with progress bars, and the
 //! measured phase during which the server's process is sampled.
 
-mod federation;
 mod fanout;
+mod federation;
 mod initial_sync;
 mod join_storm;
 mod send;
@@ -167,8 +167,12 @@ impl Ctx {
 
     /// Sync tokens of an initial sync of each user.
     pub async fn initial_tokens(&self, users: &[User], filter: &Value) -> anyhow::Result<Vec<String>> {
-        self.for_each("initial syncs", users.len(), |i| async move { users[i].sync(None, 0, filter).await?.next_batch() })
-            .await
+        self.for_each(
+            "initial syncs",
+            users.len(),
+            |i| async move { users[i].sync(None, 0, filter).await?.next_batch() },
+        )
+        .await
     }
 
     /// Starts the measured phase: samples the server(s) and this tool until `finish`.

@@ -18,8 +18,12 @@ pub async fn run(ctx: &Ctx, result: &mut ScenarioResult) -> anyhow::Result<()> {
         vec![room; senders.len()]
     } else {
         let senders = &senders;
-        ctx.for_each("create rooms", senders.len(), |i| async move { senders[i].create_room(false, "bench send").await })
-            .await?
+        ctx.for_each(
+            "create rooms",
+            senders.len(),
+            |i| async move { senders[i].create_room(false, "bench send").await },
+        )
+        .await?
     };
     result.notes.push(format!(
         "{} senders, {}, {} s; one request in flight per sender",
