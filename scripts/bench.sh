@@ -27,7 +27,9 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-TARGETS=${ONLY:-"plexus-sqlite plexus-postgres$([ $SYNAPSE = 1 ] && echo ' synapse')"}
+TARGETS="plexus-sqlite plexus-postgres"
+[ $SYNAPSE = 1 ] && TARGETS="$TARGETS synapse"
+TARGETS=${ONLY:-$TARGETS}
 POSTGRES=${BENCH_POSTGRES:-postgres://postgres@127.0.0.1:5432}
 VENV=${BENCH_VENV:-$HOME/.cache/plexus-bench/venv}
 SYNAPSE_PIN="matrix-synapse==1.163.2"
