@@ -5,5 +5,6 @@
 mod harness;
 
 mod accounts;
+mod bench;
 mod rooms;
 mod sync;
