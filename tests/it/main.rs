@@ -5,6 +5,7 @@
 mod harness;
 
 mod accounts;
+mod bench;
 mod cli;
 mod dag;
 mod directory;

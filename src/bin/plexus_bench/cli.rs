@@ -153,7 +153,7 @@ impl Sizes {
         }
     }
 
-    fn quick() -> Self {
+    pub fn quick() -> Self {
         Sizes {
             send_senders: 4,
             send_seconds: 2.0,

@@ -113,14 +113,7 @@ impl Server {
         let path = "/_synapse/admin/v1/register";
         let nonce = self.request(Method::GET, path, None, None).await?;
         let nonce = nonce["nonce"].as_str().ok_or_else(|| anyhow!("GET {path}: no nonce in {nonce}"))?;
-        let mut mac = Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes())?;
-        for (i, part) in [nonce, localpart, PASSWORD, "notadmin"].iter().enumerate() {
-            if i > 0 {
-                mac.update(b"\0");
-            }
-            mac.update(part.as_bytes());
-        }
-        let mac: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        let mac = shared_secret_mac(secret, nonce, localpart, PASSWORD)?;
         let body = json!({ "nonce": nonce, "username": localpart, "password": PASSWORD, "admin": false, "mac": mac });
         self.request(Method::POST, path, None, Some(&body)).await
     }
@@ -134,6 +127,19 @@ impl Server {
             next_txn: Arc::new(AtomicU64::new(0)),
         })
     }
+}
+
+/// The `mac` of shared-secret registration of a non-admin: hex HMAC-SHA1 over
+/// nonce, user, password and "notadmin", NUL-separated.
+fn shared_secret_mac(secret: &str, nonce: &str, localpart: &str, password: &str) -> anyhow::Result<String> {
+    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes())?;
+    for (i, part) in [nonce, localpart, password, "notadmin"].iter().enumerate() {
+        if i > 0 {
+            mac.update(b"\0");
+        }
+        mac.update(part.as_bytes());
+    }
+    Ok(mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// A logged-in device.
@@ -247,5 +253,22 @@ impl SyncAnswer {
             .and_then(|r| r["timeline"]["events"].as_array())
             .map(|events| events.iter().filter_map(|e| e["event_id"].as_str().map(str::to_owned)).collect())
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_secret_mac_matches_synapse() {
+        // hmac.new(b"secret", b"abc\0alice\0pw\0notadmin", hashlib.sha1).hexdigest()
+        let mac = shared_secret_mac("secret", "abc", "alice", "pw").unwrap();
+        assert_eq!(mac, "42e32623fe124933c326f9d2d67ff7c617915a10");
+    }
+
+    #[test]
+    fn room_ids_are_escaped_in_paths() {
+        assert_eq!(encode("!room id:example.org"), "%21room%20id%3Aexample.org");
     }
 }

@@ -223,11 +223,50 @@ fn compare_markdown(reports: &[RunReport]) -> String {
                 .collect();
             let _ = writeln!(out, "| {key} | {} |", values.join(" | "));
         }
-        for (r, s) in reports.iter().zip(&results) {
-            for note in s.map(|s| s.notes.as_slice()).unwrap_or_default() {
-                let _ = writeln!(out, "\n- {}: {note}", r.label);
-            }
+        let notes: Vec<String> = reports
+            .iter()
+            .zip(&results)
+            .flat_map(|(r, s)| {
+                s.map(|s| s.notes.as_slice()).unwrap_or_default().iter().map(|n| format!("- {}: {n}", r.label))
+            })
+            .collect();
+        if !notes.is_empty() {
+            let _ = writeln!(out, "\n{}", notes.join("\n"));
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(label: &str, accepted: f64, notes: &[&str]) -> RunReport {
+        let mut send = ScenarioResult::new("send");
+        send.metric("accepted messages/s", accepted, "msg/s");
+        send.notes = notes.iter().map(|n| n.to_string()).collect();
+        let mut federation = ScenarioResult::new("federation");
+        federation.skipped = Some("no --hs2".into());
+        RunReport {
+            label: label.into(),
+            url: "http://127.0.0.1:1".into(),
+            revision: Some("abc".into()),
+            note: None,
+            machine: Machine::detect(),
+            sizes: crate::plexus_bench::cli::Sizes::quick(),
+            idle_rss_mb: Some(10.0),
+            wall_seconds: 1.0,
+            scenarios: vec![send, federation],
+        }
+    }
+
+    #[test]
+    fn compare_puts_servers_side_by_side() {
+        let md = compare_markdown(&[report("a", 1234.4, &["one room each"]), report("b", 12.0, &[])]);
+        assert!(md.contains("| metric | a | b |"), "{md}");
+        assert!(md.contains("| accepted messages/s | 1234 msg/s | 12.0 msg/s |"), "{md}");
+        assert!(md.contains("| skipped | no --hs2 | no --hs2 |"), "{md}");
+        assert!(md.contains("- a: one room each"), "{md}");
+        assert!(md.contains("| idle RSS | 10.0 MiB | 10.0 MiB |"), "{md}");
+    }
 }
