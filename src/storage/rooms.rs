@@ -159,6 +159,17 @@ pub async fn rooms_of_user(db: &Db, user_id: &str, membership: &str) -> sqlx::Re
     .await
 }
 
+/// Every room where a user has a membership, with it: (room_id, membership).
+pub async fn memberships_of_user(db: &Db, user_id: &str) -> sqlx::Result<Vec<(String, String)>> {
+    sqlx::query_as(
+        "SELECT room_id, membership FROM current_state
+         WHERE state_key = $1 AND event_type = 'm.room.member' AND membership IS NOT NULL ORDER BY room_id",
+    )
+    .bind(user_id)
+    .fetch_all(db.read())
+    .await
+}
+
 pub async fn set_published(tx: &mut Tx, room_id: &str, published: bool) -> sqlx::Result<()> {
     sqlx::query("UPDATE rooms SET published = $1 WHERE room_id = $2")
         .bind(published as i64)

@@ -117,7 +117,12 @@ async fn compute(svc: &Services, me: &Identity, req: &SyncRequest, mut now: Sync
     };
 
     let mut join = Map::new();
-    for room in storage::rooms::rooms_of_user(&svc.db, user, "join").await? {
+    // One query for every membership of the user, instead of one per membership kind.
+    let memberships = storage::rooms::memberships_of_user(&svc.db, user).await?;
+    let rooms_with = |wanted: &str| -> Vec<String> {
+        memberships.iter().filter(|(_, m)| m == wanted).map(|(r, _)| r.clone()).collect()
+    };
+    for room in rooms_with("join") {
         if !room_filter.allows_room(&room) {
             continue;
         }
@@ -160,7 +165,7 @@ async fn compute(svc: &Services, me: &Identity, req: &SyncRequest, mut now: Sync
     let mut invite = Map::new();
     let mut knock = Map::new();
     for (membership, out) in [("invite", &mut invite), ("knock", &mut knock)] {
-        for room in storage::rooms::rooms_of_user(&svc.db, user, membership).await? {
+        for room in rooms_with(membership) {
             if !room_filter.allows_room(&room) || (since.is_some() && !membership_changed.contains(&room)) {
                 continue;
             }
@@ -176,7 +181,7 @@ async fn compute(svc: &Services, me: &Identity, req: &SyncRequest, mut now: Sync
     let include_leave = room_filter.include_leave || since.is_some();
     if include_leave {
         for membership in ["leave", "ban"] {
-            for room in storage::rooms::rooms_of_user(&svc.db, user, membership).await? {
+            for room in rooms_with(membership) {
                 let changed = since.is_none_or(|_| membership_changed.contains(&room));
                 if !room_filter.allows_room(&room) || !changed {
                     continue;
