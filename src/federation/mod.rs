@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod discovery;
+pub mod edu;
 pub mod keys;
 pub mod listener;
 pub mod sender;

@@ -14,14 +14,14 @@ pub mod upgrade;
 pub mod versions;
 pub mod visibility;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use ruma::events::{StateEventType, TimelineEventType};
 use ruma::room_version_rules::{EventIdFormatVersion, EventsReferenceFormatVersion, RoomVersionRules};
 use ruma::{
-    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId,
-    UserId,
+    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId, OwnedServerName, OwnedUserId, RoomId,
+    RoomVersionId, UserId,
 };
 use serde_json::{Value, json};
 
@@ -125,6 +125,16 @@ pub async fn state_pdu(svc: &Services, state: &StateMap, kind: &StateEventType, 
         Some(id) => get_pdu(svc, id).await,
         None => Ok(None),
     }
+}
+
+/// The servers with at least one user joined to the room (ours included when it has one):
+/// where the room's events and EDUs go.
+pub async fn servers_in_room(svc: &Services, room_id: &RoomId) -> Result<BTreeSet<OwnedServerName>> {
+    Ok(storage::rooms::joined_users(&svc.db, room_id.as_str())
+        .await?
+        .iter()
+        .filter_map(|user| UserId::parse(user.as_str()).ok().map(|u| u.server_name().to_owned()))
+        .collect())
 }
 
 /// A user's membership in a state map ("leave" when absent).

@@ -261,6 +261,16 @@ pub async fn joined_member_count(db: &Db, room_id: &str) -> sqlx::Result<i64> {
     .await
 }
 
+/// Users joined to a room.
+pub async fn joined_users(db: &Db, room_id: &str) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar(
+        "SELECT state_key FROM current_state WHERE room_id = $1 AND event_type = 'm.room.member' AND membership = 'join'",
+    )
+    .bind(room_id)
+    .fetch_all(db.read())
+    .await
+}
+
 /// Whether two users are both joined to at least one room.
 pub async fn share_joined_room(db: &Db, user_a: &str, user_b: &str) -> sqlx::Result<bool> {
     let found: Option<i64> = sqlx::query_scalar(
