@@ -39,6 +39,18 @@ pub struct Config {
     pub media: MediaConfig,
     #[serde(default)]
     pub federation: FederationConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+}
+
+/// Server administration.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Localpart of the account that sends server notices (created when first needed);
+    /// unset, `/_synapse/admin/v1/send_server_notice` is refused, as in Synapse.
+    #[serde(default)]
+    pub server_notices_localpart: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -270,6 +282,7 @@ impl Config {
             turn: TurnConfig::default(),
             media: MediaConfig::default(),
             federation: FederationConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
 

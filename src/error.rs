@@ -90,6 +90,13 @@ impl Error {
     pub fn invalid_username(msg: impl Into<String>) -> Self {
         Self::matrix(StatusCode::BAD_REQUEST, "M_INVALID_USERNAME", msg)
     }
+    pub fn user_suspended() -> Self {
+        Self::matrix(StatusCode::FORBIDDEN, "M_USER_SUSPENDED", "You cannot perform this action while suspended.")
+    }
+    pub fn user_locked() -> Self {
+        Self::matrix(StatusCode::UNAUTHORIZED, "M_USER_LOCKED", "This account has been locked")
+            .with_field("soft_logout", Value::Bool(true))
+    }
     pub fn unauthorized(msg: impl Into<String>) -> Self {
         Self::matrix(StatusCode::UNAUTHORIZED, "M_UNAUTHORIZED", msg)
     }

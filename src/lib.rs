@@ -3,6 +3,7 @@
 //! Layering: `api` (HTTP handlers, thin) -> services (`accounts`, ...) -> `storage` (all SQL).
 
 pub mod accounts;
+pub mod admin;
 pub mod api;
 pub mod config;
 pub mod crypto;
@@ -48,6 +49,8 @@ pub struct Services {
     pub push: push::PushRules,
     pub media: media::MediaService,
     pub federation: federation::Federation,
+    pub registration_nonces: admin::register::Nonces,
+    pub room_deletions: admin::rooms::Deletions,
 }
 
 /// Shared state of the HTTP handlers.
@@ -78,6 +81,8 @@ impl AppState {
             push: push::PushRules::default(),
             media: media::MediaService::new(&config)?,
             federation: federation::Federation::new(&config)?,
+            registration_nonces: Default::default(),
+            room_deletions: Default::default(),
             config,
             db,
             server_key,

@@ -196,7 +196,7 @@ async fn registration_token(config: Config, action: TokenAction) -> anyhow::Resu
     let db = plexus::storage::Db::connect(&config.database.url, 1).await?;
     match action {
         TokenAction::Create { uses, expires_in_days, token } => {
-            let token = token.unwrap_or_else(plexus::accounts::random_registration_token);
+            let token = token.unwrap_or_else(|| plexus::accounts::random_registration_token(16));
             plexus::accounts::validate_registration_token(&token).map_err(|e| anyhow::anyhow!("{e}"))?;
             let expiry_ts = expires_in_days.map(|d| plexus::storage::now_ms() + i64::from(d) * MS_PER_DAY);
             let mut tx = db.begin().await?;

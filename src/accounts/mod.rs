@@ -6,9 +6,13 @@ pub mod tokens;
 pub mod uia;
 
 use rand::Rng;
-use ruma::{OwnedUserId, UserId};
+use ruma::events::TimelineEventType;
+use ruma::{OwnedUserId, RoomId, UserId};
+use serde_json::json;
 
+use crate::Services;
 use crate::error::{Error, Result};
+use crate::rooms;
 use crate::storage::{self, Db};
 use sessions::SessionTracker;
 
@@ -19,6 +23,22 @@ pub struct Identity {
     pub device_id: String,
     pub is_admin: bool,
     pub is_guest: bool,
+    /// Their events get fake IDs and go nowhere (an admin's decision; see `admin::users`).
+    pub shadow_banned: bool,
+    /// Every request but logout answers `M_USER_LOCKED`.
+    pub locked: bool,
+    /// Writes (joins, messages, profile changes) answer `M_USER_SUSPENDED`.
+    pub suspended: bool,
+}
+
+impl Identity {
+    /// Refuses an action a suspended account may not take (spec "Account suspension").
+    pub fn ensure_not_suspended(&self) -> Result<()> {
+        if self.suspended {
+            return Err(Error::user_suspended());
+        }
+        Ok(())
+    }
 }
 
 /// Tokens handed out at login, registration or refresh.
@@ -72,9 +92,9 @@ pub fn validate_registration_token(token: &str) -> Result<()> {
     Ok(())
 }
 
-/// A new random registration token of 16 letters and digits.
-pub fn random_registration_token() -> String {
-    rand::thread_rng().sample_iter(rand::distributions::Alphanumeric).take(16).map(char::from).collect()
+/// A new random registration token of `length` letters and digits.
+pub fn random_registration_token(length: usize) -> String {
+    rand::thread_rng().sample_iter(rand::distributions::Alphanumeric).take(length).map(char::from).collect()
 }
 
 /// Creates an account in the database (no login).
@@ -133,6 +153,20 @@ pub async fn open_session(
     }
     tx.commit().await?;
     Ok(Session { user_id: user_id.to_owned(), device_id, access_token, refresh_token, expires_in_ms })
+}
+
+/// A session on a new device for someone else than its user (an admin logging in as them):
+/// no refresh token; the access token expires at `expires_ts` when given.
+pub async fn open_session_until(db: &Db, user_id: &UserId, expires_ts: Option<i64>) -> Result<Session> {
+    let device_id = random_device_id();
+    let access_token = tokens::generate();
+    let mut tx = db.begin().await?;
+    storage::devices::upsert(&mut tx, user_id.as_str(), &device_id, None).await?;
+    storage::devices::add_access_token(&mut tx, &tokens::hash(&access_token), user_id.as_str(), &device_id, expires_ts)
+        .await?;
+    tx.commit().await?;
+    let expires_in_ms = expires_ts.map(|ts| ts - storage::now_ms());
+    Ok(Session { user_id: user_id.to_owned(), device_id, access_token, refresh_token: None, expires_in_ms })
 }
 
 /// Exchanges a refresh token for a new access token and refresh token. The device's other
@@ -196,7 +230,15 @@ pub async fn authenticate(db: &Db, sessions: &SessionTracker, access_token: &str
         storage::devices::take_refresh_token(&mut tx, &superseded).await?;
         tx.commit().await?;
     }
-    Ok(Identity { user_id, device_id: owner.device_id, is_admin: user.is_admin, is_guest: user.is_guest })
+    Ok(Identity {
+        user_id,
+        device_id: owner.device_id,
+        is_admin: user.is_admin,
+        is_guest: user.is_guest,
+        shadow_banned: user.shadow_banned,
+        locked: user.locked,
+        suspended: user.suspended,
+    })
 }
 
 /// Checks a user's password; `Ok(false)` for a wrong password or an unknown or
@@ -223,12 +265,34 @@ pub async fn change_password(db: &Db, user_id: &UserId, new_password: &str, keep
     Ok(())
 }
 
-/// Deactivates an account: every session ends and the password is erased; the user ID
-/// stays taken for ever.
-pub async fn deactivate(db: &Db, user_id: &UserId) -> Result<()> {
-    let mut tx = db.begin().await?;
+/// Deactivates an account: the user leaves every room, every session, device, key and
+/// pusher goes, the password and profile are erased; the user ID stays taken for ever.
+/// With `erase`, the user's events are served redacted to users who join later.
+pub async fn deactivate(svc: &Services, user_id: &UserId, erase: bool) -> Result<()> {
+    let mut tx = svc.db.begin().await?;
     storage::users::deactivate(&mut tx, user_id.as_str()).await?;
     storage::devices::delete_all(&mut tx, user_id.as_str(), None).await?;
+    storage::cross_signing::delete_all(&mut tx, user_id.as_str()).await?;
+    if erase {
+        storage::users::set_erased(&mut tx, user_id.as_str()).await?;
+    }
     tx.commit().await?;
+    leave_all_rooms(svc, user_id).await
+}
+
+/// Sends a leave for every room the user is joined to, invited to or knocking on.
+pub async fn leave_all_rooms(svc: &Services, user_id: &UserId) -> Result<()> {
+    for (room_id, membership) in storage::rooms::memberships_of_user(&svc.db, user_id.as_str()).await? {
+        if !matches!(membership.as_str(), "join" | "invite" | "knock") {
+            continue;
+        }
+        let Ok(room_id) = RoomId::parse(&room_id) else { continue };
+        let draft =
+            rooms::Draft::state(TimelineEventType::RoomMember, user_id.as_str(), json!({ "membership": "leave" }));
+        // One room refusing (e.g. its state is broken) must not keep the user in the others.
+        if let Err(e) = rooms::send(svc, &room_id, user_id, draft, None).await {
+            tracing::warn!(%room_id, %user_id, error = %e, "could not leave the room on deactivation");
+        }
+    }
     Ok(())
 }

@@ -81,6 +81,21 @@ impl FromRequestParts<AppState> for Auth {
     }
 }
 
+/// An authenticated server admin (the admin API); other users get 403 `M_FORBIDDEN`.
+pub struct Admin(pub Identity);
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
+        let Auth(identity) = Auth::from_request_parts(parts, state).await?;
+        if !identity.is_admin {
+            return Err(Error::forbidden("You are not a server admin"));
+        }
+        Ok(Admin(identity))
+    }
+}
+
 /// Like `Auth`, for endpoints that also answer without a token.
 pub struct MaybeAuth(pub Option<Identity>);
 
@@ -98,6 +113,11 @@ impl FromRequestParts<AppState> for MaybeAuth {
 /// Resolves the token and records the device's activity (throttled, see `SessionTracker`).
 async fn authenticate(parts: &Parts, state: &AppState, token: &str) -> Result<Identity, Error> {
     let identity = accounts::authenticate(&state.db, &state.sessions, token).await?;
+    // A locked account may only log out (spec "Account locking").
+    let path = parts.uri.path();
+    if identity.locked && !path.ends_with("/logout") && !path.ends_with("/logout/all") {
+        return Err(Error::user_locked());
+    }
     state.sessions.seen(&state.db, &identity.user_id, &identity.device_id, client_ip(parts)).await;
     Ok(identity)
 }

@@ -19,6 +19,7 @@ use crate::error::Error;
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(crate::api::client::router())
+        .merge(crate::api::admin::router())
         .merge(crate::api::federation::router())
         .route("/metrics", axum::routing::get(metrics))
         .fallback(|| async { Error::unrecognized() })

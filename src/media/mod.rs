@@ -287,3 +287,44 @@ pub async fn thumbnail(
     tx.commit().await?;
     Ok(row)
 }
+
+/// Deletes a local media ID, its thumbnails, and the files no other media uses; false when
+/// there was no such media.
+pub async fn delete_local(state: &Services, media_id: &str) -> Result<bool> {
+    if storage::media::get(&state.db, media_id).await?.is_none() {
+        return Ok(false);
+    }
+    let mut tx = state.db.begin().await?;
+    let unused = storage::media::delete(&mut tx, media_id).await?;
+    tx.commit().await?;
+    for sha256 in unused {
+        state.media.store.remove(&sha256).await.map_err(internal)?;
+    }
+    Ok(true)
+}
+
+/// Quarantines the local media a room's events refer to; returns how many were newly
+/// quarantined.
+pub async fn quarantine_in_room(state: &Services, room_id: &str) -> Result<u64> {
+    let prefix = format!("mxc://{}/", state.config.server_name);
+    let mut ids = std::collections::BTreeSet::new();
+    for json in storage::events::jsons_mentioning_media(&state.db, room_id).await? {
+        for (start, _) in json.match_indices(&prefix) {
+            let rest = &json[start + prefix.len()..];
+            let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-')).unwrap_or(rest.len());
+            if end > 0 {
+                ids.insert(rest[..end].to_owned());
+            }
+        }
+    }
+    let mut quarantined = 0;
+    let mut tx = state.db.begin().await?;
+    for id in ids {
+        if storage::media::get(&state.db, &id).await?.is_some_and(|m| !m.quarantined) {
+            storage::media::set_quarantined(&mut tx, &id, true).await?;
+            quarantined += 1;
+        }
+    }
+    tx.commit().await?;
+    Ok(quarantined)
+}

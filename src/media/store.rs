@@ -56,6 +56,15 @@ impl ContentStore {
         self.root.join(&hash[..2]).join(&hash[2..4]).join(hash)
     }
 
+    /// Removes the file of content no media uses any more (already gone is fine).
+    pub async fn remove(&self, sha256: &str) -> std::io::Result<()> {
+        let path = self.path(&StoredContent { sha256: sha256.to_owned(), size: 0 });
+        match tokio::fs::remove_file(path).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     /// Streams `source` into the store, refusing more than `limit` bytes.
     pub async fn write_stream<E: std::fmt::Display>(
         &self,

@@ -102,3 +102,17 @@ pub async fn signatures_visible_to(db: &Db, target_user_id: &str, viewer: &str) 
         })
         .collect()
 }
+
+/// Forgets a user's cross-signing keys and the signatures by or about them (deactivation).
+pub async fn delete_all(tx: &mut Tx, user_id: &str) -> sqlx::Result<()> {
+    let keys =
+        sqlx::query("DELETE FROM e2e_cross_signing_keys WHERE user_id = $1").bind(user_id).execute(&mut **tx).await?;
+    sqlx::query("DELETE FROM e2e_signatures WHERE target_user_id = $1 OR signer_user_id = $1")
+        .bind(user_id)
+        .execute(&mut **tx)
+        .await?;
+    if keys.rows_affected() > 0 {
+        super::device_lists::record_change(tx, user_id).await?;
+    }
+    Ok(())
+}

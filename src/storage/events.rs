@@ -303,3 +303,11 @@ pub async fn member_changes_in_rooms_of(
         })
         .collect())
 }
+
+/// The JSON of the events of a room that mention a `mxc://` URI (media quarantine).
+pub async fn jsons_mentioning_media(db: &Db, room_id: &str) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar("SELECT json FROM events WHERE room_id = $1 AND json LIKE '%mxc://%'")
+        .bind(room_id)
+        .fetch_all(db.read())
+        .await
+}

@@ -217,3 +217,68 @@ pub async fn put_preview(tx: &mut Tx, url: &str, og_json: &str, now: i64, expire
     .await?;
     Ok(())
 }
+
+pub async fn set_quarantined(tx: &mut Tx, media_id: &str, quarantined: bool) -> sqlx::Result<bool> {
+    let res = sqlx::query("UPDATE media SET quarantined = $1 WHERE media_id = $2")
+        .bind(quarantined as i64)
+        .bind(media_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(res.rows_affected() == 1)
+}
+
+/// Quarantines every media a user uploaded; returns how many were not quarantined before.
+pub async fn quarantine_uploads_of(tx: &mut Tx, uploader: &str) -> sqlx::Result<u64> {
+    let res = sqlx::query("UPDATE media SET quarantined = 1 WHERE uploader = $1 AND quarantined = 0")
+        .bind(uploader)
+        .execute(&mut **tx)
+        .await?;
+    Ok(res.rows_affected())
+}
+
+/// One page of a user's media, newest first, and how many they have in all.
+pub async fn list_by_uploader(db: &Db, uploader: &str, from: i64, limit: i64) -> sqlx::Result<(Vec<MediaRow>, i64)> {
+    let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM media WHERE uploader = $1")
+        .bind(uploader)
+        .fetch_one(db.read())
+        .await?;
+    let rows = sqlx::query(
+        "SELECT media_id, uploader, sha256, size, content_type, file_name, created_ts, unused_expires_ts, quarantined
+         FROM media WHERE uploader = $1 ORDER BY created_ts DESC, media_id LIMIT $2 OFFSET $3",
+    )
+    .bind(uploader)
+    .bind(limit)
+    .bind(from)
+    .fetch_all(db.read())
+    .await?;
+    Ok((rows.iter().map(media_from_row).collect::<sqlx::Result<_>>()?, total))
+}
+
+/// Deletes a media ID and its thumbnails; returns the content hashes (of the media and its
+/// thumbnails) no other row uses any more, whose files may go.
+pub async fn delete(tx: &mut Tx, media_id: &str) -> sqlx::Result<Vec<String>> {
+    let mut hashes: Vec<String> = sqlx::query_scalar("SELECT sha256 FROM media_thumbnails WHERE media_id = $1")
+        .bind(media_id)
+        .fetch_all(&mut **tx)
+        .await?;
+    let own: Option<Option<String>> = sqlx::query_scalar("SELECT sha256 FROM media WHERE media_id = $1")
+        .bind(media_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    hashes.extend(own.flatten());
+    sqlx::query("DELETE FROM media_thumbnails WHERE media_id = $1").bind(media_id).execute(&mut **tx).await?;
+    sqlx::query("DELETE FROM media WHERE media_id = $1").bind(media_id).execute(&mut **tx).await?;
+    let mut unused = Vec::new();
+    for hash in hashes {
+        let users: i64 = sqlx::query_scalar(
+            "SELECT (SELECT COUNT(*) FROM media WHERE sha256 = $1) + (SELECT COUNT(*) FROM media_thumbnails WHERE sha256 = $1)",
+        )
+        .bind(&hash)
+        .fetch_one(&mut **tx)
+        .await?;
+        if users == 0 && !unused.contains(&hash) {
+            unused.push(hash);
+        }
+    }
+    Ok(unused)
+}

@@ -76,3 +76,26 @@ pub async fn delete(tx: &mut Tx, token: &str) -> sqlx::Result<bool> {
     let res = sqlx::query("DELETE FROM registration_tokens WHERE token = $1").bind(token).execute(&mut **tx).await?;
     Ok(res.rows_affected() == 1)
 }
+
+/// Changes a token's limits: `None` leaves a field as it is, `Some(None)` removes the limit.
+pub async fn update(
+    tx: &mut Tx,
+    token: &str,
+    uses_allowed: Option<Option<i64>>,
+    expiry_ts: Option<Option<i64>>,
+) -> sqlx::Result<bool> {
+    let res = sqlx::query(
+        "UPDATE registration_tokens
+         SET uses_allowed = CASE WHEN $1 = 1 THEN $2 ELSE uses_allowed END,
+             expiry_ts = CASE WHEN $3 = 1 THEN $4 ELSE expiry_ts END
+         WHERE token = $5",
+    )
+    .bind(uses_allowed.is_some() as i64)
+    .bind(uses_allowed.flatten())
+    .bind(expiry_ts.is_some() as i64)
+    .bind(expiry_ts.flatten())
+    .bind(token)
+    .execute(&mut **tx)
+    .await?;
+    Ok(res.rows_affected() == 1)
+}

@@ -297,3 +297,97 @@ pub async fn users_sharing_rooms(db: &Db, user_id: &str) -> sqlx::Result<Vec<Str
     .fetch_all(db.read())
     .await
 }
+
+/// Every room this server knows: (room_id, room_version, creator).
+pub async fn all_rooms(db: &Db) -> sqlx::Result<Vec<(String, String, String)>> {
+    sqlx::query_as("SELECT room_id, room_version, creator FROM rooms ORDER BY room_id").fetch_all(db.read()).await
+}
+
+/// The creator recorded when the room was created or joined here.
+pub async fn creator(db: &Db, room_id: &str) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar("SELECT creator FROM rooms WHERE room_id = $1").bind(room_id).fetch_optional(db.read()).await
+}
+
+pub async fn block(tx: &mut Tx, room_id: &str, blocked_by: &str) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO blocked_rooms (room_id, blocked_by, blocked_ts) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+    )
+    .bind(room_id)
+    .bind(blocked_by)
+    .bind(now_ms())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+pub async fn unblock(tx: &mut Tx, room_id: &str) -> sqlx::Result<()> {
+    sqlx::query("DELETE FROM blocked_rooms WHERE room_id = $1").bind(room_id).execute(&mut **tx).await?;
+    Ok(())
+}
+
+/// Who blocked the room, if it is blocked.
+pub async fn blocked_by(db: &Db, room_id: &str) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar("SELECT blocked_by FROM blocked_rooms WHERE room_id = $1")
+        .bind(room_id)
+        .fetch_optional(db.read())
+        .await
+}
+
+pub async fn delete_aliases_of_room(tx: &mut Tx, room_id: &str) -> sqlx::Result<()> {
+    sqlx::query("DELETE FROM room_aliases WHERE room_id = $1").bind(room_id).execute(&mut **tx).await?;
+    Ok(())
+}
+
+/// Removes everything stored about a room (its events, state, receipts, relations...):
+/// the room is unknown afterwards. Blocks and reports stay.
+pub async fn purge(tx: &mut Tx, room_id: &str) -> sqlx::Result<()> {
+    let by_event = [
+        "DELETE FROM event_edges WHERE event_id IN (SELECT event_id FROM events WHERE room_id = $1)",
+        "DELETE FROM event_auth WHERE event_id IN (SELECT event_id FROM events WHERE room_id = $1)",
+        "DELETE FROM state_group_entries WHERE group_id IN (SELECT id FROM state_groups WHERE room_id = $1)",
+    ];
+    let by_room = [
+        "events",
+        "state_groups",
+        "current_state",
+        "room_extremities",
+        "event_txns",
+        "event_relations",
+        "room_aliases",
+        "receipts",
+        "forgotten_rooms",
+        "push_notifications",
+        "rooms",
+    ];
+    for sql in by_event {
+        sqlx::query(sql).bind(room_id).execute(&mut **tx).await?;
+    }
+    for table in by_room {
+        sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table} WHERE room_id = $1")))
+            .bind(room_id)
+            .execute(&mut **tx)
+            .await?;
+    }
+    sqlx::query("DELETE FROM account_data WHERE room_id = $1").bind(room_id).execute(&mut **tx).await?;
+    Ok(())
+}
+
+/// The server notices room of a user.
+pub async fn server_notice_room(db: &Db, user_id: &str) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar("SELECT room_id FROM server_notice_rooms WHERE user_id = $1")
+        .bind(user_id)
+        .fetch_optional(db.read())
+        .await
+}
+
+pub async fn set_server_notice_room(tx: &mut Tx, user_id: &str, room_id: &str) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO server_notice_rooms (user_id, room_id) VALUES ($1, $2)
+         ON CONFLICT (user_id) DO UPDATE SET room_id = EXCLUDED.room_id",
+    )
+    .bind(user_id)
+    .bind(room_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}

@@ -58,6 +58,8 @@ async fn change_password(
 struct DeactivateBody {
     #[serde(default)]
     auth: Option<Value>,
+    #[serde(default)]
+    erase: bool,
 }
 
 async fn deactivate(
@@ -66,7 +68,7 @@ async fn deactivate(
     extract::Json(body): extract::Json<DeactivateBody>,
 ) -> Result<Json<Value>> {
     require_password(&state, &me, body.auth.as_ref()).await?;
-    accounts::deactivate(&state.db, &me.user_id).await?;
+    accounts::deactivate(&state, &me.user_id, body.erase).await?;
     tracing::info!(user_id = %me.user_id, "deactivated");
     Ok(Json(json!({ "id_server_unbind_result": "no-support" })))
 }

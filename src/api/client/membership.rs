@@ -56,6 +56,9 @@ async fn resolve_room(state: &AppState, id_or_alias: &str) -> Result<OwnedRoomId
 
 /// Joins a local room, filling in `join_authorised_via_users_server` for restricted rooms.
 pub async fn join(state: &AppState, room_id: &RoomId, user: &UserId, reason: Option<&str>) -> Result<()> {
+    if storage::rooms::blocked_by(&state.db, room_id.as_str()).await?.is_some() {
+        return Err(Error::forbidden("This room has been blocked on this server"));
+    }
     let version = rooms::room_version(state, room_id).await.map_err(|_| {
         Error::not_found("No known servers: this server is not in the room and cannot join over federation yet")
     })?;
@@ -131,6 +134,7 @@ async fn join_by_id_or_alias(
     Path(id_or_alias): Path<String>,
     extract::Json(body): extract::Json<ReasonBody>,
 ) -> Result<Json<Value>> {
+    me.ensure_not_suspended()?;
     let room_id = resolve_room(&state, &id_or_alias).await?;
     join(&state, &room_id, &me.user_id, body.reason.as_deref()).await?;
     Ok(Json(json!({ "room_id": room_id })))
@@ -142,6 +146,7 @@ async fn join_room(
     Path(room_id): Path<String>,
     extract::Json(body): extract::Json<ReasonBody>,
 ) -> Result<Json<Value>> {
+    me.ensure_not_suspended()?;
     let room_id = parse_room_id(&room_id)?;
     join(&state, &room_id, &me.user_id, body.reason.as_deref()).await?;
     Ok(Json(json!({ "room_id": room_id })))
@@ -153,6 +158,7 @@ async fn knock(
     Path(id_or_alias): Path<String>,
     extract::Json(body): extract::Json<ReasonBody>,
 ) -> Result<Json<Value>> {
+    me.ensure_not_suspended()?;
     let room_id = resolve_room(&state, &id_or_alias).await?;
     rooms::room_version(&state, &room_id).await?;
     let draft = member_draft(&state, &me.user_id, "knock", body.reason.as_deref()).await?;
@@ -208,10 +214,15 @@ async fn invite(
     Path(room_id): Path<String>,
     extract::Json(body): extract::Json<TargetBody>,
 ) -> Result<Json<Value>> {
+    me.ensure_not_suspended()?;
     if body.user_id.server_name() == state.config.server_name.as_str()
         && !storage::users::exists(&state.db, body.user_id.as_str()).await?
     {
         return Err(Error::not_found("Unknown user"));
+    }
+    // Shadow-banned users' invites seem to work but reach no one.
+    if me.shadow_banned {
+        return Ok(Json(json!({})));
     }
     set_membership(&state, &me.user_id, &room_id, &body.user_id, "invite", body.reason.as_deref()).await
 }

@@ -2,6 +2,7 @@
 
 mod account;
 mod account_data;
+mod admin;
 mod devices;
 pub(crate) mod directory;
 mod filter;
@@ -45,6 +46,7 @@ pub fn router() -> Router<AppState> {
         .merge(register::router())
         .merge(login::router())
         .merge(account::router())
+        .merge(admin::router())
         .merge(devices::router())
         .merge(profile::router())
         .merge(account_data::router())

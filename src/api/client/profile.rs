@@ -70,6 +70,7 @@ async fn set_field(
     if field != "displayname" && field != "avatar_url" {
         return Err(Error::unrecognized());
     }
+    me.ensure_not_suspended()?;
     let value = body.get(&field).ok_or_else(|| Error::missing_param(format!("Missing {field}")))?;
     // Like Synapse, null and "" clear the field.
     let value = match value {

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use super::v3;
 use crate::AppState;
 use crate::accounts::Identity;
+use crate::admin;
 use crate::error::{Error, Result};
 use crate::http::extract::{self, Auth, Path, Query};
 use crate::rooms::format::{Viewer, client_event};
@@ -80,6 +81,7 @@ async fn create_room(
     Auth(me): Auth,
     extract::Json(req): extract::Json<CreateRoomRequest>,
 ) -> Result<Json<Value>> {
+    me.ensure_not_suspended()?;
     let room_id = rooms::create::create_room(&state, &me.user_id, req).await?;
     Ok(Json(json!({ "room_id": room_id })))
 }
@@ -94,6 +96,10 @@ async fn send_message(
     let kind = TimelineEventType::from(event_type.as_str());
     if kind == TimelineEventType::RoomRedaction {
         return Err(Error::bad_json("Use the /redact endpoint to redact events"));
+    }
+    me.ensure_not_suspended()?;
+    if me.shadow_banned {
+        return Ok(Json(json!({ "event_id": admin::users::shadow_event_id() })));
     }
     let draft = Draft::message(kind, content);
     let event_id = rooms::send(&state, &room_id, &me.user_id, draft, Some((&me.device_id, &txn_id))).await?;
@@ -170,6 +176,10 @@ async fn put_state_event(
     }
     if kind == TimelineEventType::RoomCanonicalAlias && state_key.is_empty() {
         super::directory::check_canonical_alias(state, &room_id, &content).await?;
+    }
+    me.ensure_not_suspended()?;
+    if me.shadow_banned {
+        return Ok(Json(json!({ "event_id": admin::users::shadow_event_id() })));
     }
     let event_id = rooms::send(state, &room_id, &me.user_id, Draft::state(kind, state_key, content), None).await?;
     Ok(Json(json!({ "event_id": event_id })))

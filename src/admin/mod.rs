@@ -1,0 +1,7 @@
+//! Server administration (the services behind `/_synapse/admin`, see `api::admin`):
+//! shared-secret registration, accounts as admins manage them, room shutdown, server notices.
+
+pub mod notices;
+pub mod register;
+pub mod rooms;
+pub mod users;

@@ -1,0 +1,109 @@
+//! Shared-secret registration (`/_synapse/admin/v1/register`), exactly as Synapse does it:
+//! the client fetches a nonce, then proves it knows the secret with
+//! HMAC-SHA1(secret, nonce NUL username NUL password NUL "admin"|"notadmin" [NUL user_type]).
+//! Nonces are single-use and expire after a minute.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use hmac::{Hmac, Mac};
+use rand::Rng;
+use sha1::Sha1;
+
+use crate::Services;
+use crate::accounts::{self, Session};
+use crate::error::{Error, Result};
+
+const NONCE_LIFETIME: Duration = Duration::from_secs(60);
+
+/// Nonces handed out and not used yet.
+#[derive(Default)]
+pub struct Nonces(Mutex<HashMap<String, Instant>>);
+
+impl Nonces {
+    fn issue(&self) -> String {
+        let nonce: String =
+            rand::thread_rng().sample_iter(rand::distributions::Alphanumeric).take(32).map(char::from).collect();
+        let mut nonces = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        nonces.retain(|_, issued| issued.elapsed() < NONCE_LIFETIME);
+        nonces.insert(nonce.clone(), Instant::now());
+        nonce
+    }
+
+    /// Consumes a nonce; false when it was never issued, already used, or expired.
+    fn take(&self, nonce: &str) -> bool {
+        let mut nonces = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        nonces.remove(nonce).is_some_and(|issued| issued.elapsed() < NONCE_LIFETIME)
+    }
+}
+
+/// The secret, or 400 when shared-secret registration is not configured (as Synapse says).
+fn secret(svc: &Services) -> Result<&str> {
+    svc.config
+        .registration
+        .shared_secret
+        .as_deref()
+        .ok_or_else(|| Error::matrix(StatusCode::BAD_REQUEST, "M_UNKNOWN", "Shared secret registration is not enabled"))
+}
+
+pub fn new_nonce(svc: &Services) -> Result<String> {
+    secret(svc)?;
+    Ok(svc.registration_nonces.issue())
+}
+
+/// A shared-secret registration request.
+pub struct Request<'a> {
+    pub nonce: &'a str,
+    pub username: &'a str,
+    pub password: &'a str,
+    pub displayname: Option<&'a str>,
+    pub admin: bool,
+    pub user_type: Option<&'a str>,
+    /// Hex-encoded HMAC-SHA1.
+    pub mac: &'a str,
+}
+
+/// Checks the nonce and the MAC, creates the account and logs it in.
+pub async fn register(svc: &Services, req: Request<'_>) -> Result<Session> {
+    let secret = secret(svc)?;
+    if !svc.registration_nonces.take(req.nonce) {
+        return Err(Error::matrix(StatusCode::BAD_REQUEST, "M_UNKNOWN", "Unrecognised nonce"));
+    }
+    if req.password.len() > 512 {
+        return Err(Error::invalid_param("Invalid password"));
+    }
+    let mut mac = Hmac::<Sha1>::new_from_slice(secret.as_bytes()).map_err(|e| Error::Internal(e.into()))?;
+    mac.update(req.nonce.as_bytes());
+    mac.update(b"\0");
+    mac.update(req.username.as_bytes());
+    mac.update(b"\0");
+    mac.update(req.password.as_bytes());
+    mac.update(b"\0");
+    mac.update(if req.admin { b"admin" } else { b"notadmin" });
+    if let Some(user_type) = req.user_type {
+        mac.update(b"\0");
+        mac.update(user_type.as_bytes());
+    }
+    // `verify_slice` compares in constant time.
+    let given = decode_hex(req.mac).ok_or_else(|| Error::forbidden("HMAC incorrect"))?;
+    mac.verify_slice(&given).map_err(|_| Error::forbidden("HMAC incorrect"))?;
+
+    let user_id = accounts::validate_new_localpart(req.username, svc.config.server_name.as_str())?;
+    accounts::create_account(&svc.db, &user_id, Some(req.password), req.admin, false, None).await?;
+    if let Some(name) = req.displayname {
+        let mut tx = svc.db.begin().await?;
+        crate::storage::users::set_displayname(&mut tx, user_id.as_str(), Some(name)).await?;
+        tx.commit().await?;
+    }
+    tracing::info!(%user_id, admin = req.admin, "registered with the shared secret");
+    accounts::open_session(&svc.db, &user_id, None, None, false).await
+}
+
+fn decode_hex(hex: &str) -> Option<Vec<u8>> {
+    if hex.len() % 2 != 0 || !hex.is_ascii() {
+        return None;
+    }
+    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok()).collect()
+}
