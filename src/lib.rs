@@ -51,6 +51,7 @@ pub struct Services {
     pub federation: federation::Federation,
     pub registration_nonces: admin::register::Nonces,
     pub room_deletions: admin::rooms::Deletions,
+    pub erased_users: rooms::visibility::ErasedUsers,
 }
 
 /// Shared state of the HTTP handlers.
@@ -83,6 +84,7 @@ impl AppState {
             federation: federation::Federation::new(&config)?,
             registration_nonces: Default::default(),
             room_deletions: Default::default(),
+            erased_users: rooms::visibility::ErasedUsers::load(&db).await?,
             config,
             db,
             server_key,

@@ -21,3 +21,20 @@ CREATE TABLE server_notice_rooms (
     user_id TEXT PRIMARY KEY,
     room_id TEXT NOT NULL
 );
+
+-- Full-text search over room events (POST /search): the searchable text of each event,
+-- `key` naming its field (content.body, content.name or content.topic).
+CREATE TABLE event_search (
+    event_id TEXT PRIMARY KEY,
+    room_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    vector TSVECTOR NOT NULL
+);
+CREATE INDEX event_search_vector ON event_search USING GIN (vector);
+CREATE INDEX event_search_room ON event_search (room_id);
+INSERT INTO event_search (event_id, room_id, key, vector)
+SELECT event_id, room_id, 'content.' || f.field, to_tsvector('english', (json::jsonb) -> 'content' ->> f.field)
+FROM events JOIN (VALUES ('m.room.message', 'body'), ('m.room.name', 'name'), ('m.room.topic', 'topic'))
+     AS f(event_type, field) ON events.event_type = f.event_type
+WHERE stream_pos IS NOT NULL AND rejected IS NULL AND redacted_by IS NULL
+  AND jsonb_typeof((json::jsonb) -> 'content' -> f.field) = 'string';

@@ -277,6 +277,9 @@ pub async fn deactivate(svc: &Services, user_id: &UserId, erase: bool) -> Result
         storage::users::set_erased(&mut tx, user_id.as_str()).await?;
     }
     tx.commit().await?;
+    if erase {
+        svc.erased_users.insert(user_id);
+    }
     leave_all_rooms(svc, user_id).await
 }
 

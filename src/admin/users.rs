@@ -57,6 +57,7 @@ pub async fn create_or_modify(svc: &Services, user_id: &UserId, changes: Changes
                 let mut tx = svc.db.begin().await?;
                 storage::users::reactivate(&mut tx, user_id.as_str()).await?;
                 tx.commit().await?;
+                svc.erased_users.remove(user_id);
                 accounts::change_password(&svc.db, user_id, password, None).await?;
             } else if let Some(password) = &changes.password {
                 // `Some("")` keeps no device: every session of the user ends.

@@ -50,6 +50,11 @@ pub struct Viewer<'a> {
 /// The client format of an event, with `unsigned.age`, the sender's `transaction_id`,
 /// and (when `bundle`) the aggregations of `m.relations` (thread summaries, edits).
 pub async fn client_event(svc: &Services, pdu: &Pdu, viewer: Option<Viewer<'_>>, bundle: bool) -> Result<Value> {
+    let erased = match viewer.and_then(|v| ruma::UserId::parse(v.user_id).ok()) {
+        Some(user) => super::visibility::erased_copy(svc, pdu, &user).await?,
+        None => None,
+    };
+    let pdu = erased.as_ref().unwrap_or(pdu);
     let mut event = pdu.to_client();
     let age = crate::storage::now_ms() - i64::from(pdu.origin_server_ts.0);
     let mut unsigned = match event.get("unsigned") {

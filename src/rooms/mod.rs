@@ -7,6 +7,7 @@ pub mod inbound;
 pub mod pdu;
 pub mod power;
 pub mod resolve;
+pub mod search;
 pub mod state;
 pub mod timeline;
 pub mod typing;
@@ -458,6 +459,9 @@ pub(crate) async fn append(
         return Ok(pdu.event_id.clone());
     }
     crate::push::store(&mut tx, pdu, pos, &notified).await?;
+    if let Some((key, text)) = search::searchable(pdu) {
+        storage::search::index(&mut tx, svc.db.kind, pdu.event_id.as_str(), room, key, &text).await?;
+    }
     storage::rooms::advance_extremities(&mut tx, room, &prev_ids, pdu.event_id.as_str()).await?;
 
     // The room's new current state: the state after this event when it is the only forward
@@ -579,5 +583,6 @@ async fn apply_redaction(
     }
     let json = ruma::canonical_json::to_canonical_value(&pruned).map_err(|e| Error::Internal(e.into()))?.to_string();
     storage::events::redact(tx, target.as_str(), &json, redaction.event_id.as_str()).await?;
+    storage::search::remove(tx, target.as_str()).await?;
     Ok(Some(target.to_owned()))
 }

@@ -3,9 +3,10 @@
 use ruma::UserId;
 use ruma::events::StateEventType;
 
+use super::pdu::Pdu;
 use super::state;
 use crate::Services;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::storage::events::StoredEvent;
 
 /// Keeps the events `user` may see. `currently_joined` is whether the user is in the room
@@ -57,4 +58,51 @@ pub async fn allowed_at(svc: &Services, user: &UserId, currently_joined: bool, g
         "invite" => visibility == "invited" || (visibility == "shared" && currently_joined),
         _ => visibility == "shared" && currently_joined,
     })
+}
+
+/// The users who asked for erasure when deactivating (few: kept in memory, loaded at start).
+#[derive(Default)]
+pub struct ErasedUsers(std::sync::RwLock<std::collections::HashSet<String>>);
+
+impl ErasedUsers {
+    pub async fn load(db: &crate::storage::Db) -> Result<Self> {
+        let users = crate::storage::users::erased_users(db).await?;
+        Ok(Self(std::sync::RwLock::new(users.into_iter().collect())))
+    }
+
+    pub fn insert(&self, user_id: &UserId) {
+        self.0.write().unwrap_or_else(|e| e.into_inner()).insert(user_id.to_string());
+    }
+
+    pub fn remove(&self, user_id: &UserId) {
+        self.0.write().unwrap_or_else(|e| e.into_inner()).remove(user_id.as_str());
+    }
+
+    fn contains(&self, user_id: &UserId) -> bool {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).contains(user_id.as_str())
+    }
+}
+
+/// The pruned copy of an event `viewer` gets instead of the original, when its sender was
+/// erased and the viewer was not joined when it was sent (spec: `erase` of account
+/// deactivation: users who join later are served redacted copies).
+pub async fn erased_copy(svc: &Services, pdu: &Pdu, viewer: &UserId) -> Result<Option<Pdu>> {
+    if !svc.erased_users.contains(&pdu.sender) || pdu.sender == viewer {
+        return Ok(None);
+    }
+    let group = crate::storage::events::get(&svc.db, pdu.event_id.as_str()).await?.and_then(|e| e.state_group);
+    if let Some(group) = group {
+        let state = state::load(svc, group).await?;
+        if super::membership_in(svc, &state, viewer).await? == "join" {
+            return Ok(None);
+        }
+    }
+    let version = super::room_version(svc, &pdu.room_id).await?;
+    let rules = super::versions::rules(&version)?;
+    let object = pdu.canonical_object().map_err(anyhow::Error::msg)?;
+    let pruned = ruma::canonical_json::redact(object, &rules.redaction, None).map_err(|e| Error::Internal(e.into()))?;
+    let json = ruma::canonical_json::to_canonical_value(&pruned).map_err(|e| Error::Internal(e.into()))?.to_string();
+    let copy =
+        Pdu::parse(pdu.event_id.clone(), &json, Some(&pdu.room_id)).map_err(|e| Error::Internal(anyhow::anyhow!(e)))?;
+    Ok(Some(copy))
 }

@@ -357,6 +357,7 @@ pub async fn purge(tx: &mut Tx, room_id: &str) -> sqlx::Result<()> {
         "receipts",
         "forgotten_rooms",
         "push_notifications",
+        "event_search",
         "rooms",
     ];
     for sql in by_event {

@@ -174,15 +174,6 @@ pub async fn set_erased(tx: &mut Tx, user_id: &str) -> sqlx::Result<()> {
     Ok(())
 }
 
-/// When the user was erased, if they were.
-pub async fn erased_since(db: &Db, user_id: &str) -> sqlx::Result<Option<i64>> {
-    Ok(sqlx::query_scalar("SELECT erased_ts FROM users WHERE user_id = $1")
-        .bind(user_id)
-        .fetch_optional(db.read())
-        .await?
-        .flatten())
-}
-
 /// Makes a deactivated account usable again (an admin's decision); erasure is undone too.
 pub async fn reactivate(tx: &mut Tx, user_id: &str) -> sqlx::Result<()> {
     sqlx::query("UPDATE users SET deactivated = 0, erased_ts = NULL WHERE user_id = $1")
@@ -276,4 +267,9 @@ pub async fn list(db: &Db, q: &UserQuery) -> sqlx::Result<(Vec<UserRow>, i64)> {
     .fetch_all(db.read())
     .await?;
     Ok((rows.iter().map(user_from_row).collect::<sqlx::Result<_>>()?, total))
+}
+
+/// Every user who was erased.
+pub async fn erased_users(db: &Db) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar("SELECT user_id FROM users WHERE erased_ts IS NOT NULL").fetch_all(db.read()).await
 }

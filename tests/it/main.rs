@@ -5,6 +5,7 @@
 mod harness;
 
 mod accounts;
+mod admin;
 mod bench;
 mod cli;
 mod dag;
@@ -19,6 +20,7 @@ mod receipts;
 mod reports;
 mod room_util;
 mod rooms;
+mod search;
 mod sync;
 mod timestamp;
 mod typing;

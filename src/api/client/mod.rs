@@ -19,6 +19,7 @@ mod register;
 mod report;
 mod room_keys;
 pub(crate) mod rooms;
+mod search;
 mod sync;
 mod timestamp;
 mod to_device;
@@ -69,4 +70,5 @@ pub fn router() -> Router<AppState> {
         .merge(keys::router())
         .merge(to_device::router())
         .merge(room_keys::router())
+        .merge(search::router())
 }
