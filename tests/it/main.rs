@@ -5,18 +5,22 @@
 mod harness;
 
 mod accounts;
+mod authz;
 mod bench;
 mod cli;
+mod crash;
 mod dag;
 mod directory;
 mod e2ee;
 mod errors;
 mod federation;
+mod limits;
 mod media;
 mod presence;
 mod push;
 mod receipts;
 mod reports;
+mod resolve_props;
 mod room_util;
 mod rooms;
 mod sync;
