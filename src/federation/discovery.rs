@@ -269,12 +269,16 @@ impl<D: Dns> Resolver<D> {
                 return Err("answer too large".into());
             }
         }
-        // The spec says to parse the body as JSON whatever its Content-Type.
-        let json: serde_json::Value = serde_json::from_slice(&body).map_err(|e| format!("not JSON: {e}"))?;
-        let name = json.get("m.server").and_then(|v| v.as_str()).ok_or("no m.server string")?;
-        let name = OwnedServerName::try_from(name).map_err(|e| format!("m.server is not a server name: {e}"))?;
-        Ok((name, ttl))
+        Ok((delegated_server_name(&body)?, ttl))
     }
+}
+
+/// The server name a `/.well-known/matrix/server` body delegates to. The spec says to parse
+/// the body as JSON whatever its Content-Type.
+pub fn delegated_server_name(body: &[u8]) -> Result<OwnedServerName, String> {
+    let json: serde_json::Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+    let name = json.get("m.server").and_then(|v| v.as_str()).ok_or("no m.server string")?;
+    OwnedServerName::try_from(name).map_err(|e| format!("m.server is not a server name: {e}"))
 }
 
 fn ip_literal(host: &str) -> Option<IpAddr> {
@@ -282,7 +286,7 @@ fn ip_literal(host: &str) -> Option<IpAddr> {
 }
 
 /// How long to keep a `.well-known` answer, from its `Cache-Control` headers.
-fn cache_period<'a>(values: impl IntoIterator<Item = &'a reqwest::header::HeaderValue>) -> Duration {
+pub fn cache_period<'a>(values: impl IntoIterator<Item = &'a reqwest::header::HeaderValue>) -> Duration {
     let mut period = None;
     for directive in values.into_iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')) {
         let directive = directive.trim().to_ascii_lowercase();

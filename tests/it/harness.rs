@@ -27,7 +27,7 @@ pub struct TestServer {
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
 /// A fresh database URL for one server.
-async fn fresh_database(dir: &std::path::Path) -> String {
+pub async fn fresh_database(dir: &std::path::Path) -> String {
     match std::env::var("PLEXUS_TEST_DATABASE_URL") {
         Ok(server) if !server.is_empty() => {
             use sqlx::Connection;

@@ -263,7 +263,7 @@ fn is_inline_type(content_type: &str) -> bool {
 
 /// `inline` or `attachment`, with the file name as a quoted string when it is plain printable
 /// ASCII, else in RFC 6266's UTF-8 form (`filename*=utf-8''...`, percent-encoded).
-fn content_disposition(inline: bool, file_name: Option<&str>) -> String {
+pub fn content_disposition(inline: bool, file_name: Option<&str>) -> String {
     let kind = if inline { "inline" } else { "attachment" };
     match file_name {
         None => kind.to_owned(),

@@ -8,7 +8,7 @@ pub(crate) mod directory;
 mod filter;
 mod keys;
 mod login;
-mod media;
+pub mod media;
 mod membership;
 mod messages;
 mod presence;

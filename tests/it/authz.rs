@@ -1,0 +1,435 @@
+//! The authorization matrix of the client-server API. `ROUTES` lists every client route with
+//! whether it needs an access token; a test reads the routers' sources (`src/api/client/`)
+//! and fails when a route is registered without a line here, so every new route gets a
+//! check. Each token route must answer 401 `M_MISSING_TOKEN` without a token and
+//! `M_UNKNOWN_TOKEN` with a bad one; and a user may neither see nor change what belongs to
+//! a room they are not in or to another user.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::harness::{TestServer, TestUser, enc};
+
+/// Whether a route may be called without an access token.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Access {
+    Public,
+    Token,
+}
+use Access::{Public, Token};
+
+/// Every client route (method, path template as registered). Adding a route: one line here.
+const ROUTES: &[(&str, &str, Access)] = &[
+    ("GET", "/.well-known/matrix/client", Public),
+    ("GET", "/.well-known/matrix/server", Public),
+    ("GET", "/_matrix/client/versions", Public),
+    ("GET", "/_matrix/client/v3/capabilities", Token),
+    ("GET", "/_matrix/client/v3/login", Public),
+    ("POST", "/_matrix/client/v3/login", Public),
+    ("POST", "/_matrix/client/v3/refresh", Public),
+    ("POST", "/_matrix/client/v3/logout", Token),
+    ("POST", "/_matrix/client/v3/logout/all", Token),
+    ("POST", "/_matrix/client/v3/register", Public),
+    ("GET", "/_matrix/client/v3/register/available", Public),
+    ("GET", "/_matrix/client/v1/register/m.login.registration_token/validity", Public),
+    ("GET", "/_matrix/client/v3/account/whoami", Token),
+    ("POST", "/_matrix/client/v3/account/password", Token),
+    ("POST", "/_matrix/client/v3/account/deactivate", Token),
+    ("GET", "/_matrix/client/v3/account/3pid", Token),
+    ("GET", "/_matrix/client/v3/user/{user_id}/account_data/{data_type}", Token),
+    ("PUT", "/_matrix/client/v3/user/{user_id}/account_data/{data_type}", Token),
+    ("GET", "/_matrix/client/v3/user/{user_id}/rooms/{room_id}/account_data/{data_type}", Token),
+    ("PUT", "/_matrix/client/v3/user/{user_id}/rooms/{room_id}/account_data/{data_type}", Token),
+    ("GET", "/_matrix/client/v3/devices", Token),
+    ("GET", "/_matrix/client/v3/devices/{device_id}", Token),
+    ("PUT", "/_matrix/client/v3/devices/{device_id}", Token),
+    ("DELETE", "/_matrix/client/v3/devices/{device_id}", Token),
+    ("POST", "/_matrix/client/v3/delete_devices", Token),
+    ("GET", "/_matrix/client/v3/directory/room/{room_alias}", Public),
+    ("PUT", "/_matrix/client/v3/directory/room/{room_alias}", Token),
+    ("DELETE", "/_matrix/client/v3/directory/room/{room_alias}", Token),
+    ("GET", "/_matrix/client/v3/rooms/{room_id}/aliases", Token),
+    ("GET", "/_matrix/client/v3/directory/list/room/{room_id}", Public),
+    ("PUT", "/_matrix/client/v3/directory/list/room/{room_id}", Token),
+    ("GET", "/_matrix/client/v3/publicRooms", Public),
+    ("POST", "/_matrix/client/v3/publicRooms", Token),
+    ("POST", "/_matrix/client/v3/user/{user_id}/filter", Token),
+    ("GET", "/_matrix/client/v3/user/{user_id}/filter/{filter_id}", Token),
+    ("POST", "/_matrix/client/v3/keys/upload", Token),
+    ("POST", "/_matrix/client/v3/keys/query", Token),
+    ("POST", "/_matrix/client/v3/keys/claim", Token),
+    ("POST", "/_matrix/client/v3/keys/device_signing/upload", Token),
+    ("POST", "/_matrix/client/v3/keys/signatures/upload", Token),
+    ("GET", "/_matrix/client/v3/keys/changes", Token),
+    ("POST", "/_matrix/media/v3/upload", Token),
+    ("POST", "/_matrix/media/v1/create", Token),
+    ("PUT", "/_matrix/media/v3/upload/{server_name}/{media_id}", Token),
+    ("GET", "/_matrix/client/v1/media/config", Token),
+    ("GET", "/_matrix/client/v1/media/download/{server_name}/{media_id}", Token),
+    ("GET", "/_matrix/client/v1/media/download/{server_name}/{media_id}/{file_name}", Token),
+    ("GET", "/_matrix/client/v1/media/thumbnail/{server_name}/{media_id}", Token),
+    ("GET", "/_matrix/client/v1/media/preview_url", Token),
+    ("GET", "/_matrix/media/v3/config", Token),
+    ("GET", "/_matrix/media/v3/preview_url", Token),
+    ("GET", "/_matrix/media/v3/download/{server_name}/{media_id}", Public),
+    ("GET", "/_matrix/media/v3/download/{server_name}/{media_id}/{file_name}", Public),
+    ("GET", "/_matrix/media/v3/thumbnail/{server_name}/{media_id}", Public),
+    ("POST", "/_matrix/client/v3/join/{room_id_or_alias}", Token),
+    ("POST", "/_matrix/client/v3/rooms/{room_id}/join", Token),
+    ("POST", "/_matrix/client/v3/knock/{room_id_or_alias}", Token),
+    ("POST", "/_matrix/client/v3/rooms/{room_id}/leave", Token),
+    ("POST", "/_matrix/client/v3/rooms/{room_id}/forget", Token),
+    ("POST", "/_matrix/client/v3/rooms/{room_id}/invite", Token),
+    ("POST", "/_matrix/client/v3/rooms/{room_id}/kick", Token),
+    ("POST", "/_matrix/client/v3/rooms/{room_id}/ban", Token),
+    ("POST", "/_matrix/client/v3/rooms/{room_id}/unban", Token),
+    ("GET", "/_matrix/client/v3/rooms/{room_id}/messages", Token),
+    ("GET", "/_matrix/client/v3/rooms/{room_id}/context/{event_id}", Token),
+    ("GET", "/_matrix/client/v1/rooms/{room_id}/relations/{event_id}", Token),
+    ("GET", "/_matrix/client/v1/rooms/{room_id}/relations/{event_id}/{rel_type}", Token),
+    ("GET", "/_matrix/client/v1/rooms/{room_id}/relations/{event_id}/{rel_type}/{event_type}", Token),
+    ("GET", "/_matrix/client/v1/rooms/{room_id}/threads", Token),
+    ("GET", "/_matrix/client/v3/presence/{user_id}/status", Token),
+    ("PUT", "/_matrix/client/v3/presence/{user_id}/status", Token),
+    ("GET", "/_matrix/client/v3/profile/{user_id}", Public),
+    ("GET", "/_matrix/client/v3/profile/{user_id}/{field}", Public),
+    ("PUT", "/_matrix/client/v3/profile/{user_id}/{field}", Token),
+    ("GET", "/_matrix/client/v3/pushrules/", Token),
+    ("GET", "/_matrix/client/v3/pushrules/global/", Token),
+    ("GET", "/_matrix/client/v3/pushrules/global/{kind}/{rule_id}", Token),
+    ("PUT", "/_matrix/client/v3/pushrules/global/{kind}/{rule_id}", Token),
+    ("DELETE", "/_matrix/client/v3/pushrules/global/{kind}/{rule_id}", Token),
+    ("GET", "/_matrix/client/v3/pushrules/global/{kind}/{rule_id}/enabled", Token),
+    ("PUT", "/_matrix/client/v3/pushrules/global/{kind}/{rule_id}/enabled", Token),
+    ("GET", "/_matrix/client/v3/pushrules/global/{kind}/{rule_id}/actions", Token),
+    ("PUT", "/_matrix/client/v3/pushrules/global/{kind}/{rule_id}/actions", Token),
+    ("GET", "/_matrix/client/v3/notifications", Token),
+    ("POST", "/_matrix/client/v3/rooms/{room_id}/receipt/{receipt_type}/{event_id}", Token),
+    ("POST", "/_matrix/client/v3/rooms/{room_id}/read_markers", Token),
+    ("POST", "/_matrix/client/v3/rooms/{room_id}/report/{event_id}", Token),
+    ("POST", "/_matrix/client/v3/rooms/{room_id}/report", Token),
+    ("POST", "/_matrix/client/v3/users/{user_id}/report", Token),
+    ("POST", "/_matrix/client/v3/room_keys/version", Token),
+    ("GET", "/_matrix/client/v3/room_keys/version", Token),
+    ("GET", "/_matrix/client/v3/room_keys/version/{version}", Token),
+    ("PUT", "/_matrix/client/v3/room_keys/version/{version}", Token),
+    ("DELETE", "/_matrix/client/v3/room_keys/version/{version}", Token),
+    ("GET", "/_matrix/client/v3/room_keys/keys", Token),
+    ("PUT", "/_matrix/client/v3/room_keys/keys", Token),
+    ("DELETE", "/_matrix/client/v3/room_keys/keys", Token),
+    ("GET", "/_matrix/client/v3/room_keys/keys/{room_id}", Token),
+    ("PUT", "/_matrix/client/v3/room_keys/keys/{room_id}", Token),
+    ("DELETE", "/_matrix/client/v3/room_keys/keys/{room_id}", Token),
+    ("GET", "/_matrix/client/v3/room_keys/keys/{room_id}/{session_id}", Token),
+    ("PUT", "/_matrix/client/v3/room_keys/keys/{room_id}/{session_id}", Token),
+    ("DELETE", "/_matrix/client/v3/room_keys/keys/{room_id}/{session_id}", Token),
+    ("POST", "/_matrix/client/v3/createRoom", Token),
+    ("PUT", "/_matrix/client/v3/rooms/{room_id}/send/{event_type}/{txn_id}", Token),
+    ("GET", "/_matrix/client/v3/rooms/{room_id}/state", Token),
+    ("GET", "/_matrix/client/v3/rooms/{room_id}/state/{event_type}", Token),
+    ("PUT", "/_matrix/client/v3/rooms/{room_id}/state/{event_type}", Token),
+    ("GET", "/_matrix/client/v3/rooms/{room_id}/state/{event_type}/", Token),
+    ("PUT", "/_matrix/client/v3/rooms/{room_id}/state/{event_type}/", Token),
+    ("GET", "/_matrix/client/v3/rooms/{room_id}/state/{event_type}/{state_key}", Token),
+    ("PUT", "/_matrix/client/v3/rooms/{room_id}/state/{event_type}/{state_key}", Token),
+    ("GET", "/_matrix/client/v3/rooms/{room_id}/members", Token),
+    ("GET", "/_matrix/client/v3/rooms/{room_id}/joined_members", Token),
+    ("GET", "/_matrix/client/v3/rooms/{room_id}/event/{event_id}", Token),
+    ("PUT", "/_matrix/client/v3/rooms/{room_id}/redact/{event_id}/{txn_id}", Token),
+    ("GET", "/_matrix/client/v3/joined_rooms", Token),
+    ("GET", "/_matrix/client/v3/sync", Token),
+    ("GET", "/_matrix/client/v1/rooms/{room_id}/timestamp_to_event", Token),
+    ("PUT", "/_matrix/client/v3/sendToDevice/{event_type}/{txn_id}", Token),
+    ("PUT", "/_matrix/client/v3/rooms/{room_id}/typing/{user_id}", Token),
+    ("POST", "/_matrix/client/v3/rooms/{room_id}/upgrade", Token),
+    ("POST", "/_matrix/client/v3/user_directory/search", Token),
+    ("GET", "/_matrix/client/v3/voip/turnServer", Token),
+];
+
+/// The routes the client routers register, read from their sources: every
+/// `.route(PATH, method(handler).method(handler)...)` where PATH is a string literal or
+/// `v3!("...")`.
+fn registered_routes() -> BTreeSet<(String, String)> {
+    let mut routes = BTreeSet::new();
+    let mut dirs = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("src/api/client")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let source = std::fs::read_to_string(&path).unwrap();
+                for (method, route) in routes_in(&source) {
+                    routes.insert((method, route));
+                }
+            }
+        }
+    }
+    routes
+}
+
+/// The (method, path) pairs of the `.route(..)` calls in one source file.
+fn routes_in(source: &str) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    let mut rest = source;
+    while let Some(at) = rest.find(".route(") {
+        rest = &rest[at + ".route(".len()..];
+        // The call's arguments up to its closing parenthesis.
+        let (mut depth, mut end) = (1, 0);
+        for (i, c) in rest.char_indices() {
+            match c {
+                '(' => depth += 1,
+                ')' => depth -= 1,
+                _ => {}
+            }
+            if depth == 0 {
+                end = i;
+                break;
+            }
+        }
+        let args = &rest[..end];
+        let (path_expr, methods) = split_top_level_comma(args);
+        let path_expr = path_expr.trim();
+        let path = if let Some(p) = path_expr.strip_prefix("v3!(\"").and_then(|p| p.strip_suffix("\")")) {
+            format!("/_matrix/client/v3{p}")
+        } else if let Some(p) = path_expr.strip_prefix('"').and_then(|p| p.strip_suffix('"')) {
+            p.to_owned()
+        } else {
+            panic!("route path this test cannot read (teach registered_routes): {path_expr}");
+        };
+        for method in method_calls(methods) {
+            found.push((method.to_uppercase(), path.clone()));
+        }
+    }
+    found
+}
+
+fn split_top_level_comma(args: &str) -> (&str, &str) {
+    let mut depth = 0;
+    for (i, c) in args.char_indices() {
+        match c {
+            '(' | '[' => depth += 1,
+            ')' | ']' => depth -= 1,
+            ',' if depth == 0 => return (&args[..i], &args[i + 1..]),
+            _ => {}
+        }
+    }
+    panic!("route without a method router: {args}")
+}
+
+/// The names called at the top level of a method-router chain: `get(a).put(b)` -> get, put.
+fn method_calls(chain: &str) -> Vec<String> {
+    let mut methods = Vec::new();
+    let (mut depth, mut word) = (0, String::new());
+    for c in chain.chars() {
+        match c {
+            '(' => {
+                if depth == 0 && !word.is_empty() {
+                    methods.push(std::mem::take(&mut word));
+                }
+                depth += 1;
+            }
+            ')' => depth -= 1,
+            c if depth == 0 && (c.is_ascii_alphanumeric() || c == '_') => word.push(c),
+            _ if depth == 0 => word.clear(),
+            _ => {}
+        }
+    }
+    methods
+}
+
+#[test]
+fn every_registered_client_route_is_in_the_matrix() {
+    let registered = registered_routes();
+    let listed: BTreeSet<(String, String)> = ROUTES.iter().map(|(m, p, _)| ((*m).to_owned(), (*p).to_owned())).collect();
+    assert_eq!(listed.len(), ROUTES.len(), "ROUTES lists a route twice");
+    let unlisted: Vec<_> = registered.difference(&listed).collect();
+    let gone: Vec<_> = listed.difference(&registered).collect();
+    assert!(unlisted.is_empty(), "routes without an authorization check, add them to ROUTES: {unlisted:#?}");
+    assert!(gone.is_empty(), "ROUTES lists routes that are not registered: {gone:#?}");
+}
+
+/// What the test's path parameters stand for.
+struct Fixture<'a> {
+    server: &'a TestServer,
+    owner: &'a TestUser,
+    room_id: &'a str,
+    event_id: &'a str,
+    filter_id: &'a str,
+}
+
+impl Fixture<'_> {
+    /// A concrete path for a template: the owner's private room, event, device and data.
+    fn fill(&self, template: &str) -> String {
+        let server = &self.server.server_name;
+        let alias = format!("#nowhere:{server}");
+        let values: [(&str, String); 21] = [
+            ("{room_id_or_alias}", enc(self.room_id)),
+            ("{room_id}", enc(self.room_id)),
+            ("{user_id}", enc(&self.owner.user_id)),
+            ("{event_id}", enc(self.event_id)),
+            ("{event_type}", "m.room.topic".into()),
+            ("{state_key}", "x".into()),
+            ("{txn_id}", "authz1".into()),
+            ("{device_id}", enc(&self.owner.device_id)),
+            ("{data_type}", "m.secret".into()),
+            ("{filter_id}", enc(self.filter_id)),
+            ("{room_alias}", enc(&alias)),
+            ("{server_name}", enc(server)),
+            ("{media_id}", "AbCdEf".into()),
+            ("{file_name}", "f.txt".into()),
+            ("{kind}", "override".into()),
+            ("{rule_id}", ".m.rule.master".into()),
+            ("{receipt_type}", "m.read".into()),
+            ("{rel_type}", "m.thread".into()),
+            ("{version}", "1".into()),
+            ("{session_id}", "s".into()),
+            ("{field}", "displayname".into()),
+        ];
+        let mut path = template.to_owned();
+        for (name, value) in &values {
+            path = path.replace(name, value);
+        }
+        assert!(!path.contains('{'), "no value for a parameter of {template}");
+        path
+    }
+}
+
+const SECRET: &str = "the launch code is 0000";
+
+#[tokio::test]
+async fn token_routes_refuse_requests_without_a_valid_token() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let room_id = alice.create_room(json!({ "preset": "private_chat" })).await;
+    let event_id = alice.send_text(&room_id, SECRET).await;
+    let fx = Fixture { server: &server, owner: &alice, room_id: &room_id, event_id: &event_id, filter_id: "0" };
+    let mut wrong = Vec::new();
+    for (method, template, access) in ROUTES {
+        let path = fx.fill(template);
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        let body = matches!(method, Method::POST | Method::PUT).then(|| json!({}));
+        let anonymous = server.request(method.clone(), &path, None, body.as_ref()).await;
+        let missing = anonymous.status == 401 && anonymous.errcode() == "M_MISSING_TOKEN";
+        match access {
+            Token if !missing => wrong.push(format!("{method} {template} without a token: {anonymous:?}")),
+            Public if missing => wrong.push(format!("{method} {template} is public but asks for a token")),
+            Public => {}
+            Token => {
+                let forged = server.request(method.clone(), &path, Some("plx_forged"), body.as_ref()).await;
+                if forged.status != 401 || forged.errcode() != "M_UNKNOWN_TOKEN" {
+                    wrong.push(format!("{method} {template} with a forged token: {forged:?}"));
+                }
+            }
+        }
+        assert!(!format!("{:?}", anonymous.body).contains(SECRET), "{method} {template} leaks without a token");
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// What another user may not do in a room they are not in, or to someone else's things.
+const FOREIGN: &[(&str, &str)] = &[
+    ("GET", "/_matrix/client/v3/rooms/{room_id}/messages?dir=b"),
+    ("GET", "/_matrix/client/v3/rooms/{room_id}/context/{event_id}"),
+    ("GET", "/_matrix/client/v3/rooms/{room_id}/event/{event_id}"),
+    ("GET", "/_matrix/client/v1/rooms/{room_id}/relations/{event_id}"),
+    ("GET", "/_matrix/client/v1/rooms/{room_id}/relations/{event_id}/{rel_type}"),
+    ("GET", "/_matrix/client/v1/rooms/{room_id}/relations/{event_id}/{rel_type}/{event_type}"),
+    ("GET", "/_matrix/client/v1/rooms/{room_id}/threads"),
+    ("GET", "/_matrix/client/v1/rooms/{room_id}/timestamp_to_event?dir=b&ts=9999999999999"),
+    ("GET", "/_matrix/client/v3/rooms/{room_id}/state"),
+    ("GET", "/_matrix/client/v3/rooms/{room_id}/state/{event_type}"),
+    ("GET", "/_matrix/client/v3/rooms/{room_id}/state/{event_type}/"),
+    ("GET", "/_matrix/client/v3/rooms/{room_id}/members"),
+    ("GET", "/_matrix/client/v3/rooms/{room_id}/joined_members"),
+    ("GET", "/_matrix/client/v3/rooms/{room_id}/aliases"),
+    ("POST", "/_matrix/client/v3/rooms/{room_id}/receipt/{receipt_type}/{event_id}"),
+    ("POST", "/_matrix/client/v3/rooms/{room_id}/read_markers"),
+    ("PUT", "/_matrix/client/v3/rooms/{room_id}/send/m.room.message/{txn_id}"),
+    ("PUT", "/_matrix/client/v3/rooms/{room_id}/state/{event_type}/"),
+    ("PUT", "/_matrix/client/v3/rooms/{room_id}/redact/{event_id}/{txn_id}"),
+    ("PUT", "/_matrix/client/v3/rooms/{room_id}/typing/{user_id}"),
+    ("POST", "/_matrix/client/v3/rooms/{room_id}/invite"),
+    ("POST", "/_matrix/client/v3/rooms/{room_id}/upgrade"),
+    ("POST", "/_matrix/client/v3/rooms/{room_id}/join"),
+    ("PUT", "/_matrix/client/v3/directory/list/room/{room_id}"),
+    ("GET", "/_matrix/client/v3/user/{user_id}/account_data/{data_type}"),
+    ("PUT", "/_matrix/client/v3/user/{user_id}/account_data/{data_type}"),
+    ("GET", "/_matrix/client/v3/user/{user_id}/rooms/{room_id}/account_data/{data_type}"),
+    ("PUT", "/_matrix/client/v3/user/{user_id}/rooms/{room_id}/account_data/{data_type}"),
+    ("POST", "/_matrix/client/v3/user/{user_id}/filter"),
+    ("GET", "/_matrix/client/v3/user/{user_id}/filter/{filter_id}"),
+    ("GET", "/_matrix/client/v3/devices/{device_id}"),
+    ("PUT", "/_matrix/client/v3/devices/{device_id}"),
+    ("DELETE", "/_matrix/client/v3/devices/{device_id}"),
+    ("PUT", "/_matrix/client/v3/presence/{user_id}/status"),
+    ("PUT", "/_matrix/client/v3/profile/{user_id}/{field}"),
+];
+
+#[tokio::test]
+async fn users_cannot_reach_rooms_they_are_not_in_or_other_users_things() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let mallory = server.register("mallory").await;
+    let room_id = alice.create_room(json!({ "preset": "private_chat", "topic": SECRET })).await;
+    let event_id = alice.send_text(&room_id, SECRET).await;
+    let thread = json!({ "msgtype": "m.text", "body": SECRET, "m.relates_to": { "rel_type": "m.thread", "event_id": event_id } });
+    alice.put(&format!("/_matrix/client/v3/rooms/{}/send/m.room.message/reply", enc(&room_id)), thread).await.ok();
+    let data = format!("/_matrix/client/v3/user/{}/account_data/m.secret", enc(&alice.user_id));
+    alice.put(&data, json!({ "secret": SECRET })).await.ok();
+    let room_data =
+        format!("/_matrix/client/v3/user/{}/rooms/{}/account_data/m.secret", enc(&alice.user_id), enc(&room_id));
+    alice.put(&room_data, json!({ "secret": SECRET })).await.ok();
+    let filter = alice
+        .post(&format!("/_matrix/client/v3/user/{}/filter", enc(&alice.user_id)), json!({ "event_fields": [SECRET] }))
+        .await
+        .ok();
+    let filter_id = filter["filter_id"].as_str().unwrap();
+
+    let fx = Fixture { server: &server, owner: &alice, room_id: &room_id, event_id: &event_id, filter_id };
+    let mut wrong = Vec::new();
+    for (method, template) in FOREIGN {
+        let path = fx.fill(template);
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        let body = match *template {
+            t if t.contains("/state/") => json!({ "topic": "defaced" }),
+            t if t.contains("/send/") => json!({ "msgtype": "m.text", "body": "spam" }),
+            t if t.ends_with("/invite") => json!({ "user_id": mallory.user_id }),
+            t if t.ends_with("/upgrade") => json!({ "new_version": "10" }),
+            t if t.contains("/typing/") => json!({ "typing": true, "timeout": 1000 }),
+            t if t.contains("/presence/") => json!({ "presence": "offline" }),
+            t if t.contains("/profile/") => json!({ "displayname": "defaced" }),
+            t if t.contains("/devices/") => json!({ "display_name": "defaced" }),
+            t if t.contains("/directory/list/") => json!({ "visibility": "public" }),
+            t if t.ends_with("/read_markers") => json!({ "m.fully_read": event_id }),
+            _ => json!({ "secret": "defaced" }),
+        };
+        let reply = mallory.request(method.clone(), &path, Some(&body)).await;
+        if !matches!(reply.status.as_u16(), 403 | 404) {
+            wrong.push(format!("{method} {template} as another user: {reply:?}"));
+        } else if format!("{:?}", reply.body).contains(SECRET) {
+            wrong.push(format!("{method} {template} leaks to another user: {reply:?}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+
+    // Nothing changed.
+    let topic = alice.get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.topic/", enc(&room_id))).await.ok();
+    assert_eq!(topic["topic"], SECRET);
+    assert_eq!(alice.get(&data).await.ok()["secret"], SECRET);
+    assert_eq!(alice.get(&room_data).await.ok()["secret"], SECRET);
+    let device = alice.get(&format!("/_matrix/client/v3/devices/{}", enc(&alice.device_id))).await.ok();
+    assert_ne!(device["display_name"], "defaced");
+    let profile = alice.get(&format!("/_matrix/client/v3/profile/{}", enc(&alice.user_id))).await.ok();
+    assert_ne!(profile["displayname"], "defaced");
+    let members = alice.get(&format!("/_matrix/client/v3/rooms/{}/joined_members", enc(&room_id))).await.ok();
+    assert_eq!(members["joined"].as_object().unwrap().len(), 1, "{members}");
+    let visibility = alice.get(&format!("/_matrix/client/v3/directory/list/room/{}", enc(&room_id))).await.ok();
+    assert_eq!(visibility["visibility"], "private");
+    // The other user's sync shows none of it.
+    let sync = mallory.sync("").await;
+    assert!(!sync.to_string().contains(SECRET), "{sync}");
+}
