@@ -458,6 +458,9 @@ pub(crate) async fn append(
         return Ok(pdu.event_id.clone());
     }
     crate::push::store(&mut tx, pdu, pos, &notified).await?;
+    if crate::sync::sliding::lists::bumps(&pdu.kind) {
+        storage::sliding_sync::bump(&mut tx, room, pos).await?;
+    }
     storage::rooms::advance_extremities(&mut tx, room, &prev_ids, pdu.event_id.as_str()).await?;
 
     // The room's new current state: the state after this event when it is the only forward

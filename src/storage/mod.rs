@@ -17,6 +17,7 @@ pub mod receipts;
 pub mod registration_tokens;
 pub mod reports;
 pub mod rooms;
+pub mod sliding_sync;
 pub mod state;
 pub mod to_device;
 pub mod users;

@@ -18,6 +18,7 @@ mod register;
 mod report;
 mod room_keys;
 pub(crate) mod rooms;
+mod sliding_sync;
 mod sync;
 mod timestamp;
 mod to_device;
@@ -62,6 +63,7 @@ pub fn router() -> Router<AppState> {
         .merge(membership::router())
         .merge(messages::router())
         .merge(sync::router())
+        .merge(sliding_sync::router())
         .merge(push::router())
         .merge(media::router())
         .merge(keys::router())
