@@ -19,6 +19,7 @@ mod receipts;
 mod reports;
 mod room_util;
 mod rooms;
+mod sliding_sync;
 mod sync;
 mod timestamp;
 mod typing;

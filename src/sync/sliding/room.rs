@@ -110,8 +110,9 @@ pub async fn room(
     let joined = listed.membership == "join";
     let up_to = if joined { up_to } else { membership_pos.min(up_to) };
     let limit = config.timeline_limit.min(MAX_TIMELINE_LIMIT) as usize;
-    let (events, limited, prev_batch) = timeline_window(svc, me, &room_id, joined, known.since, up_to, limit).await?;
-    if known.since.is_some() && events.is_empty() && !known.state_config_changed {
+    let (events, limited, prev_batch, any_new) =
+        timeline_window(svc, me, &room_id, joined, known.since, up_to, limit).await?;
+    if known.since.is_some() && !any_new && !known.state_config_changed {
         return Ok(None);
     }
 
@@ -143,7 +144,7 @@ pub async fn room(
 }
 
 /// The newest `limit` visible events in (`since`, `up_to`], oldest first, whether older
-/// ones were left out, and the token to paginate back from.
+/// ones were left out, the token to paginate back from, and whether there was any event.
 async fn timeline_window(
     svc: &Services,
     me: &Identity,
@@ -152,12 +153,13 @@ async fn timeline_window(
     since: Option<i64>,
     up_to: i64,
     limit: usize,
-) -> Result<(Vec<Arc<Pdu>>, bool, String)> {
+) -> Result<(Vec<Arc<Pdu>>, bool, String, bool)> {
     let filter = RoomEventFilter::default();
     // With no events wanted, one is still read to learn whether there are any.
     let page = timeline::paginate(svc, room_id, &me.user_id, joined, up_to, since, true, limit.max(1), &filter).await?;
     let mut events = page.events;
     let mut limited = page.next.is_some();
+    let any = !events.is_empty();
     if limit == 0 {
         limited = !events.is_empty();
         events.clear();
@@ -171,7 +173,7 @@ async fn timeline_window(
         None => up_to,
     };
     let from = if limit == 0 { up_to } else { page.next.unwrap_or(start) };
-    Ok((events, limited, SyncToken::at(from).to_string()))
+    Ok((events, limited, SyncToken::at(from).to_string(), any))
 }
 
 /// The requested state: all that matches for a room sent whole (`changed` None), else the
