@@ -462,6 +462,9 @@ pub(crate) async fn append(
     if let Some((key, text)) = search::searchable(pdu) {
         storage::search::index(&mut tx, svc.db.kind, pdu.event_id.as_str(), room, key, &text).await?;
     }
+    if crate::sync::sliding::lists::bumps(&pdu.kind) {
+        storage::sliding_sync::bump(&mut tx, room, pos).await?;
+    }
     storage::rooms::advance_extremities(&mut tx, room, &prev_ids, pdu.event_id.as_str()).await?;
 
     // The room's new current state: the state after this event when it is the only forward

@@ -18,6 +18,7 @@ pub mod registration_tokens;
 pub mod reports;
 pub mod rooms;
 pub mod search;
+pub mod sliding_sync;
 pub mod state;
 pub mod to_device;
 pub mod users;

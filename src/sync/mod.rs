@@ -2,5 +2,6 @@
 
 pub mod filter;
 pub mod notifier;
+pub mod sliding;
 pub mod token;
 pub mod v2;

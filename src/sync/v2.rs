@@ -21,10 +21,10 @@ use crate::rooms::{self, timeline};
 use crate::storage;
 
 /// Most to-device messages one sync delivers.
-const TO_DEVICE_LIMIT: i64 = 100;
+pub(crate) const TO_DEVICE_LIMIT: i64 = 100;
 
 /// Longest long-poll a client may ask for.
-const MAX_TIMEOUT: Duration = Duration::from_secs(120);
+pub(crate) const MAX_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Member events already sent to a device (lazy-loading sends each once).
 #[derive(Default)]
@@ -238,12 +238,12 @@ async fn compute(svc: &Services, me: &Identity, req: &SyncRequest, mut now: Sync
 }
 
 /// The state entries that differ between two state maps (those of `to`).
-fn state_delta(from: &StateMap, to: &StateMap) -> Vec<OwnedEventId> {
+pub(crate) fn state_delta(from: &StateMap, to: &StateMap) -> Vec<OwnedEventId> {
     to.iter().filter(|(k, v)| from.get(*k) != Some(*v)).map(|(_, v)| v.clone()).collect()
 }
 
 /// The state after the last event of a room at or before `pos`.
-async fn state_at(svc: &Services, room_id: &RoomId, pos: i64) -> Result<Arc<StateMap>> {
+pub(crate) async fn state_at(svc: &Services, room_id: &RoomId, pos: i64) -> Result<Arc<StateMap>> {
     match storage::events::last_pos_in_room(&svc.db, room_id.as_str(), pos).await? {
         Some(p) => match storage::events::group_at_pos(&svc.db, p).await? {
             Some(g) => rooms::state::load(svc, g).await,
@@ -253,7 +253,7 @@ async fn state_at(svc: &Services, room_id: &RoomId, pos: i64) -> Result<Arc<Stat
     }
 }
 
-async fn to_client(svc: &Services, me: &Identity, events: &[Arc<Pdu>]) -> Result<Vec<Value>> {
+pub(crate) async fn to_client(svc: &Services, me: &Identity, events: &[Arc<Pdu>]) -> Result<Vec<Value>> {
     let viewer = Viewer { user_id: me.user_id.as_str(), device_id: &me.device_id };
     let mut out = Vec::with_capacity(events.len());
     for e in events {

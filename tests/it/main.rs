@@ -25,6 +25,7 @@ mod resolve_props;
 mod room_util;
 mod rooms;
 mod search;
+mod sliding_sync;
 mod sync;
 mod timestamp;
 mod typing;

@@ -20,6 +20,7 @@ mod report;
 mod room_keys;
 pub(crate) mod rooms;
 mod search;
+mod sliding_sync;
 mod sync;
 mod timestamp;
 mod to_device;
@@ -65,6 +66,7 @@ pub fn router() -> Router<AppState> {
         .merge(membership::router())
         .merge(messages::router())
         .merge(sync::router())
+        .merge(sliding_sync::router())
         .merge(push::router())
         .merge(media::router())
         .merge(keys::router())

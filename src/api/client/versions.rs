@@ -22,7 +22,11 @@ pub fn router() -> Router<AppState> {
 }
 
 async fn versions() -> Json<Value> {
-    Json(json!({ "versions": SPEC_VERSIONS, "unstable_features": {} }))
+    Json(json!({
+        "versions": SPEC_VERSIONS,
+        // Simplified sliding sync (MSC4186), which Element X requires.
+        "unstable_features": { "org.matrix.simplified_msc3575": true },
+    }))
 }
 
 async fn well_known_client(State(state): State<AppState>) -> Json<Value> {
