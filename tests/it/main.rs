@@ -15,6 +15,7 @@ mod federation;
 mod media;
 mod presence;
 mod push;
+mod push_gateway;
 mod receipts;
 mod reports;
 mod room_util;
