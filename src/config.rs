@@ -41,6 +41,8 @@ pub struct Config {
     pub federation: FederationConfig,
     #[serde(default)]
     pub admin: AdminConfig,
+    #[serde(default)]
+    pub push: PushConfig,
 }
 
 /// Server administration.
@@ -254,6 +256,23 @@ pub struct FederationConfig {
     pub notary_servers: Vec<String>,
 }
 
+/// Delivery to push gateways.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PushConfig {
+    /// Wait before the first retry of a gateway that failed; doubled on each further failure.
+    pub initial_backoff_ms: u64,
+    /// Longest wait between retries.
+    pub max_backoff_ms: u64,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        // Synapse's: 1 s doubling up to an hour.
+        Self { initial_backoff_ms: 1000, max_backoff_ms: 3_600_000 }
+    }
+}
+
 fn default_data_dir() -> PathBuf {
     PathBuf::from("data")
 }
@@ -283,6 +302,7 @@ impl Config {
             media: MediaConfig::default(),
             federation: FederationConfig::default(),
             admin: AdminConfig::default(),
+            push: PushConfig::default(),
         }
     }
 

@@ -46,7 +46,7 @@ pub struct Services {
     pub rooms: rooms::Rooms,
     pub typing: rooms::typing::Typing,
     pub lazy_load: sync::v2::LazyLoadCache,
-    pub push: push::PushRules,
+    pub push: push::Push,
     pub media: media::MediaService,
     pub federation: federation::Federation,
     pub registration_nonces: admin::register::Nonces,
@@ -79,7 +79,7 @@ impl AppState {
             rooms: rooms::Rooms::default(),
             typing: rooms::typing::Typing::default(),
             lazy_load: sync::v2::LazyLoadCache::default(),
-            push: push::PushRules::default(),
+            push: push::Push::default(),
             media: media::MediaService::new(&config)?,
             federation: federation::Federation::new(&config)?,
             registration_nonces: Default::default(),
@@ -91,6 +91,7 @@ impl AppState {
             metrics,
         }));
         tokio::spawn(federation::sender::run(Arc::downgrade(&state.0)));
+        tokio::spawn(push::gateway::run(Arc::downgrade(&state.0)));
         Ok(state)
     }
 }

@@ -1,12 +1,16 @@
 //! Push: each user's push rules (kept in memory once loaded), evaluated with ruma for every
-//! local member on every new room event, and the unread counts that gives.
+//! local member on every new room event, the unread counts that gives, and (in `pushers` and
+//! `gateway`) the pushers that relay notifications to push gateways.
+
+pub mod gateway;
+pub mod pushers;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use ruma::events::room::power_levels::{RoomPowerLevels, RoomPowerLevelsEventContent, RoomPowerLevelsSource};
 use ruma::events::{StateEventType, TimelineEventType};
-use ruma::push::{PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset};
+use ruma::push::{PushCondition, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset};
 use ruma::serde::Raw;
 use ruma::{OwnedUserId, RoomId, UInt, UserId};
 use serde_json::{Value, json};
@@ -24,14 +28,16 @@ pub const RULE_KINDS: [&str; 5] = ["override", "content", "room", "sender", "und
 /// Thread ID of events outside any thread.
 const MAIN_THREAD: &str = "main";
 
-/// The rulesets loaded so far, and the lock that serialises their changes.
+/// The rulesets loaded so far, the lock that serialises their changes, and the gateway
+/// delivery's handle.
 #[derive(Default)]
-pub struct PushRules {
+pub struct Push {
     loaded: Mutex<HashMap<OwnedUserId, Arc<Ruleset>>>,
     edit: tokio::sync::Mutex<()>,
+    gateway: gateway::Sender,
 }
 
-impl PushRules {
+impl Push {
     fn cached(&self, user: &UserId) -> Option<Arc<Ruleset>> {
         self.loaded.lock().unwrap_or_else(|e| e.into_inner()).get(user).cloned()
     }
@@ -105,7 +111,7 @@ pub async fn update(svc: &Services, user: &UserId, change: impl FnOnce(&mut Rule
 
 /// Evaluates an event about to be appended against the push rules of every local member it
 /// may concern (joined members but the sender, and the target of an invite): those it notifies.
-pub async fn evaluate(svc: &Services, pdu: &Pdu) -> Result<Vec<Notified>> {
+pub async fn evaluate(svc: &Services, pdu: &Pdu) -> Result<Evaluation> {
     let members = storage::rooms::members(&svc.db, pdu.room_id.as_str()).await?;
     let invited = (pdu.kind == TimelineEventType::RoomMember
         && pdu.content_str("membership").as_deref() == Some("invite"))
@@ -120,7 +126,7 @@ pub async fn evaluate(svc: &Services, pdu: &Pdu) -> Result<Vec<Notified>> {
         .filter(|(user, _)| user.server_name().as_str() == svc.config.server_name)
         .collect();
     if targets.is_empty() {
-        return Ok(vec![]);
+        return Ok(Evaluation::default());
     }
 
     // What every member's evaluation shares, built once for the event.
@@ -142,7 +148,11 @@ pub async fn evaluate(svc: &Services, pdu: &Pdu) -> Result<Vec<Notified>> {
     for (user, member_event) in targets {
         let rules = ruleset(svc, &user).await?;
         let mut ctx = base.clone();
-        ctx.user_display_name = display_name(svc, member_event).await?.unwrap_or_else(|| user.localpart().to_owned());
+        // Only legacy rules read the display name: no member event lookup without them.
+        if reads_display_name(&rules) {
+            ctx.user_display_name =
+                display_name(svc, member_event).await?.unwrap_or_else(|| user.localpart().to_owned());
+        }
         ctx.user_id = user.clone();
         let actions = rules.get_actions(&event, &ctx).await;
         if actions.iter().any(|a| a.should_notify()) {
@@ -151,30 +161,52 @@ pub async fn evaluate(svc: &Services, pdu: &Pdu) -> Result<Vec<Notified>> {
             notified.push(Notified { user, highlight, actions });
         }
     }
-    Ok(notified)
+    let thread_id = match rooms::thread_of(svc, pdu).await? {
+        Some(root) => root.to_string(),
+        None => MAIN_THREAD.to_owned(),
+    };
+    Ok(Evaluation { thread_id, notified })
+}
+
+/// Whether an enabled rule of the ruleset has a `contains_display_name` condition (deprecated
+/// by the spec, but users' own rules may still have it).
+#[allow(deprecated)]
+fn reads_display_name(rules: &Ruleset) -> bool {
+    rules
+        .override_
+        .iter()
+        .chain(rules.underride.iter())
+        .any(|rule| rule.enabled && rule.conditions.iter().any(|c| matches!(c, PushCondition::ContainsDisplayName)))
+}
+
+/// The members an event notifies, and its thread ('main' outside threads).
+#[derive(Default)]
+pub struct Evaluation {
+    thread_id: String,
+    notified: Vec<Notified>,
 }
 
 /// A member an event notifies: whether it highlights, and the actions (JSON).
-pub struct Notified {
+struct Notified {
     user: OwnedUserId,
     highlight: bool,
     actions: String,
 }
 
 /// Stores the notifications of an event in the transaction that appends it, so that a sync
-/// which sees the event also sees its counts.
-pub async fn store(tx: &mut storage::Tx, pdu: &Pdu, pos: i64, notified: &[Notified]) -> Result<()> {
-    let thread_id = match pdu.relation() {
-        Some((rel_type, root)) if rel_type == "m.thread" => root.to_string(),
-        _ => MAIN_THREAD.to_owned(),
-    };
+/// which sees the event also sees its counts, and queues their pushes; wake the returned
+/// pushers once the transaction is committed.
+pub async fn store(tx: &mut storage::Tx, pdu: &Pdu, pos: i64, evaluation: &Evaluation) -> Result<gateway::Queued> {
+    if evaluation.notified.is_empty() {
+        return Ok(gateway::Queued::default());
+    }
     let now = storage::now_ms();
-    for Notified { user, highlight, actions } in notified {
+    for Notified { user, highlight, actions } in &evaluation.notified {
         let row = NewNotification {
             user_id: user.as_str(),
             stream_pos: pos,
             room_id: pdu.room_id.as_str(),
-            thread_id: &thread_id,
+            thread_id: &evaluation.thread_id,
             event_id: pdu.event_id.as_str(),
             highlight: *highlight,
             actions,
@@ -182,7 +214,7 @@ pub async fn store(tx: &mut storage::Tx, pdu: &Pdu, pos: i64, notified: &[Notifi
         };
         storage::push::insert_notification(tx, &row).await?;
     }
-    Ok(())
+    gateway::queue_notifications(tx, pos).await
 }
 
 /// The display name in a member event.
@@ -214,9 +246,35 @@ async fn power_levels(svc: &Services, state: &StateMap) -> Result<Option<PushCon
     Ok(Some(RoomPowerLevels::new(source, &rules.authorization, creators).into()))
 }
 
-/// Unread (notification, highlight) counts of a user in a room: notifying events after the
-/// user's read receipts, all threads together.
-pub async fn unread_counts(svc: &Services, user: &UserId, room: &RoomId) -> Result<(u64, u64)> {
-    let per_thread = storage::push::unread_counts(&svc.db, user.as_str(), room.as_str()).await?;
-    Ok(per_thread.iter().fold((0, 0), |(n, h), (_, tn, th)| (n + *tn as u64, h + *th as u64)))
+/// Adds a joined room's unread counts to its `/sync` entry: notifying events after the
+/// user's read receipts. With `per_thread` (the filter's `unread_thread_notifications`),
+/// `unread_notifications` covers the main timeline only and `unread_thread_notifications`
+/// the threads that have any, by root; else `unread_notifications` covers them all.
+pub async fn add_unread_counts(
+    svc: &Services,
+    user: &UserId,
+    room: &RoomId,
+    per_thread: bool,
+    entry: &mut Value,
+) -> Result<()> {
+    let counts = |notifications: i64, highlights: i64| json!({ "notification_count": notifications, "highlight_count": highlights });
+    let rows = storage::push::unread_counts(&svc.db, user.as_str(), room.as_str()).await?;
+    if !per_thread {
+        let (n, h) = rows.iter().fold((0, 0), |(n, h), (_, tn, th)| (n + tn, h + th));
+        entry["unread_notifications"] = counts(n, h);
+        return Ok(());
+    }
+    let (mut main, mut threads) = (counts(0, 0), serde_json::Map::new());
+    for (thread, n, h) in rows {
+        if thread == MAIN_THREAD {
+            main = counts(n, h);
+        } else {
+            threads.insert(thread, counts(n, h));
+        }
+    }
+    entry["unread_notifications"] = main;
+    if !threads.is_empty() {
+        entry["unread_thread_notifications"] = Value::Object(threads);
+    }
+    Ok(())
 }

@@ -103,6 +103,19 @@ pub async fn get_pdu(svc: &Services, event_id: &EventId) -> Result<Option<Arc<Pd
     Ok(Some(pdu))
 }
 
+/// The thread an event belongs to: the root it replies to with `m.thread`, or, for an event
+/// relating to a threaded event (a reaction, an edit), that event's thread.
+pub async fn thread_of(svc: &Services, event: &Pdu) -> Result<Option<OwnedEventId>> {
+    match event.relation() {
+        Some((rel_type, root)) if rel_type == "m.thread" => Ok(Some(root)),
+        Some((_, target)) => Ok(get_pdu(svc, &target).await?.and_then(|t| match t.relation() {
+            Some((rel_type, root)) if rel_type == "m.thread" => Some(root),
+            _ => None,
+        })),
+        None => Ok(None),
+    }
+}
+
 /// The version of a room this server knows, or 404 `M_NOT_FOUND`.
 pub async fn room_version(svc: &Services, room_id: &RoomId) -> Result<RoomVersionId> {
     let (version, _) =
@@ -407,7 +420,7 @@ pub(crate) async fn append(
     }
     // Push rules are evaluated before the transaction (rulesets may be created on first use);
     // the counts are written with the event.
-    let notified = if arrival.soft_failed { Vec::new() } else { crate::push::evaluate(svc, pdu).await? };
+    let notified = if arrival.soft_failed { Default::default() } else { crate::push::evaluate(svc, pdu).await? };
     let (old_current_group, old_extremities) = match storage::rooms::get(&svc.db, room).await? {
         Some((_, g)) => (g, storage::rooms::extremities(&svc.db, room).await?),
         None => return Err(Error::not_found("Unknown room")),
@@ -458,7 +471,7 @@ pub(crate) async fn append(
         tx.commit().await?;
         return Ok(pdu.event_id.clone());
     }
-    crate::push::store(&mut tx, pdu, pos, &notified).await?;
+    let pushes = crate::push::store(&mut tx, pdu, pos, &notified).await?;
     if let Some((key, text)) = search::searchable(pdu) {
         storage::search::index(&mut tx, svc.db.kind, pdu.event_id.as_str(), room, key, &text).await?;
     }
@@ -536,6 +549,7 @@ pub(crate) async fn append(
         _ => None,
     };
     tx.commit().await?;
+    pushes.wake(svc);
 
     if let Some(g) = group {
         state::remember(svc, g, state_after);

@@ -91,9 +91,10 @@ pub async fn touch(db: &Db, user_id: &str, device_id: &str, ip: Option<&str>) ->
     tx.commit().await
 }
 
-/// Deletes a device with all its tokens, keys and to-device messages.
+/// Deletes a device with all its tokens, keys, to-device messages and pushers.
 pub async fn delete(tx: &mut Tx, user_id: &str, device_id: &str) -> sqlx::Result<bool> {
     delete_tokens(tx, user_id, device_id).await?;
+    super::push::delete_device_pushers(tx, user_id, device_id).await?;
     super::e2ee_keys::delete_devices(tx, user_id, super::e2ee_keys::DeviceSet::One(device_id)).await?;
     let res = sqlx::query("DELETE FROM devices WHERE user_id = $1 AND device_id = $2")
         .bind(user_id)
@@ -171,10 +172,11 @@ pub async fn take_refresh_token(tx: &mut Tx, token_hash: &str) -> sqlx::Result<O
     row.map(|r| Ok((r.try_get("user_id")?, r.try_get("device_id")?))).transpose()
 }
 
-/// Deletes every device (with its tokens, keys and to-device messages) of a user, except the
-/// device named in `keep`.
+/// Deletes every device (with its tokens, keys, to-device messages and pushers) of a user,
+/// except the device named in `keep`.
 pub async fn delete_all(tx: &mut Tx, user_id: &str, keep: Option<&str>) -> sqlx::Result<()> {
     let keep = keep.unwrap_or("");
+    super::push::delete_pushers_except_device(tx, user_id, keep).await?;
     super::e2ee_keys::delete_devices(tx, user_id, super::e2ee_keys::DeviceSet::AllExcept(keep)).await?;
     for table in ["access_tokens", "refresh_tokens", "devices"] {
         sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table} WHERE user_id = $1 AND device_id <> $2")))

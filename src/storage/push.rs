@@ -106,3 +106,187 @@ pub async fn notifications(
     .fetch_all(db.read())
     .await
 }
+
+/// The number of a user's unread notifications up to stream position `up_to`, in rooms they
+/// are joined or invited to (the badge of push gateways).
+pub async fn unread_total(db: &Db, user_id: &str, up_to: i64) -> sqlx::Result<i64> {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT COUNT(*) FROM push_notifications n
+         WHERE n.user_id = $1 AND n.stream_pos <= $2 AND NOT {IS_READ}
+           AND EXISTS (SELECT 1 FROM current_state m WHERE m.room_id = n.room_id AND m.event_type = 'm.room.member'
+                       AND m.state_key = n.user_id AND m.membership IN ('join', 'invite'))"
+    )))
+    .bind(user_id)
+    .bind(up_to)
+    .fetch_one(db.read())
+    .await
+}
+
+/// The room, event and actions of the notification of a user at a stream position.
+pub async fn notification(db: &Db, user_id: &str, stream_pos: i64) -> sqlx::Result<Option<(String, String, String)>> {
+    sqlx::query_as("SELECT room_id, event_id, actions FROM push_notifications WHERE user_id = $1 AND stream_pos = $2")
+        .bind(user_id)
+        .bind(stream_pos)
+        .fetch_optional(db.read())
+        .await
+}
+
+/// A pusher as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PusherRow {
+    pub id: i64,
+    pub user_id: String,
+    pub device_id: String,
+    pub app_id: String,
+    pub pushkey: String,
+    pub pusher_json: String,
+    pub pushkey_ts: i64,
+}
+
+const PUSHER_COLUMNS: &str = "id, user_id, device_id, app_id, pushkey, pusher_json, pushkey_ts";
+
+/// A new or changed pusher.
+pub struct NewPusher<'a> {
+    pub user_id: &'a str,
+    pub device_id: &'a str,
+    pub app_id: &'a str,
+    pub pushkey: &'a str,
+    pub pusher_json: &'a str,
+    pub now: i64,
+}
+
+/// Creates the user's pusher with this app ID and pushkey, or updates it (keeping its ID and
+/// so its queued pushes).
+pub async fn put_pusher(tx: &mut Tx, p: &NewPusher<'_>) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO pushers (user_id, device_id, app_id, pushkey, pusher_json, pushkey_ts)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (app_id, pushkey, user_id) DO UPDATE SET device_id = EXCLUDED.device_id,
+             pusher_json = EXCLUDED.pusher_json, pushkey_ts = EXCLUDED.pushkey_ts",
+    )
+    .bind(p.user_id)
+    .bind(p.device_id)
+    .bind(p.app_id)
+    .bind(p.pushkey)
+    .bind(p.pusher_json)
+    .bind(p.now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Deletes the pushers matching `condition` (static SQL over `pushers` columns, with `binds`
+/// as $1, $2...) and their queued pushes. Returns how many pushers went.
+async fn delete_pushers(tx: &mut Tx, condition: &'static str, binds: &[&str]) -> sqlx::Result<u64> {
+    let mut outbox = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM push_outbox WHERE pusher_id IN (SELECT id FROM pushers WHERE {condition})"
+    )));
+    let mut pushers = sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM pushers WHERE {condition}")));
+    for bind in binds {
+        outbox = outbox.bind(*bind);
+        pushers = pushers.bind(*bind);
+    }
+    outbox.execute(&mut **tx).await?;
+    Ok(pushers.execute(&mut **tx).await?.rows_affected())
+}
+
+/// Deletes a user's pusher; false when there was none.
+pub async fn delete_pusher(tx: &mut Tx, user_id: &str, app_id: &str, pushkey: &str) -> sqlx::Result<bool> {
+    let condition = "user_id = $1 AND app_id = $2 AND pushkey = $3";
+    Ok(delete_pushers(tx, condition, &[user_id, app_id, pushkey]).await? > 0)
+}
+
+/// Deletes the pushers with this app ID and pushkey of users other than `user_id`.
+pub async fn delete_other_users_pushers(tx: &mut Tx, user_id: &str, app_id: &str, pushkey: &str) -> sqlx::Result<()> {
+    let condition = "user_id <> $1 AND app_id = $2 AND pushkey = $3";
+    delete_pushers(tx, condition, &[user_id, app_id, pushkey]).await.map(drop)
+}
+
+/// Deletes the pushers a device set (the device is being deleted).
+pub async fn delete_device_pushers(tx: &mut Tx, user_id: &str, device_id: &str) -> sqlx::Result<()> {
+    delete_pushers(tx, "user_id = $1 AND device_id = $2", &[user_id, device_id]).await.map(drop)
+}
+
+/// Deletes the pushers of every device of a user but `keep` (those devices are being deleted).
+pub async fn delete_pushers_except_device(tx: &mut Tx, user_id: &str, keep: &str) -> sqlx::Result<()> {
+    delete_pushers(tx, "user_id = $1 AND device_id <> $2", &[user_id, keep]).await.map(drop)
+}
+
+pub async fn pushers(db: &Db, user_id: &str) -> sqlx::Result<Vec<PusherRow>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {PUSHER_COLUMNS} FROM pushers WHERE user_id = $1 ORDER BY id")))
+        .bind(user_id)
+        .fetch_all(db.read())
+        .await
+}
+
+pub async fn pusher(db: &Db, id: i64) -> sqlx::Result<Option<PusherRow>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {PUSHER_COLUMNS} FROM pushers WHERE id = $1")))
+        .bind(id)
+        .fetch_optional(db.read())
+        .await
+}
+
+/// Queues a push of the notifications at `stream_pos` (one event's) for every pusher of the
+/// users notified. Returns the pushers that got one.
+pub async fn queue_notification_pushes(tx: &mut Tx, stream_pos: i64, now: i64) -> sqlx::Result<Vec<i64>> {
+    sqlx::query_scalar(
+        "INSERT INTO push_outbox (pusher_id, stream_pos, queued_ts)
+         SELECT p.id, n.stream_pos, $2 FROM push_notifications n JOIN pushers p ON p.user_id = n.user_id
+         WHERE n.stream_pos = $1 RETURNING pusher_id",
+    )
+    .bind(stream_pos)
+    .bind(now)
+    .fetch_all(&mut **tx)
+    .await
+}
+
+/// Queues a badge update for every pusher of a user. Returns the pushers that got one.
+pub async fn queue_badges(tx: &mut Tx, user_id: &str, now: i64) -> sqlx::Result<Vec<i64>> {
+    sqlx::query_scalar(
+        "INSERT INTO push_outbox (pusher_id, stream_pos, queued_ts)
+         SELECT id, NULL, $2 FROM pushers WHERE user_id = $1 RETURNING pusher_id",
+    )
+    .bind(user_id)
+    .bind(now)
+    .fetch_all(&mut **tx)
+    .await
+}
+
+/// A queued push: a notification (`stream_pos`) or a badge update (None).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct QueuedPush {
+    pub id: i64,
+    pub stream_pos: Option<i64>,
+    pub queued_ts: i64,
+}
+
+/// The oldest queued push of a pusher.
+pub async fn next_push(db: &Db, pusher_id: i64) -> sqlx::Result<Option<QueuedPush>> {
+    sqlx::query_as("SELECT id, stream_pos, queued_ts FROM push_outbox WHERE pusher_id = $1 ORDER BY id LIMIT 1")
+        .bind(pusher_id)
+        .fetch_optional(db.read())
+        .await
+}
+
+/// Whether a badge update is queued for the pusher after push `id` (which it supersedes).
+pub async fn later_badge(db: &Db, pusher_id: i64, id: i64) -> sqlx::Result<bool> {
+    let found: Option<i64> = sqlx::query_scalar(
+        "SELECT id FROM push_outbox WHERE pusher_id = $1 AND id > $2 AND stream_pos IS NULL LIMIT 1",
+    )
+    .bind(pusher_id)
+    .bind(id)
+    .fetch_optional(db.read())
+    .await?;
+    Ok(found.is_some())
+}
+
+pub async fn dequeue_push(db: &Db, id: i64) -> sqlx::Result<()> {
+    let mut tx = db.begin().await?;
+    sqlx::query("DELETE FROM push_outbox WHERE id = $1").bind(id).execute(&mut *tx).await?;
+    tx.commit().await
+}
+
+/// Pushers with queued pushes.
+pub async fn queued_pushers(db: &Db) -> sqlx::Result<Vec<i64>> {
+    sqlx::query_scalar("SELECT DISTINCT pusher_id FROM push_outbox").fetch_all(db.read()).await
+}

@@ -358,8 +358,8 @@ async fn joined_room(
         "timeline": { "events": to_client(svc, me, &events).await?, "limited": limited, "prev_batch": prev_batch },
         "state": { "events": to_client(svc, me, &state).await? },
     });
-    let (notifications, highlights) = crate::push::unread_counts(svc, &me.user_id, room_id).await?;
-    entry["unread_notifications"] = json!({ "notification_count": notifications, "highlight_count": highlights });
+    let per_thread = filter.room.timeline.unread_thread_notifications;
+    crate::push::add_unread_counts(svc, &me.user_id, room_id, per_thread, &mut entry).await?;
     let membership_news = after.is_none()
         || events.iter().chain(state.iter()).any(|e| e.kind == ruma::events::TimelineEventType::RoomMember);
     if membership_news {

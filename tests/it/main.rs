@@ -19,6 +19,7 @@ mod limits;
 mod media;
 mod presence;
 mod push;
+mod push_gateway;
 mod receipts;
 mod reports;
 mod resolve_props;

@@ -208,3 +208,57 @@ async fn muted_room_and_disabled_rules_count_nothing() {
     alice.send_text(&room, "silenced").await;
     assert_eq!(counts(&bob, &room).await, (1, 0));
 }
+
+/// Sends an event; returns its ID.
+async fn send(user: &TestUser, room: &str, txn: &str, content: Value) -> String {
+    let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}", enc(room));
+    user.put(&path, content).await.ok()["event_id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn thread_counts_are_kept_apart_and_cleared_by_threaded_receipts() {
+    let server = TestServer::start().await;
+    let (alice, bob, room) = shared_room(&server).await;
+    let root = alice.send_text(&room, "root").await;
+    let in_thread = |body: &str| json!({"msgtype": "m.text", "body": body, "m.relates_to": {"rel_type": "m.thread", "event_id": root}});
+    send(&alice, &room, "t1", in_thread("reply 1")).await;
+    let mention = json!({"msgtype": "m.text", "body": "bob?", "m.mentions": {"user_ids": [bob.user_id]},
+        "m.relates_to": {"rel_type": "m.thread", "event_id": root}});
+    let last_reply = send(&alice, &room, "t2", mention).await;
+
+    // Without the filter flag: everything together.
+    assert_eq!(counts(&bob, &room).await, (3, 1));
+    let filter = enc(&json!({"room": {"timeline": {"unread_thread_notifications": true}}}).to_string());
+    let per_thread = async || {
+        let body = bob.sync(&format!("timeout=0&filter={filter}")).await;
+        body["rooms"]["join"][&room].clone()
+    };
+    let entry = per_thread().await;
+    assert_eq!(entry["unread_notifications"], json!({"notification_count": 1, "highlight_count": 0}));
+    assert_eq!(entry["unread_thread_notifications"], json!({ &root: {"notification_count": 2, "highlight_count": 1} }));
+
+    // A receipt in the thread clears the thread only.
+    let path = format!("/_matrix/client/v3/rooms/{}/receipt/m.read/{}", enc(&room), enc(&last_reply));
+    bob.post(&path, json!({"thread_id": root})).await.ok();
+    let entry = per_thread().await;
+    assert_eq!(entry["unread_notifications"]["notification_count"], 1);
+    assert!(entry.get("unread_thread_notifications").is_none(), "{entry}");
+    // A receipt in the main timeline clears it.
+    let path = format!("/_matrix/client/v3/rooms/{}/receipt/m.read/{}", enc(&room), enc(&root));
+    bob.post(&path, json!({"thread_id": "main"})).await.ok();
+    assert_eq!(counts(&bob, &room).await, (0, 0));
+}
+
+#[tokio::test]
+async fn keywords_notify_and_can_highlight() {
+    let server = TestServer::start().await;
+    let (alice, bob, room) = shared_room(&server).await;
+    // Silence ordinary messages, as "mentions and keywords only" does in Element.
+    bob.put(&format!("{PR}/global/underride/.m.rule.message/actions"), json!({"actions": []})).await.ok();
+    alice.send_text(&room, "nothing to see").await;
+    assert_eq!(counts(&bob, &room).await, (0, 0));
+    let rule = json!({"pattern": "cheese", "actions": ["notify", {"set_tweak": "highlight"}]});
+    bob.put(&format!("{PR}/global/content/cheese"), rule).await.ok();
+    alice.send_text(&room, "who likes Cheese?").await;
+    assert_eq!(counts(&bob, &room).await, (1, 1));
+}

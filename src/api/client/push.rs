@@ -1,9 +1,10 @@
-//! Push notifications: push rules and `/notifications`.
+//! Push notifications: push rules, pushers and `/notifications`.
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
+use ruma::api::client::push::set_pusher::v3::PusherAction;
 use ruma::push::{
     Action, InsertPushRuleError, NewConditionalPushRule, NewPatternedPushRule, NewPushRule, NewSimplePushRule,
     PushCondition, RemovePushRuleError, RuleKind, Ruleset,
@@ -27,6 +28,8 @@ pub fn router() -> Router<AppState> {
         .route(v3!("/pushrules/global/{kind}/{rule_id}/enabled"), get(get_enabled).put(put_enabled))
         .route(v3!("/pushrules/global/{kind}/{rule_id}/actions"), get(get_actions).put(put_actions))
         .route(v3!("/notifications"), get(notifications))
+        .route(v3!("/pushers"), get(get_pushers))
+        .route(v3!("/pushers/set"), post(set_pusher))
 }
 
 fn parse_kind(kind: &str) -> Result<RuleKind> {
@@ -256,4 +259,31 @@ async fn notifications(
         body["next_token"] = json!(last.stream_pos.to_string());
     }
     Ok(Json(body))
+}
+
+async fn get_pushers(State(state): State<AppState>, Auth(me): Auth) -> Result<Json<Value>> {
+    Ok(Json(json!({ "pushers": push::pushers::list(&state, me.user_id.as_str()).await? })))
+}
+
+/// The parameters `POST /pushers/set` needs: all for a new pusher, the IDs to delete one.
+const PUSHER_PARAMS: [&str; 6] = ["app_id", "pushkey", "app_display_name", "device_display_name", "lang", "data"];
+const PUSHER_ID_PARAMS: usize = 2;
+
+async fn set_pusher(
+    State(state): State<AppState>,
+    Auth(me): Auth,
+    extract::Json(body): extract::Json<Value>,
+) -> Result<Json<Value>> {
+    let Some(kind) = body.get("kind") else { return Err(Error::missing_param("Missing parameters: kind")) };
+    let required = if kind.is_null() { &PUSHER_PARAMS[..PUSHER_ID_PARAMS] } else { &PUSHER_PARAMS[..] };
+    let mut missing: Vec<&str> = required.iter().copied().filter(|p| body.get(p).is_none()).collect();
+    if kind == "http" && body["data"].is_object() && body["data"].get("url").is_none() {
+        missing.push("data.url");
+    }
+    if !missing.is_empty() {
+        return Err(Error::missing_param(format!("Missing parameters: {}", missing.join(", "))));
+    }
+    let action: PusherAction = serde_json::from_value(body).map_err(|e| Error::bad_json(e.to_string()))?;
+    push::pushers::set(&state, &me, action).await?;
+    Ok(Json(json!({})))
 }

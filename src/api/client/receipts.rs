@@ -3,7 +3,7 @@
 use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
-use ruma::{EventId, OwnedEventId, RoomId};
+use ruma::{EventId, RoomId};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -13,6 +13,7 @@ use super::v3;
 use crate::accounts::Identity;
 use crate::error::{Error, Result};
 use crate::http::extract::{self, Auth, Path};
+use crate::push;
 use crate::rooms::{self, pdu::Pdu};
 use crate::storage::{self, receipts::NewReceipt};
 use crate::{AppState, Services};
@@ -107,22 +108,9 @@ async fn read_markers(
     Ok(Json(json!({})))
 }
 
-/// The thread an event belongs to: the root it replies to with `m.thread`, or, for an event
-/// relating to a threaded event (a reaction, an edit), that event's thread.
-async fn thread_of(svc: &Services, event: &Pdu) -> Result<Option<OwnedEventId>> {
-    match event.relation() {
-        Some((rel_type, root)) if rel_type == "m.thread" => Ok(Some(root)),
-        Some((_, target)) => Ok(rooms::get_pdu(svc, &target).await?.and_then(|t| match t.relation() {
-            Some((rel_type, root)) if rel_type == "m.thread" => Some(root),
-            _ => None,
-        })),
-        None => Ok(None),
-    }
-}
-
 /// 400 unless the event is in the thread the receipt names (`main` or a thread root).
 async fn check_thread(svc: &Services, event: &Pdu, thread_id: &str) -> Result<()> {
-    let thread = thread_of(svc, event).await?;
+    let thread = rooms::thread_of(svc, event).await?;
     let in_thread = match thread_id {
         "main" => thread.is_none(),
         root => event.event_id.as_str() == root || thread.is_some_and(|t| t.as_str() == root),
@@ -151,7 +139,10 @@ async fn set_receipt(
     };
     let mut tx = svc.db.begin().await?;
     let moved = storage::receipts::put(&mut tx, &receipt).await?;
+    // The user's badge may have gone down: their push gateways hear of it.
+    let badges = if moved { push::gateway::queue_badges(&mut tx, &me.user_id).await? } else { Default::default() };
     tx.commit().await?;
+    badges.wake(svc);
     if moved {
         if receipt_type == READ_PRIVATE {
             svc.notifier.notify([&*me.user_id]);
