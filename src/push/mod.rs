@@ -246,6 +246,15 @@ async fn power_levels(svc: &Services, state: &StateMap) -> Result<Option<PushCon
     Ok(Some(RoomPowerLevels::new(source, &rules.authorization, creators).into()))
 }
 
+/// A room's unread (notification, highlight) counts for a user, threads included.
+pub async fn unread_counts(svc: &Services, user: &UserId, room: &RoomId) -> Result<(i64, i64)> {
+    Ok(total(&storage::push::unread_counts(&svc.db, user.as_str(), room.as_str()).await?))
+}
+
+fn total(per_thread: &[(String, i64, i64)]) -> (i64, i64) {
+    per_thread.iter().fold((0, 0), |(n, h), (_, tn, th)| (n + tn, h + th))
+}
+
 /// Adds a joined room's unread counts to its `/sync` entry: notifying events after the
 /// user's read receipts. With `per_thread` (the filter's `unread_thread_notifications`),
 /// `unread_notifications` covers the main timeline only and `unread_thread_notifications`
@@ -260,7 +269,7 @@ pub async fn add_unread_counts(
     let counts = |notifications: i64, highlights: i64| json!({ "notification_count": notifications, "highlight_count": highlights });
     let rows = storage::push::unread_counts(&svc.db, user.as_str(), room.as_str()).await?;
     if !per_thread {
-        let (n, h) = rows.iter().fold((0, 0), |(n, h), (_, tn, th)| (n + tn, h + th));
+        let (n, h) = total(&rows);
         entry["unread_notifications"] = counts(n, h);
         return Ok(());
     }
