@@ -147,6 +147,15 @@ const ROUTES: &[(&str, &str, Access)] = &[
     ("POST", "/_matrix/client/v3/rooms/{room_id}/upgrade", Token),
     ("POST", "/_matrix/client/v3/user_directory/search", Token),
     ("GET", "/_matrix/client/v3/voip/turnServer", Token),
+    ("GET", "/_matrix/client/v3/admin/whois/{user_id}", Token),
+    ("GET", "/_matrix/client/v1/admin/lock/{user_id}", Token),
+    ("PUT", "/_matrix/client/v1/admin/lock/{user_id}", Token),
+    ("GET", "/_matrix/client/v1/admin/suspend/{user_id}", Token),
+    ("PUT", "/_matrix/client/v1/admin/suspend/{user_id}", Token),
+    ("GET", "/_matrix/client/v3/pushers", Token),
+    ("POST", "/_matrix/client/v3/pushers/set", Token),
+    ("POST", "/_matrix/client/v3/search", Token),
+    ("POST", "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync", Token),
 ];
 
 /// The routes the client routers register, read from their sources: every
