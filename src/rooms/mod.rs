@@ -3,12 +3,14 @@
 
 pub mod create;
 pub mod format;
+pub mod hierarchy;
 pub mod inbound;
 pub mod pdu;
 pub mod power;
 pub mod resolve;
 pub mod search;
 pub mod state;
+pub mod summary;
 pub mod timeline;
 pub mod typing;
 pub mod upgrade;

@@ -147,6 +147,8 @@ const ROUTES: &[(&str, &str, Access)] = &[
     ("POST", "/_matrix/client/v3/rooms/{room_id}/upgrade", Token),
     ("POST", "/_matrix/client/v3/user_directory/search", Token),
     ("GET", "/_matrix/client/v3/voip/turnServer", Token),
+    ("GET", "/_matrix/client/v1/rooms/{room_id}/hierarchy", Token),
+    ("GET", "/_matrix/client/v1/room_summary/{room_id_or_alias}", Public),
     ("GET", "/_matrix/client/v3/admin/whois/{user_id}", Token),
     ("GET", "/_matrix/client/v1/admin/lock/{user_id}", Token),
     ("PUT", "/_matrix/client/v1/admin/lock/{user_id}", Token),

@@ -27,6 +27,7 @@ mod room_util;
 mod rooms;
 mod search;
 mod sliding_sync;
+mod spaces;
 mod sync;
 mod timestamp;
 mod typing;

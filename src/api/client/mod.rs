@@ -21,6 +21,7 @@ mod room_keys;
 pub(crate) mod rooms;
 mod search;
 mod sliding_sync;
+mod spaces;
 mod sync;
 mod timestamp;
 mod to_device;
@@ -73,4 +74,5 @@ pub fn router() -> Router<AppState> {
         .merge(to_device::router())
         .merge(room_keys::router())
         .merge(search::router())
+        .merge(spaces::router())
 }

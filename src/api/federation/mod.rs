@@ -3,6 +3,7 @@
 mod auth;
 mod keys;
 mod query;
+mod space;
 mod user;
 
 use axum::Router;
@@ -21,6 +22,7 @@ pub fn router() -> Router<AppState> {
         .merge(keys::router())
         .merge(query::router())
         .merge(user::router())
+        .merge(space::router())
         .layer(middleware::from_fn(auth::buffer_body))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
 }
