@@ -1,5 +1,6 @@
 //! Accounts: registration, passwords, login sessions (devices and tokens), identities.
 
+pub mod openid;
 pub mod password;
 pub mod sessions;
 pub mod tokens;

@@ -11,6 +11,7 @@ pub mod federation;
 pub mod filters;
 pub mod key_backup;
 pub mod media;
+pub mod openid;
 pub mod presence;
 pub mod push;
 pub mod receipts;

@@ -149,6 +149,7 @@ const ROUTES: &[(&str, &str, Access)] = &[
     ("GET", "/_matrix/client/v3/voip/turnServer", Token),
     ("GET", "/_matrix/client/v1/rooms/{room_id}/hierarchy", Token),
     ("GET", "/_matrix/client/v1/room_summary/{room_id_or_alias}", Public),
+    ("POST", "/_matrix/client/v3/user/{user_id}/openid/request_token", Token),
     ("GET", "/_matrix/client/v3/admin/whois/{user_id}", Token),
     ("GET", "/_matrix/client/v1/admin/lock/{user_id}", Token),
     ("PUT", "/_matrix/client/v1/admin/lock/{user_id}", Token),

@@ -17,6 +17,7 @@ mod errors;
 mod federation;
 mod limits;
 mod media;
+mod openid;
 mod presence;
 mod push;
 mod push_gateway;

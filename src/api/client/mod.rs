@@ -11,6 +11,7 @@ mod login;
 pub mod media;
 mod membership;
 mod messages;
+mod openid;
 mod presence;
 mod profile;
 mod push;
@@ -75,4 +76,5 @@ pub fn router() -> Router<AppState> {
         .merge(room_keys::router())
         .merge(search::router())
         .merge(spaces::router())
+        .merge(openid::router())
 }

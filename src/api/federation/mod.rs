@@ -2,6 +2,7 @@
 
 mod auth;
 mod keys;
+mod openid;
 mod query;
 mod space;
 mod user;
@@ -23,6 +24,7 @@ pub fn router() -> Router<AppState> {
         .merge(query::router())
         .merge(user::router())
         .merge(space::router())
+        .merge(openid::router())
         .layer(middleware::from_fn(auth::buffer_body))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
 }
