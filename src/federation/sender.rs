@@ -69,6 +69,9 @@ pub async fn send_pdu<'a>(
     event_id: &EventId,
 ) -> Result<()> {
     let destinations = others(svc, destinations);
+    if destinations.is_empty() {
+        return Ok(());
+    }
     let mut tx = svc.db.begin().await?;
     let now = now_ms();
     for destination in &destinations {
@@ -87,6 +90,9 @@ pub async fn send_edu<'a>(
     content: Value,
 ) -> Result<()> {
     let destinations = others(svc, destinations);
+    if destinations.is_empty() {
+        return Ok(());
+    }
     let edu = json!({ "edu_type": edu_type, "content": content }).to_string();
     let mut tx = svc.db.begin().await?;
     let now = now_ms();
@@ -262,14 +268,7 @@ async fn send_transaction(svc: &Services, destination: &ServerName) -> anyhow::R
     for item in &batch {
         if let Some(event_id) = &item.event_id {
             match storage::events::get(&svc.db, event_id).await? {
-                Some(event) => {
-                    let mut pdu: Value = serde_json::from_str(&event.json)?;
-                    // `unsigned` is local bookkeeping (prev_content and the like).
-                    if let Some(object) = pdu.as_object_mut() {
-                        object.remove("unsigned");
-                    }
-                    pdus.push(pdu);
-                }
+                Some(event) => pdus.push(crate::rooms::pdu::federation_format(&event.json)?),
                 None => tracing::warn!(%event_id, "queued PDU not found; dropped"),
             }
         } else if let Some(edu) = &item.edu_json {

@@ -6,9 +6,48 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
+use serde_json::json;
+
+use crate::AppState;
+use crate::error::Result;
 
 /// Longest typing notification a client may ask for.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a typing notification from another server lasts: the EDU carries no timeout
+/// (as Synapse), and the typing server repeats it while the user types.
+pub const FEDERATION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Sets whether `user` is typing in `room` (for `timeout`), wakes the room's members when
+/// the list changed, and tells the other servers in the room when the user is ours.
+pub async fn set(state: &AppState, room: &RoomId, user: &UserId, typing: bool, timeout: Duration) -> Result<()> {
+    let changed = if typing {
+        let changed = state.typing.start(room, user, Instant::now() + timeout);
+        tokio::spawn(expire_after(state.clone(), timeout));
+        changed
+    } else {
+        state.typing.stop(room, user)
+    };
+    if changed {
+        super::wake_members(state, room).await?;
+    }
+    // A repeated start keeps the notification alive on the other servers too.
+    if user.server_name().as_str() == state.config.server_name && (typing || changed) {
+        let servers = super::servers_in_room(state, room).await?;
+        let content = json!({ "room_id": room, "user_id": user, "typing": typing });
+        crate::federation::sender::send_edu(state, servers.iter().map(|s| &**s), "m.typing", content).await?;
+    }
+    Ok(())
+}
+
+/// Drops the notifications expired after `delay` and wakes the rooms whose list changed.
+async fn expire_after(state: AppState, delay: Duration) {
+    tokio::time::sleep(delay).await;
+    for room in state.typing.expire(Instant::now()) {
+        if let Err(e) = super::wake_members(&state, &room).await {
+            tracing::warn!(%room, error = %e, "cannot wake members after typing expired");
+        }
+    }
+}
 
 #[derive(Default)]
 pub struct Typing {

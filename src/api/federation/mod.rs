@@ -1,8 +1,10 @@
 //! The server-server API.
 
 mod auth;
+mod events;
 mod keys;
 mod query;
+mod send;
 mod user;
 
 use axum::Router;
@@ -18,7 +20,9 @@ const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 
 pub fn router() -> Router<AppState> {
     Router::new()
+        .merge(events::router())
         .merge(keys::router())
+        .merge(send::router())
         .merge(query::router())
         .merge(user::router())
         .layer(middleware::from_fn(auth::buffer_body))
