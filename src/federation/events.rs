@@ -242,6 +242,6 @@ async fn walk_back(
         queue.extend(pdu.prev_events.iter().cloned());
         found.push(pdu);
     }
-    found.sort_by(|a, b| b.depth.cmp(&a.depth));
+    found.sort_by_key(|pdu| std::cmp::Reverse(pdu.depth));
     Ok(found)
 }
