@@ -269,6 +269,9 @@ pub async fn change_password(db: &Db, user_id: &UserId, new_password: &str, keep
 /// pusher goes, the password and profile are erased; the user ID stays taken for ever.
 /// With `erase`, the user's events are served redacted to users who join later.
 pub async fn deactivate(svc: &Services, user_id: &UserId, erase: bool) -> Result<()> {
+    let devices: Vec<String> =
+        storage::devices::list(&svc.db, user_id.as_str()).await?.into_iter().map(|d| d.device_id).collect();
+    // Other servers hear of the devices going while the user still shares rooms with them.
     let mut tx = svc.db.begin().await?;
     storage::users::deactivate(&mut tx, user_id.as_str()).await?;
     storage::devices::delete_all(&mut tx, user_id.as_str(), None).await?;
@@ -280,6 +283,7 @@ pub async fn deactivate(svc: &Services, user_id: &UserId, erase: bool) -> Result
     if erase {
         svc.erased_users.insert(user_id);
     }
+    crate::e2ee::device_lists::devices_changed(svc, user_id, &devices).await?;
     leave_all_rooms(svc, user_id).await
 }
 

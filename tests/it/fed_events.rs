@@ -301,6 +301,67 @@ async fn events_are_served_to_servers_in_the_room_only() {
 }
 
 #[tokio::test]
+async fn receipts_and_device_list_changes_go_across() {
+    let Shared { a, b, alice, bob, room_id } = shared_room().await;
+    let event_id = alice.send_text(&room_id, "read me").await;
+    wait_for("the message at B", async || synced_bodies(&bob, &room_id).await.contains(&"read me".into())).await;
+    let receipt = format!("/_matrix/client/v3/rooms/{}/receipt/m.read/{}", enc(&room_id), enc(&event_id));
+    bob.post(&receipt, json!({})).await.ok();
+    let receipts = |server: &TestServer| {
+        let (db, room_id) = (server.state.db.clone(), room_id.clone());
+        async move { plexus::storage::receipts::latest(&db, &room_id, "@nobody:x", i64::MAX).await.unwrap() }
+    };
+    wait_for("bob's receipt at A", async || {
+        receipts(&a).await.get(&event_id).is_some_and(|r| r["m.read"].get(&bob.user_id).is_some())
+    })
+    .await;
+    let sync = alice.sync("timeout=0").await;
+    let ephemeral = sync["rooms"]["join"][&room_id]["ephemeral"]["events"].to_string();
+    assert!(ephemeral.contains(&bob.user_id) && ephemeral.contains("m.receipt"), "{ephemeral}");
+
+    // Bob renames his device: alice's next sync lists him in device_lists.changed.
+    let since = alice.sync("timeout=0").await["next_batch"].as_str().unwrap().to_owned();
+    let device = format!("/_matrix/client/v3/devices/{}", enc(&bob.device_id));
+    bob.put(&device, json!({ "display_name": "phone" })).await.ok();
+    wait_for("bob's device change at A", async || {
+        let sync = alice.sync(&format!("timeout=0&since={since}")).await;
+        sync["device_lists"]["changed"].as_array().is_some_and(|c| c.iter().any(|u| *u == bob.user_id.as_str()))
+    })
+    .await;
+    // A device list update for a user of another server is refused.
+    let since = alice.sync("timeout=0").await["next_batch"].as_str().unwrap().to_owned();
+    let spoofed = json!({ "edu_type": "m.device_list_update", "content": {
+        "user_id": alice.user_id, "device_id": "X", "stream_id": 1, "prev_id": [] } });
+    send_txn(&b, &a, "spoof", vec![], vec![spoofed]).await;
+    let sync = alice.sync(&format!("timeout=0&since={since}")).await;
+    assert!(sync["device_lists"]["changed"].as_array().is_none_or(Vec::is_empty), "{sync}");
+}
+
+#[tokio::test]
+async fn a_server_denied_by_the_acl_is_refused() {
+    let Shared { a, b, alice, bob, room_id } = shared_room().await;
+    let room = RoomId::parse(&room_id).unwrap();
+    let acl = json!({ "allow": ["*"], "deny": ["127.0.0.2"], "allow_ip_literals": true });
+    let path = format!("/_matrix/client/v3/rooms/{}/state/m.room.server_acl", enc(&room_id));
+    alice.put(&path, acl).await.ok();
+    let prev = plexus::storage::rooms::extremities(&a.state.db, &room_id).await.unwrap();
+    let message = signed_message(&b, &a, &room, &bob.user_id, &prev, "denied").await;
+    let message_id = event_id_of(&message);
+    let typing = json!({ "edu_type": "m.typing", "content": {
+        "room_id": room_id, "user_id": bob.user_id, "typing": true } });
+    let answer = send_txn(&b, &a, "acl", vec![serde_json::to_value(&message).unwrap()], vec![typing]).await;
+    assert!(answer["pdus"][&message_id]["error"].as_str().unwrap().contains("ACL"), "{answer}");
+    assert!(plexus::storage::events::get(&a.state.db, &message_id).await.unwrap().is_none());
+    assert!(a.state.typing.typing_in(&room).is_empty());
+    let event = format!("/_matrix/federation/v1/event/{}", enc(&prev[0]));
+    let refused = client::request::<Value>(&b.state, &name_of(&a), Method::GET, &event, None).await;
+    assert!(
+        matches!(refused, Err(client::FederationError::Remote { ref errcode, .. }) if errcode == "M_FORBIDDEN"),
+        "{refused:?}"
+    );
+}
+
+#[tokio::test]
 async fn typing_and_to_device_go_both_ways() {
     let Shared { a, b, alice, bob, room_id } = shared_room().await;
     let room = RoomId::parse(&room_id).unwrap();
