@@ -13,12 +13,11 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
+use super::transaction::{MAX_EDUS, MAX_PDUS};
 use crate::Services;
 use crate::error::Result;
 use crate::storage::{self, now_ms};
 
-const MAX_PDUS: i64 = 50;
-const MAX_EDUS: i64 = 100;
 const MIN_BACKOFF: Duration = Duration::from_secs(2);
 const MAX_BACKOFF: Duration = Duration::from_secs(600);
 
@@ -260,7 +259,8 @@ async fn deliver(
 
 /// Sends the next batch of the queue; false when it was empty.
 async fn send_transaction(svc: &Services, destination: &ServerName) -> anyhow::Result<bool> {
-    let batch = storage::federation::next_batch(&svc.db, destination.as_str(), MAX_PDUS, MAX_EDUS).await?;
+    let batch =
+        storage::federation::next_batch(&svc.db, destination.as_str(), MAX_PDUS as i64, MAX_EDUS as i64).await?;
     if batch.is_empty() {
         return Ok(false);
     }

@@ -3,7 +3,7 @@
 //! when its prev events are unknown), each EDU applied, and the answer kept so that a
 //! retried transaction is answered the same without being processed twice.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::http::Method;
 use ruma::{CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, RoomId, RoomVersionId, ServerName};
@@ -19,13 +19,16 @@ use crate::rooms::inbound::{self, Outcome};
 use crate::rooms::{self, versions};
 use crate::storage;
 
-/// Most PDUs and EDUs in one transaction (spec).
+/// Most PDUs and EDUs in one transaction (spec), sent or received.
 pub const MAX_PDUS: usize = 50;
 pub const MAX_EDUS: usize = 100;
 /// Most events asked of the origin to fill the gap before a PDU (the spec's default is 10).
 const GAP_LIMIT: usize = 20;
 /// A gap is asked for once per PDU, and not for long: the origin waits for our answer.
 const GAP_TIMEOUT: Duration = Duration::from_secs(10);
+/// After this long, the PDUs of a transaction left are judged without fetching gaps, so
+/// the answer comes within seconds (as Synapse's): the origin retries what we refused.
+const FETCH_BUDGET: Duration = Duration::from_secs(30);
 
 /// The body of `PUT /send/{txnId}`.
 #[derive(Deserialize)]
@@ -65,8 +68,9 @@ pub async fn receive(state: &AppState, origin: &ServerName, txn_id: &str, txn: T
     // Parents before children, so that a transaction carrying both needs no fetch.
     pdus.sort_by_key(depth_of);
     let mut results = Map::new();
+    let deadline = Instant::now() + FETCH_BUDGET;
     for object in pdus {
-        if let Some((event_id, result)) = receive_pdu(state, origin, object).await? {
+        if let Some((event_id, result)) = receive_pdu(state, origin, object, deadline).await? {
             results.insert(event_id.to_string(), result);
         }
     }
@@ -89,6 +93,7 @@ async fn receive_pdu(
     svc: &Services,
     origin: &ServerName,
     object: CanonicalJsonObject,
+    deadline: Instant,
 ) -> Result<Option<(OwnedEventId, Value)>> {
     let Some(CanonicalJsonValue::String(room_id)) = object.get("room_id") else {
         tracing::info!(%origin, "PDU without a room ID ignored");
@@ -114,7 +119,7 @@ async fn receive_pdu(
     } else if !rooms::server_allowed(svc, &room_id, origin).await? {
         Outcome::Rejected("The sending server is denied by the room's server ACL".into())
     } else {
-        match receive_filling_gap(svc, origin, &room_id, &event_id, object, &rules).await {
+        match receive_filling_gap(svc, origin, &room_id, &event_id, object, &rules, deadline).await {
             Ok(outcome) => outcome,
             Err(e @ Error::Internal(_)) => return Err(e),
             Err(e) => Outcome::Rejected(e.to_string()),
@@ -135,8 +140,8 @@ async fn receive_pdu(
 }
 
 /// Receives a PDU; when it refers to unknown events, asks the origin for the gap between
-/// our forward extremities and it (`get_missing_events`), receives those oldest first and
-/// tries once more.
+/// our forward extremities and it (`get_missing_events`, before `deadline`), receives those
+/// oldest first and tries once more.
 async fn receive_filling_gap(
     svc: &Services,
     origin: &ServerName,
@@ -144,13 +149,15 @@ async fn receive_filling_gap(
     event_id: &EventId,
     object: CanonicalJsonObject,
     rules: &ruma::room_version_rules::RoomVersionRules,
+    deadline: Instant,
 ) -> Result<Outcome> {
     let keys = keys::keys_for_pdu(svc, &object, rules).await?;
     let outcome = inbound::receive(svc, room_id, object.clone(), &keys).await?;
-    if !matches!(outcome, Outcome::MissingEvents(_)) {
+    let time_left = deadline.saturating_duration_since(Instant::now());
+    if !matches!(outcome, Outcome::MissingEvents(_)) || time_left.is_zero() {
         return Ok(outcome);
     }
-    let gap = match missing_events(svc, origin, room_id, event_id).await {
+    let gap = match missing_events(svc, origin, room_id, event_id, time_left.min(GAP_TIMEOUT)).await {
         Ok(gap) => gap,
         Err(e) => {
             tracing::info!(%origin, %event_id, error = %e, "cannot fetch the missing events");
@@ -179,6 +186,7 @@ async fn missing_events(
     origin: &ServerName,
     room_id: &RoomId,
     latest: &EventId,
+    timeout: Duration,
 ) -> anyhow::Result<Vec<CanonicalJsonObject>> {
     let earliest = storage::rooms::extremities(&svc.db, room_id.as_str()).await?;
     let body = json!({
@@ -189,7 +197,7 @@ async fn missing_events(
     });
     let path = format!("/_matrix/federation/v1/get_missing_events/{}", encode(room_id.as_str()));
     let answer: MissingEvents =
-        client::request_with_timeout(svc, origin, Method::POST, &path, Some(&body), GAP_TIMEOUT).await?;
+        client::request_with_timeout(svc, origin, Method::POST, &path, Some(&body), timeout).await?;
     let mut events: Vec<CanonicalJsonObject> =
         answer.events.iter().take(GAP_LIMIT).filter_map(|raw| serde_json::from_str(raw.get()).ok()).collect();
     events.sort_by_key(depth_of);
@@ -204,6 +212,6 @@ fn depth_of(object: &CanonicalJsonObject) -> i64 {
 }
 
 /// Percent-encodes a path segment (room and event IDs).
-pub fn encode(segment: &str) -> String {
+fn encode(segment: &str) -> String {
     url::form_urlencoded::byte_serialize(segment.as_bytes()).collect::<String>().replace('+', "%20")
 }
