@@ -72,7 +72,7 @@ async fn rename(
             tx.commit().await?;
             if found {
                 state.notifier.notify([me.user_id.as_ref()]);
-                device_lists::devices_changed(&state, &me.user_id, &[device_id.clone()]).await?;
+                device_lists::devices_changed(&state, &me.user_id, std::slice::from_ref(&device_id)).await?;
             }
             found
         }
