@@ -254,15 +254,29 @@ pub async fn check_password(db: &Db, user_id: &UserId, password: &str) -> Result
 }
 
 /// Sets a new password, optionally logging out every other device.
-pub async fn change_password(db: &Db, user_id: &UserId, new_password: &str, keep_device: Option<&str>) -> Result<()> {
+pub async fn change_password(
+    svc: &Services,
+    user_id: &UserId,
+    new_password: &str,
+    keep_device: Option<&str>,
+) -> Result<()> {
     let hash = password::hash(new_password).await?;
-    let mut tx = db.begin().await?;
+    let gone: Vec<String> = match keep_device {
+        Some(keep) => storage::devices::list(&svc.db, user_id.as_str())
+            .await?
+            .into_iter()
+            .map(|d| d.device_id)
+            .filter(|d| d != keep)
+            .collect(),
+        None => Vec::new(),
+    };
+    let mut tx = svc.db.begin().await?;
     storage::users::set_password_hash(&mut tx, user_id.as_str(), Some(&hash)).await?;
     if let Some(keep) = keep_device {
         storage::devices::delete_all(&mut tx, user_id.as_str(), Some(keep)).await?;
     }
     tx.commit().await?;
-    Ok(())
+    crate::e2ee::device_lists::devices_changed(svc, user_id, &gone).await
 }
 
 /// Deactivates an account: the user leaves every room, every session, device, key and

@@ -375,6 +375,10 @@ async fn typing_and_to_device_go_both_ways() {
     wait_for("bob typing at A", async || a.state.typing.typing_in(&room).iter().any(|u| *u == bob.user_id)).await;
     bob.put(&typing(&bob), json!({ "typing": false })).await.ok();
     wait_for("bob stopped at A", async || !a.state.typing.typing_in(&room).iter().any(|u| *u == bob.user_id)).await;
+    // A notification that expires at its server ends at the others too (not after their 60 s).
+    bob.put(&typing(&bob), json!({ "typing": true, "timeout": 1500 })).await.ok();
+    wait_for("bob typing at A again", async || a.state.typing.typing_in(&room).iter().any(|u| *u == bob.user_id)).await;
+    wait_for("bob's expiry at A", async || !a.state.typing.typing_in(&room).iter().any(|u| *u == bob.user_id)).await;
 
     let send = |from: &TestUser, to: &TestUser, txn: &str| {
         let path = format!("/_matrix/client/v3/sendToDevice/m.test/{txn}");
