@@ -255,21 +255,38 @@ pub async fn check_password(db: &Db, user_id: &UserId, password: &str) -> Result
 }
 
 /// Sets a new password, optionally logging out every other device.
-pub async fn change_password(db: &Db, user_id: &UserId, new_password: &str, keep_device: Option<&str>) -> Result<()> {
+pub async fn change_password(
+    svc: &Services,
+    user_id: &UserId,
+    new_password: &str,
+    keep_device: Option<&str>,
+) -> Result<()> {
     let hash = password::hash(new_password).await?;
-    let mut tx = db.begin().await?;
+    let gone: Vec<String> = match keep_device {
+        Some(keep) => storage::devices::list(&svc.db, user_id.as_str())
+            .await?
+            .into_iter()
+            .map(|d| d.device_id)
+            .filter(|d| d != keep)
+            .collect(),
+        None => Vec::new(),
+    };
+    let mut tx = svc.db.begin().await?;
     storage::users::set_password_hash(&mut tx, user_id.as_str(), Some(&hash)).await?;
     if let Some(keep) = keep_device {
         storage::devices::delete_all(&mut tx, user_id.as_str(), Some(keep)).await?;
     }
     tx.commit().await?;
-    Ok(())
+    crate::e2ee::device_lists::devices_changed(svc, user_id, &gone).await
 }
 
 /// Deactivates an account: the user leaves every room, every session, device, key and
 /// pusher goes, the password and profile are erased; the user ID stays taken for ever.
 /// With `erase`, the user's events are served redacted to users who join later.
 pub async fn deactivate(svc: &Services, user_id: &UserId, erase: bool) -> Result<()> {
+    let devices: Vec<String> =
+        storage::devices::list(&svc.db, user_id.as_str()).await?.into_iter().map(|d| d.device_id).collect();
+    // Other servers hear of the devices going while the user still shares rooms with them.
     let mut tx = svc.db.begin().await?;
     storage::users::deactivate(&mut tx, user_id.as_str()).await?;
     storage::devices::delete_all(&mut tx, user_id.as_str(), None).await?;
@@ -281,6 +298,7 @@ pub async fn deactivate(svc: &Services, user_id: &UserId, erase: bool) -> Result
     if erase {
         svc.erased_users.insert(user_id);
     }
+    crate::e2ee::device_lists::devices_changed(svc, user_id, &devices).await?;
     leave_all_rooms(svc, user_id).await
 }
 

@@ -58,11 +58,11 @@ pub async fn create_or_modify(svc: &Services, user_id: &UserId, changes: Changes
                 storage::users::reactivate(&mut tx, user_id.as_str()).await?;
                 tx.commit().await?;
                 svc.erased_users.remove(user_id);
-                accounts::change_password(&svc.db, user_id, password, None).await?;
+                accounts::change_password(svc, user_id, password, None).await?;
             } else if let Some(password) = &changes.password {
                 // `Some("")` keeps no device: every session of the user ends.
                 let keep = changes.logout_devices.then_some("");
-                accounts::change_password(&svc.db, user_id, password, keep).await?;
+                accounts::change_password(svc, user_id, password, keep).await?;
             }
         }
     }

@@ -122,7 +122,7 @@ pub async fn upload(state: &AppState, me: &Identity, keys: SigningKeys) -> Resul
     device_lists::record_change(&mut tx, user_id).await?;
     tx.commit().await?;
     state.notifier.notify([me.user_id.as_ref()]);
-    Ok(())
+    super::device_lists::signing_keys_changed(state, &me.user_id).await
 }
 
 /// Stores the signatures of `/keys/signatures/upload` that check out; answers `failures`

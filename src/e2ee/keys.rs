@@ -77,6 +77,7 @@ pub async fn upload(state: &AppState, me: &Identity, body: Upload) -> Result<BTr
     tx.commit().await?;
     if changed {
         state.notifier.notify([me.user_id.as_ref()]);
+        super::device_lists::devices_changed(state, &me.user_id, std::slice::from_ref(&me.device_id)).await?;
     }
     one_time_key_counts(&state.db, user_id, device_id).await
 }

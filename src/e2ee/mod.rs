@@ -4,6 +4,7 @@
 
 pub mod backup;
 pub mod cross_signing;
+pub mod device_lists;
 pub mod keys;
 pub mod to_device;
 

@@ -2,27 +2,26 @@
 
 use std::collections::BTreeMap;
 
-use ruma::{OwnedUserId, UserId};
+use ruma::{OwnedUserId, ServerName, UserId};
 use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
 
 use super::is_local;
-use crate::AppState;
 use crate::accounts::Identity;
 use crate::error::{Error, Result};
-use crate::storage::{self, Db, to_device};
+use crate::storage::{self, Db, Tx, to_device};
+use crate::{AppState, Services};
 
 /// The device ID that addresses every device of a user.
 const ALL_DEVICES: &str = "*";
 
-/// Stores the messages of one `sendToDevice` request, once per transaction ID of the sending
-/// device, and wakes the recipients.
-pub async fn send(
-    state: &AppState,
-    me: &Identity,
-    event_type: &str,
-    txn_id: &str,
-    messages: &BTreeMap<OwnedUserId, BTreeMap<String, Value>>,
-) -> Result<()> {
+/// Messages for users and their devices (`*`: every device of the user).
+pub type Messages = BTreeMap<OwnedUserId, BTreeMap<String, Value>>;
+
+/// Stores the messages of one `sendToDevice` request for our users, once per transaction ID
+/// of the sending device, wakes them, and queues one `m.direct_to_device` EDU per other
+/// server for its users.
+pub async fn send(state: &AppState, me: &Identity, event_type: &str, txn_id: &str, messages: &Messages) -> Result<()> {
     if messages.values().flat_map(BTreeMap::values).any(|content| !content.is_object()) {
         return Err(Error::bad_json("Message contents must be JSON objects"));
     }
@@ -30,29 +29,74 @@ pub async fn send(
     if !to_device::add_txn(&mut tx, me.user_id.as_str(), &me.device_id, txn_id).await? {
         return Ok(());
     }
-    let pos = storage::next_stream_pos(&mut tx).await?;
+    let recipients = deliver_local(state, &mut tx, &me.user_id, event_type, messages).await?;
+    tx.commit().await?;
+    state.notifier.notify(recipients);
+
+    let mut by_server: BTreeMap<&ServerName, Map<String, Value>> = BTreeMap::new();
+    for (user_id, devices) in messages.iter().filter(|(u, _)| !is_local(u, &state.config.server_name)) {
+        by_server.entry(user_id.server_name()).or_default().insert(user_id.to_string(), json!(devices));
+    }
+    if by_server.is_empty() {
+        return Ok(());
+    }
+    // The same for a retried request, which the transaction ID above stops anyway.
+    let message_id: String = Sha256::digest(format!("{}|{}|{txn_id}", me.user_id, me.device_id).as_bytes())[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    for (server, messages) in by_server {
+        let content =
+            json!({ "sender": me.user_id, "type": event_type, "message_id": message_id, "messages": messages });
+        crate::federation::sender::send_edu(state, [server], "m.direct_to_device", content).await?;
+    }
+    Ok(())
+}
+
+/// Messages another server sent for our users (`m.direct_to_device`), stored once per
+/// message ID of the sender.
+pub async fn receive(
+    svc: &Services,
+    sender: &UserId,
+    event_type: &str,
+    message_id: &str,
+    messages: &Messages,
+) -> Result<()> {
+    let mut tx = svc.db.begin().await?;
+    // A remote sender has no device here: its message IDs are kept under an empty device ID.
+    if !to_device::add_txn(&mut tx, sender.as_str(), "", message_id).await? {
+        return Ok(());
+    }
+    let recipients = deliver_local(svc, &mut tx, sender, event_type, messages).await?;
+    tx.commit().await?;
+    svc.notifier.notify(recipients);
+    Ok(())
+}
+
+/// Puts the messages for our users (others are skipped) into their devices' inboxes at a
+/// new stream position; returns the users who got one.
+async fn deliver_local<'a>(
+    svc: &Services,
+    tx: &mut Tx,
+    sender: &UserId,
+    event_type: &str,
+    messages: &'a Messages,
+) -> Result<Vec<&'a UserId>> {
+    let pos = storage::next_stream_pos(tx).await?;
     let mut recipients: Vec<&UserId> = Vec::new();
-    for (user_id, devices) in messages {
-        if !is_local(user_id, &state.config.server_name) {
-            // Federation does not exist yet: nothing can carry the message there.
-            tracing::warn!(%user_id, "to-device message for a remote user dropped (no federation yet)");
-            continue;
-        }
+    for (user_id, devices) in messages.iter().filter(|(u, _)| is_local(u, &svc.config.server_name)) {
         let mut delivered = 0;
-        for (device_id, content) in devices {
+        for (device_id, content) in devices.iter().filter(|(_, c)| c.is_object()) {
             let device = (device_id != ALL_DEVICES).then_some(device_id.as_str());
             let content = content.to_string();
             delivered +=
-                to_device::deliver(&mut tx, user_id.as_str(), device, pos, me.user_id.as_str(), event_type, &content)
-                    .await?;
+                to_device::deliver(tx, user_id.as_str(), device, pos, sender.as_str(), event_type, &content).await?;
         }
         if delivered > 0 {
             recipients.push(user_id);
         }
     }
-    tx.commit().await?;
-    state.notifier.notify(recipients);
-    Ok(())
+    Ok(recipients)
 }
 
 /// The to-device events waiting for a device up to stream position `up_to`, oldest first, at

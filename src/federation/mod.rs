@@ -9,10 +9,12 @@
 pub mod client;
 pub mod discovery;
 pub mod edu;
+pub mod events;
 pub mod keys;
 pub mod listener;
 pub mod sender;
 pub mod tls;
+pub mod transaction;
 pub mod xmatrix;
 
 use crate::config::Config;

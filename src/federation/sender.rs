@@ -13,12 +13,11 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
+use super::transaction::{MAX_EDUS, MAX_PDUS};
 use crate::Services;
 use crate::error::Result;
 use crate::storage::{self, now_ms};
 
-const MAX_PDUS: i64 = 50;
-const MAX_EDUS: i64 = 100;
 const MIN_BACKOFF: Duration = Duration::from_secs(2);
 const MAX_BACKOFF: Duration = Duration::from_secs(600);
 
@@ -69,6 +68,9 @@ pub async fn send_pdu<'a>(
     event_id: &EventId,
 ) -> Result<()> {
     let destinations = others(svc, destinations);
+    if destinations.is_empty() {
+        return Ok(());
+    }
     let mut tx = svc.db.begin().await?;
     let now = now_ms();
     for destination in &destinations {
@@ -87,6 +89,9 @@ pub async fn send_edu<'a>(
     content: Value,
 ) -> Result<()> {
     let destinations = others(svc, destinations);
+    if destinations.is_empty() {
+        return Ok(());
+    }
     let edu = json!({ "edu_type": edu_type, "content": content }).to_string();
     let mut tx = svc.db.begin().await?;
     let now = now_ms();
@@ -254,7 +259,8 @@ async fn deliver(
 
 /// Sends the next batch of the queue; false when it was empty.
 async fn send_transaction(svc: &Services, destination: &ServerName) -> anyhow::Result<bool> {
-    let batch = storage::federation::next_batch(&svc.db, destination.as_str(), MAX_PDUS, MAX_EDUS).await?;
+    let batch =
+        storage::federation::next_batch(&svc.db, destination.as_str(), MAX_PDUS as i64, MAX_EDUS as i64).await?;
     if batch.is_empty() {
         return Ok(false);
     }
@@ -262,14 +268,7 @@ async fn send_transaction(svc: &Services, destination: &ServerName) -> anyhow::R
     for item in &batch {
         if let Some(event_id) = &item.event_id {
             match storage::events::get(&svc.db, event_id).await? {
-                Some(event) => {
-                    let mut pdu: Value = serde_json::from_str(&event.json)?;
-                    // `unsigned` is local bookkeeping (prev_content and the like).
-                    if let Some(object) = pdu.as_object_mut() {
-                        object.remove("unsigned");
-                    }
-                    pdus.push(pdu);
-                }
+                Some(event) => pdus.push(crate::rooms::pdu::federation_format(&event.json)?),
                 None => tracing::warn!(%event_id, "queued PDU not found; dropped"),
             }
         } else if let Some(edu) = &item.edu_json {

@@ -7,6 +7,7 @@ pub mod hierarchy;
 pub mod inbound;
 pub mod pdu;
 pub mod power;
+pub mod receipts;
 pub mod resolve;
 pub mod search;
 pub mod state;
@@ -24,7 +25,7 @@ use ruma::events::{StateEventType, TimelineEventType};
 use ruma::room_version_rules::{EventIdFormatVersion, EventsReferenceFormatVersion, RoomVersionRules};
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId, OwnedServerName, OwnedUserId, RoomId,
-    RoomVersionId, UserId,
+    RoomVersionId, ServerName, UserId,
 };
 use serde_json::{Value, json};
 
@@ -151,6 +152,27 @@ pub async fn servers_in_room(svc: &Services, room_id: &RoomId) -> Result<BTreeSe
         .iter()
         .filter_map(|user| UserId::parse(user.as_str()).ok().map(|u| u.server_name().to_owned()))
         .collect())
+}
+
+/// Wakes the long-polls of a room's members (for news that is not a room event).
+pub async fn wake_members(svc: &Services, room_id: &RoomId) -> Result<()> {
+    let users: Vec<OwnedUserId> = storage::rooms::interested_users(&svc.db, room_id.as_str())
+        .await?
+        .into_iter()
+        .filter_map(|u| OwnedUserId::try_from(u).ok())
+        .collect();
+    svc.notifier.notify(users.iter().map(|u| &**u));
+    Ok(())
+}
+
+/// Whether the room's server ACL (`m.room.server_acl` of the current state) lets `server`
+/// take part in it.
+pub async fn server_allowed(svc: &Services, room_id: &RoomId, server: &ServerName) -> Result<bool> {
+    let state = current_state(svc, room_id).await?;
+    let Some(acl) = state_pdu(svc, &state, &StateEventType::RoomServerAcl, "").await? else { return Ok(true) };
+    // An ACL whose content does not parse denies nobody (as Synapse).
+    Ok(serde_json::from_str::<ruma::events::room::server_acl::RoomServerAclEventContent>(acl.content.get())
+        .map_or(true, |content| content.is_allowed(server)))
 }
 
 /// A user's membership in a state map ("leave" when absent).
@@ -390,7 +412,22 @@ async fn append_local(
     txn: Option<(&UserId, &str, &str)>,
 ) -> Result<OwnedEventId> {
     let Built { pdu, rules } = built;
-    append(svc, &pdu, &rules, state_before, group_before, Arrival { txn, soft_failed: false }).await
+    // A member who leaves or is kicked or banned is not in the room after the event: their
+    // server (and every server in the room before) must still hear of it.
+    let mut destinations = match pdu.kind {
+        TimelineEventType::RoomMember if matches!(pdu.content_str("membership").as_deref(), Some("leave" | "ban")) => {
+            let mut servers = servers_in_room(svc, &pdu.room_id).await?;
+            if let Some(target) = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok()) {
+                servers.insert(target.server_name().to_owned());
+            }
+            servers
+        }
+        _ => BTreeSet::new(),
+    };
+    let event_id = append(svc, &pdu, &rules, state_before, group_before, Arrival { txn, soft_failed: false }).await?;
+    destinations.extend(servers_in_room(svc, &pdu.room_id).await?);
+    crate::federation::sender::send_pdu(svc, destinations.iter().map(|s| &**s), &event_id).await?;
+    Ok(event_id)
 }
 
 /// Appends an authorised event to its room (the caller holds the room lock): its state

@@ -167,6 +167,16 @@ impl Pdu {
     }
 }
 
+/// A stored PDU as other servers get it: without `unsigned`, which holds our local
+/// bookkeeping (`prev_content`, `redacted_because`).
+pub fn federation_format(json: &str) -> serde_json::Result<Value> {
+    let mut pdu: Value = serde_json::from_str(json)?;
+    if let Some(object) = pdu.as_object_mut() {
+        object.remove("unsigned");
+    }
+    Ok(pdu)
+}
+
 impl ruma::state_res::Event for Pdu {
     type Id = OwnedEventId;
 

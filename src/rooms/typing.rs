@@ -6,9 +6,62 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
+use serde_json::json;
+
+use crate::AppState;
+use crate::error::Result;
 
 /// Longest typing notification a client may ask for.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a typing notification from another server lasts: the EDU carries no timeout
+/// (as Synapse), and the typing server repeats it while the user types.
+pub const FEDERATION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Sets whether `user` is typing in `room` (for `timeout`), wakes the room's members when
+/// the list changed, and tells the other servers in the room when the user is ours.
+pub async fn set(state: &AppState, room: &RoomId, user: &UserId, typing: bool, timeout: Duration) -> Result<()> {
+    let changed = if typing {
+        let changed = state.typing.start(room, user, Instant::now() + timeout);
+        tokio::spawn(expire_after(state.clone(), timeout));
+        changed
+    } else {
+        state.typing.stop(room, user)
+    };
+    if changed {
+        super::wake_members(state, room).await?;
+    }
+    // A repeated start keeps the notification alive on the other servers too.
+    if typing || changed {
+        tell_servers(state, room, user, typing).await?;
+    }
+    Ok(())
+}
+
+/// Sends the typing state of one of our users to the other servers in the room.
+async fn tell_servers(state: &AppState, room: &RoomId, user: &UserId, typing: bool) -> Result<()> {
+    if user.server_name().as_str() != state.config.server_name {
+        return Ok(());
+    }
+    let servers = super::servers_in_room(state, room).await?;
+    let content = json!({ "room_id": room, "user_id": user, "typing": typing });
+    crate::federation::sender::send_edu(state, servers.iter().map(|s| &**s), "m.typing", content).await
+}
+
+/// Drops the notifications expired after `delay`, wakes the rooms whose list changed and
+/// tells the other servers that our users there stopped (theirs last longer).
+async fn expire_after(state: AppState, delay: Duration) {
+    tokio::time::sleep(delay).await;
+    for (room, users) in state.typing.expire(Instant::now()) {
+        if let Err(e) = super::wake_members(&state, &room).await {
+            tracing::warn!(%room, error = %e, "cannot wake members after typing expired");
+        }
+        for user in &users {
+            if let Err(e) = tell_servers(&state, &room, user, false).await {
+                tracing::warn!(%room, %user, error = %e, "cannot tell other servers that typing expired");
+            }
+        }
+    }
+}
 
 #[derive(Default)]
 pub struct Typing {
@@ -65,18 +118,20 @@ impl Typing {
         removed
     }
 
-    /// Drops the notifications expired at `now`; returns the rooms whose list changed.
-    pub fn expire(&self, now: Instant) -> Vec<OwnedRoomId> {
+    /// Drops the notifications expired at `now`; returns the rooms whose list changed, with
+    /// the users who stopped typing there.
+    pub fn expire(&self, now: Instant) -> Vec<(OwnedRoomId, Vec<OwnedUserId>)> {
         let mut inner = self.lock();
         let mut changed = Vec::new();
         for (room, typing) in inner.rooms.iter_mut() {
-            let before = typing.users.len();
-            typing.users.retain(|_, until| *until > now);
-            if typing.users.len() != before {
-                changed.push(room.clone());
+            let expired: Vec<OwnedUserId> =
+                typing.users.iter().filter(|(_, until)| **until <= now).map(|(u, _)| u.clone()).collect();
+            if !expired.is_empty() {
+                typing.users.retain(|_, until| *until > now);
+                changed.push((room.clone(), expired));
             }
         }
-        for room in &changed {
+        for (room, _) in &changed {
             inner.bump(room);
         }
         changed
@@ -136,7 +191,7 @@ mod tests {
         typing.start(other, alice, now + Duration::from_millis(10));
         let serial = typing.serial();
         assert!(typing.expire(now).is_empty());
-        assert_eq!(typing.expire(now + Duration::from_secs(1)), vec![other.to_owned()]);
+        assert_eq!(typing.expire(now + Duration::from_secs(1)), vec![(other.to_owned(), vec![alice.to_owned()])]);
         assert!(typing.typing_in(other).is_empty());
         assert_eq!(typing.changed_since(serial), vec![other.to_owned()]);
     }

@@ -1,7 +1,7 @@
 //! History visibility: which events of a room a user may see (spec "History visibility").
 
-use ruma::UserId;
 use ruma::events::StateEventType;
+use ruma::{ServerName, UserId};
 
 use super::pdu::Pdu;
 use super::state;
@@ -45,10 +45,7 @@ pub async fn filter(
 /// Whether `user` may see events whose state is `group`.
 pub async fn allowed_at(svc: &Services, user: &UserId, currently_joined: bool, group: i64) -> Result<bool> {
     let state = state::load(svc, group).await?;
-    let visibility = super::state_pdu(svc, &state, &StateEventType::RoomHistoryVisibility, "")
-        .await?
-        .and_then(|p| p.content_str("history_visibility"))
-        .unwrap_or_else(|| "shared".to_owned());
+    let visibility = history_visibility(svc, &state).await?;
     if visibility == "world_readable" {
         return Ok(true);
     }
@@ -58,6 +55,38 @@ pub async fn allowed_at(svc: &Services, user: &UserId, currently_joined: bool, g
         "invite" => visibility == "invited" || (visibility == "shared" && currently_joined),
         _ => visibility == "shared" && currently_joined,
     })
+}
+
+/// The history visibility of a state (`shared` when unset).
+async fn history_visibility(svc: &Services, state: &state::StateMap) -> Result<String> {
+    Ok(super::state_pdu(svc, state, &StateEventType::RoomHistoryVisibility, "")
+        .await?
+        .and_then(|p| p.content_str("history_visibility"))
+        .unwrap_or_else(|| "shared".to_owned()))
+}
+
+/// Whether `server` may see an event whose state is `group` (spec: history visibility, with
+/// the memberships of the server's users): a joined user opens it, an invited one too for
+/// `invited`, and `shared` history is open to a server in the room now (`currently_in`).
+pub async fn server_allowed_at(svc: &Services, server: &ServerName, currently_in: bool, group: i64) -> Result<bool> {
+    let state = state::load(svc, group).await?;
+    let visibility = history_visibility(svc, &state).await?;
+    if visibility == "world_readable" || (visibility == "shared" && currently_in) {
+        return Ok(true);
+    }
+    for ((kind, key), id) in state.iter() {
+        if *kind != StateEventType::RoomMember
+            || UserId::parse(key.as_str()).map_or(true, |u| u.server_name() != server)
+        {
+            continue;
+        }
+        match super::get_pdu(svc, id).await?.and_then(|p| p.content_str("membership")).as_deref() {
+            Some("join") => return Ok(true),
+            Some("invite") if visibility == "invited" => return Ok(true),
+            _ => {}
+        }
+    }
+    Ok(false)
 }
 
 /// The users who asked for erasure when deactivating (few: kept in memory, loaded at start).

@@ -33,3 +33,14 @@ pub async fn last_change(db: &Db, user_id: &str) -> sqlx::Result<Option<i64>> {
         .fetch_one(db.read())
         .await
 }
+
+/// The stream positions of a user's last `limit` device-list changes, newest first.
+pub async fn last_changes(db: &Db, user_id: &str, limit: i64) -> sqlx::Result<Vec<i64>> {
+    sqlx::query_scalar(
+        "SELECT stream_pos FROM device_list_changes WHERE user_id = $1 ORDER BY stream_pos DESC LIMIT $2",
+    )
+    .bind(user_id)
+    .bind(limit)
+    .fetch_all(db.read())
+    .await
+}

@@ -189,3 +189,37 @@ pub async fn set_destination_state(db: &Db, destination: &str, failures: i64, re
     }
     tx.commit().await
 }
+
+/// How long the answers to received transactions are kept (a sender retries a lost answer
+/// within minutes; Synapse keeps them a day too).
+const INBOUND_TXN_KEEP_MS: i64 = 24 * 3600 * 1000;
+
+/// The answer given to a transaction already received from `origin`.
+pub async fn inbound_txn(db: &Db, origin: &str, txn_id: &str) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar("SELECT response_json FROM federation_inbound_txns WHERE origin = $1 AND txn_id = $2")
+        .bind(origin)
+        .bind(txn_id)
+        .fetch_optional(db.read())
+        .await
+}
+
+/// Records the answer to a received transaction (a concurrent retry that finished first
+/// keeps its own), and forgets the answers older than a day.
+pub async fn put_inbound_txn(db: &Db, origin: &str, txn_id: &str, response_json: &str, now: i64) -> sqlx::Result<()> {
+    let mut tx = db.begin().await?;
+    sqlx::query("DELETE FROM federation_inbound_txns WHERE received_ts < $1")
+        .bind(now - INBOUND_TXN_KEEP_MS)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO federation_inbound_txns (origin, txn_id, response_json, received_ts) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (origin, txn_id) DO NOTHING",
+    )
+    .bind(origin)
+    .bind(txn_id)
+    .bind(response_json)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}

@@ -14,6 +14,7 @@ use super::{admin_v1, admin_v2, descending, next_token};
 use crate::AppState;
 use crate::accounts;
 use crate::admin::users::{self, Changes, local_user};
+use crate::e2ee::device_lists;
 use crate::error::{Error, Result};
 use crate::http::extract::{self, Admin, Path, Query};
 use crate::storage::{self, devices::DeviceRow, users::Flag, users::UserOrder, users::UserQuery, users::UserRow};
@@ -429,6 +430,7 @@ async fn delete_device(
     let mut tx = state.db.begin().await?;
     storage::devices::delete(&mut tx, user_id.as_str(), &device_id).await?;
     tx.commit().await?;
+    device_lists::devices_changed(&state, &user_id, &[device_id]).await?;
     Ok(Json(json!({})))
 }
 
@@ -450,5 +452,6 @@ async fn delete_devices(
         storage::devices::delete(&mut tx, user_id.as_str(), device_id).await?;
     }
     tx.commit().await?;
+    device_lists::devices_changed(&state, &user_id, &body.devices).await?;
     Ok(Json(json!({})))
 }

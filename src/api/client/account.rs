@@ -50,7 +50,7 @@ async fn change_password(
 ) -> Result<Json<Value>> {
     require_password(&state, &me, body.auth.as_ref()).await?;
     let keep = body.logout_devices.then_some(me.device_id.as_str());
-    accounts::change_password(&state.db, &me.user_id, &body.new_password, keep).await?;
+    accounts::change_password(&state, &me.user_id, &body.new_password, keep).await?;
     Ok(Json(json!({})))
 }
 

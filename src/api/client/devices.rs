@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use super::account::require_password;
 use super::v3;
 use crate::AppState;
+use crate::e2ee::device_lists;
 use crate::error::{Error, Result};
 use crate::http::extract::{self, Auth, Path};
 use crate::storage::{self, devices::DeviceRow};
@@ -64,7 +65,15 @@ async fn rename(
         Some(name) => {
             let mut tx = state.db.begin().await?;
             let found = storage::devices::rename(&mut tx, me.user_id.as_str(), &device_id, Some(name)).await?;
+            if found {
+                // The name is part of what other users (and servers) see of the device.
+                storage::device_lists::record_change(&mut tx, me.user_id.as_str()).await?;
+            }
             tx.commit().await?;
+            if found {
+                state.notifier.notify([me.user_id.as_ref()]);
+                device_lists::devices_changed(&state, &me.user_id, std::slice::from_ref(&device_id)).await?;
+            }
             found
         }
         None => storage::devices::get(&state.db, me.user_id.as_str(), &device_id).await?.is_some(),
@@ -94,6 +103,7 @@ async fn delete_one(
     let mut tx = state.db.begin().await?;
     storage::devices::delete(&mut tx, me.user_id.as_str(), &device_id).await?;
     tx.commit().await?;
+    device_lists::devices_changed(&state, &me.user_id, &[device_id]).await?;
     Ok(Json(json!({})))
 }
 
@@ -115,5 +125,6 @@ async fn delete_many(
         storage::devices::delete(&mut tx, me.user_id.as_str(), device_id).await?;
     }
     tx.commit().await?;
+    device_lists::devices_changed(&state, &me.user_id, &body.devices).await?;
     Ok(Json(json!({})))
 }

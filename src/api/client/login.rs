@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use super::v3;
 use crate::AppState;
 use crate::accounts::{self, Session};
+use crate::e2ee::device_lists;
 use crate::error::{Error, Result};
 use crate::http::extract::{self, Auth, ClientIp};
 use crate::storage;
@@ -141,12 +142,16 @@ async fn logout(State(state): State<AppState>, Auth(me): Auth) -> Result<Json<Va
     let mut tx = state.db.begin().await?;
     storage::devices::delete(&mut tx, me.user_id.as_str(), &me.device_id).await?;
     tx.commit().await?;
+    device_lists::devices_changed(&state, &me.user_id, &[me.device_id]).await?;
     Ok(Json(json!({})))
 }
 
 async fn logout_all(State(state): State<AppState>, Auth(me): Auth) -> Result<Json<Value>> {
+    let devices: Vec<String> =
+        storage::devices::list(&state.db, me.user_id.as_str()).await?.into_iter().map(|d| d.device_id).collect();
     let mut tx = state.db.begin().await?;
     storage::devices::delete_all(&mut tx, me.user_id.as_str(), None).await?;
     tx.commit().await?;
+    device_lists::devices_changed(&state, &me.user_id, &devices).await?;
     Ok(Json(json!({})))
 }

@@ -8,14 +8,13 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::rooms::{parse_room_id, require_joined, visible_event};
-use super::typing::wake_room;
 use super::v3;
 use crate::accounts::Identity;
 use crate::error::{Error, Result};
 use crate::http::extract::{self, Auth, Path};
-use crate::push;
+use crate::rooms::receipts::{READ, READ_PRIVATE};
 use crate::rooms::{self, pdu::Pdu};
-use crate::storage::{self, receipts::NewReceipt};
+use crate::storage;
 use crate::{AppState, Services};
 
 pub fn router() -> Router<AppState> {
@@ -24,8 +23,6 @@ pub fn router() -> Router<AppState> {
         .route(v3!("/rooms/{room_id}/read_markers"), post(read_markers))
 }
 
-const READ: &str = "m.read";
-const READ_PRIVATE: &str = "m.read.private";
 const FULLY_READ: &str = "m.fully_read";
 
 /// An event of the room that `me` may see, or 404.
@@ -129,28 +126,7 @@ async fn set_receipt(
     thread_id: Option<&str>,
     event: &Pdu,
 ) -> Result<()> {
-    let receipt = NewReceipt {
-        room_id: room_id.as_str(),
-        user_id: me.user_id.as_str(),
-        receipt_type,
-        thread_id,
-        event_id: event.event_id.as_str(),
-        ts: storage::now_ms(),
-    };
-    let mut tx = svc.db.begin().await?;
-    let moved = storage::receipts::put(&mut tx, &receipt).await?;
-    // The user's badge may have gone down: their push gateways hear of it.
-    let badges = if moved { push::gateway::queue_badges(&mut tx, &me.user_id).await? } else { Default::default() };
-    tx.commit().await?;
-    badges.wake(svc);
-    if moved {
-        if receipt_type == READ_PRIVATE {
-            svc.notifier.notify([&*me.user_id]);
-        } else {
-            wake_room(svc, room_id).await?;
-        }
-    }
-    Ok(())
+    rooms::receipts::put(svc, room_id, &me.user_id, receipt_type, thread_id, &event.event_id, storage::now_ms()).await
 }
 
 /// Moves the read marker (room account data `m.fully_read`) forward to `event`.

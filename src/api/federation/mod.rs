@@ -1,9 +1,11 @@
 //! The server-server API.
 
 mod auth;
+mod events;
 mod keys;
 mod openid;
 mod query;
+mod send;
 mod space;
 mod user;
 
@@ -20,7 +22,9 @@ const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 
 pub fn router() -> Router<AppState> {
     Router::new()
+        .merge(events::router())
         .merge(keys::router())
+        .merge(send::router())
         .merge(query::router())
         .merge(user::router())
         .merge(space::router())
