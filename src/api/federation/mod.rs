@@ -2,6 +2,7 @@
 
 mod auth;
 mod keys;
+mod media;
 mod query;
 mod space;
 mod user;
@@ -20,6 +21,7 @@ const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 pub fn router() -> Router<AppState> {
     Router::new()
         .merge(keys::router())
+        .merge(media::router())
         .merge(query::router())
         .merge(user::router())
         .merge(space::router())
