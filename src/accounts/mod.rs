@@ -1,6 +1,7 @@
 //! Accounts: registration, passwords, login sessions (devices and tokens), identities.
 
 pub mod password;
+pub mod profile;
 pub mod sessions;
 pub mod tokens;
 pub mod uia;

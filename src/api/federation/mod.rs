@@ -1,6 +1,7 @@
 //! The server-server API.
 
 mod auth;
+mod directory;
 mod keys;
 mod media;
 mod query;
@@ -20,6 +21,7 @@ const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 
 pub fn router() -> Router<AppState> {
     Router::new()
+        .merge(directory::router())
         .merge(keys::router())
         .merge(media::router())
         .merge(query::router())
