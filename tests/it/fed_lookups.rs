@@ -354,3 +354,50 @@ async fn remote_profiles_and_room_directories() {
     let unreachable = bob.get(&format!("/_matrix/client/v3/publicRooms?server={}", enc(&nowhere))).await;
     unreachable.assert_error(502, "M_UNKNOWN");
 }
+
+/// A media server on 127.0.0.3 answering downloads of `slow` after 3 s, of `elsewhere` with
+/// a `Location` to plain HTTP, and of anything else with a body that is not multipart.
+async fn odd_media_server() -> String {
+    use axum::extract::Path;
+    use axum::response::IntoResponse;
+    let download = |Path(media_id): Path<String>| async move {
+        let multipart = |second: &str| {
+            let body = format!(
+                "--b\r\nContent-Type: application/json\r\n\r\n{{}}\r\n--b\r\n{second}\r\n\r\nbytes\r\n--b--\r\n"
+            );
+            ([("content-type", "multipart/mixed; boundary=b")], body).into_response()
+        };
+        match media_id.as_str() {
+            "slow" => {
+                tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+                multipart("Content-Type: text/plain")
+            }
+            "elsewhere" => multipart("Location: http://example.org/media"),
+            _ => ([("content-type", "text/plain")], "not multipart").into_response(),
+        }
+    };
+    let app =
+        axum::Router::new().route("/_matrix/federation/v1/media/download/{media_id}", axum::routing::get(download));
+    let listener = tokio::net::TcpListener::bind("127.0.0.3:0").await.unwrap();
+    let name = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    name
+}
+
+#[tokio::test]
+async fn remote_media_timeouts_and_bad_answers() {
+    let b = fed_server("127.0.0.2", |_| {}).await;
+    let bob = b.register("bob").await;
+    let odd = odd_media_server().await;
+    let path = |media_id: &str, query: &str| format!("/_matrix/client/v1/media/download/{odd}/{media_id}{query}");
+    get_raw(&bob, &path("slow", "?timeout_ms=500")).await.assert_error(504, "M_NOT_YET_UPLOADED");
+    // Waiting long enough, the same media arrives.
+    let slow = get_raw(&bob, &path("slow", "?timeout_ms=10000")).await;
+    assert_eq!((slow.status, slow.bytes.as_slice()), (StatusCode::OK, &b"bytes"[..]));
+    // Redirects are followed to HTTPS only; answers that are not multipart are refused.
+    get_raw(&bob, &path("elsewhere", "")).await.assert_error(502, "M_UNKNOWN");
+    get_raw(&bob, &path("garbage", "")).await.assert_error(502, "M_UNKNOWN");
+    for media_id in ["elsewhere", "garbage"] {
+        assert!(plexus::storage::media::get_remote(&b.state.db, &odd, media_id).await.unwrap().is_none());
+    }
+}
