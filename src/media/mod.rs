@@ -363,7 +363,7 @@ pub struct ThumbnailQuery {
     height: Option<u32>,
     method: Option<String>,
     animated: Option<bool>,
-    pub timeout_ms: Option<u64>,
+    timeout_ms: Option<u64>,
 }
 
 /// A thumbnail of `mxc://server_name/media_id` as a request asks for it.

@@ -14,7 +14,7 @@ use ruma::ServerName;
 use tokio::sync::OwnedMutexGuard;
 
 use super::headers::file_name_of;
-use super::multipart::{MultipartError, MultipartReader};
+use super::multipart::MultipartReader;
 use super::preview::body_stream;
 use super::store::WriteError;
 use super::thumbnail::Target;
@@ -92,10 +92,6 @@ fn fetch_error(e: FederationError) -> Error {
     }
 }
 
-fn malformed(e: MultipartError) -> Error {
-    failed(e)
-}
-
 /// Content received from the origin.
 struct Fetched {
     content: StoredContent,
@@ -135,14 +131,14 @@ async fn fetch(svc: &Services, server: &ServerName, path: &str, wait: Duration) 
         Err(_) => return Err(not_yet_uploaded()),
     };
     let content_type = header(response.headers(), reqwest::header::CONTENT_TYPE).unwrap_or_default().to_owned();
-    let mut reader = MultipartReader::new(&content_type, Box::pin(body_stream(response))).map_err(malformed)?;
+    let mut reader = MultipartReader::new(&content_type, Box::pin(body_stream(response))).map_err(failed)?;
     let missing = || failed("the answer lacks a part");
-    reader.next_part().await.map_err(malformed)?.ok_or_else(missing)?;
-    let metadata = reader.read_to_end(MAX_METADATA_BYTES).await.map_err(malformed)?;
+    reader.next_part().await.map_err(failed)?.ok_or_else(missing)?;
+    let metadata = reader.read_to_end(MAX_METADATA_BYTES).await.map_err(failed)?;
     if !serde_json::from_slice::<serde_json::Value>(&metadata).is_ok_and(|m| m.is_object()) {
         return Err(failed("the metadata part is not a JSON object"));
     }
-    let part = reader.next_part().await.map_err(malformed)?.ok_or_else(missing)?;
+    let part = reader.next_part().await.map_err(failed)?.ok_or_else(missing)?;
     if let Some(location) = part.get("location") {
         return follow(svc, location).await;
     }
@@ -166,8 +162,10 @@ async fn follow(svc: &Services, location: &str) -> Result<Fetched> {
     Ok(Fetched { content, content_type, file_name })
 }
 
-fn wait(wait_ms: u64) -> Duration {
-    Duration::from_millis(wait_ms.min(MAX_WAIT_MS))
+/// How long the origin may take to start answering: the client's `timeout_ms`, capped.
+fn capped(wait_ms: u64) -> (u64, Duration) {
+    let wait_ms = wait_ms.min(MAX_WAIT_MS);
+    (wait_ms, Duration::from_millis(wait_ms))
 }
 
 fn encode(segment: &str) -> String {
@@ -185,8 +183,9 @@ pub async fn content(svc: &Services, server: &ServerName, media_id: &str, wait_m
     if let Some(row) = cached().await? {
         return Ok(row);
     }
+    let (wait_ms, wait) = capped(wait_ms);
     let path = format!("/_matrix/federation/v1/media/download/{}?timeout_ms={wait_ms}", encode(media_id));
-    let fetched = fetch(svc, server, &path, wait(wait_ms)).await?;
+    let fetched = fetch(svc, server, &path, wait).await?;
     let upload = Upload {
         content: &fetched.content,
         content_type: &fetched.content_type,
@@ -226,6 +225,7 @@ pub async fn thumbnail(
         if let Some(row) = storage::media::get_thumbnail(&svc.db, &key).await? {
             return Ok(row);
         }
+        let (wait_ms, wait) = capped(wait_ms);
         let path = format!(
             "/_matrix/federation/v1/media/thumbnail/{}?width={}&height={}&method={}&animated={animated}&timeout_ms={wait_ms}",
             encode(media_id),
@@ -233,7 +233,7 @@ pub async fn thumbnail(
             target.height,
             target.method.as_str(),
         );
-        fetch(svc, server, &path, wait(wait_ms)).await
+        fetch(svc, server, &path, wait).await
     };
     match asked {
         Ok(fetched) => {
