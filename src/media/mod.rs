@@ -394,7 +394,9 @@ pub async fn thumbnail_for(
         Some(server) => remote::thumbnail(state, &server, media_id, target, animated, wait_ms).await?,
     };
     let extension = thumb.content_type.strip_prefix("image/").map_or("bin", |t| if t == "jpeg" { "jpg" } else { t });
-    let disposition = headers::content_disposition(true, Some(&format!("thumbnail.{extension}")));
+    // Remote thumbnails carry the type their origin gave: only safe types go inline.
+    let inline = headers::is_inline_type(&thumb.content_type);
+    let disposition = headers::content_disposition(inline, Some(&format!("thumbnail.{extension}")));
     Ok(Served { content: thumb.content, content_type: thumb.content_type, disposition })
 }
 

@@ -3,6 +3,9 @@
 //! room directories.
 
 use std::io::Cursor;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
@@ -356,11 +359,12 @@ async fn remote_profiles_and_room_directories() {
 }
 
 /// A media server on 127.0.0.3 answering downloads of `slow` after 3 s, of `elsewhere` with
-/// a `Location` to plain HTTP, and of anything else with a body that is not multipart.
-async fn odd_media_server() -> String {
+/// a `Location` to plain HTTP, of `counted` after 300 ms (counting the requests), and of
+/// anything else with a body that is not multipart.
+async fn odd_media_server(counted: Arc<AtomicUsize>) -> String {
     use axum::extract::Path;
     use axum::response::IntoResponse;
-    let download = |Path(media_id): Path<String>| async move {
+    let download = move |Path(media_id): Path<String>| async move {
         let multipart = |second: &str| {
             let body = format!(
                 "--b\r\nContent-Type: application/json\r\n\r\n{{}}\r\n--b\r\n{second}\r\n\r\nbytes\r\n--b--\r\n"
@@ -369,7 +373,12 @@ async fn odd_media_server() -> String {
         };
         match media_id.as_str() {
             "slow" => {
-                tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                multipart("Content-Type: text/plain")
+            }
+            "counted" => {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(300)).await;
                 multipart("Content-Type: text/plain")
             }
             "elsewhere" => multipart("Location: http://example.org/media"),
@@ -388,7 +397,8 @@ async fn odd_media_server() -> String {
 async fn remote_media_timeouts_and_bad_answers() {
     let b = fed_server("127.0.0.2", |_| {}).await;
     let bob = b.register("bob").await;
-    let odd = odd_media_server().await;
+    let counted = Arc::new(AtomicUsize::new(0));
+    let odd = odd_media_server(counted.clone()).await;
     let path = |media_id: &str, query: &str| format!("/_matrix/client/v1/media/download/{odd}/{media_id}{query}");
     get_raw(&bob, &path("slow", "?timeout_ms=500")).await.assert_error(504, "M_NOT_YET_UPLOADED");
     // Waiting long enough, the same media arrives.
@@ -400,4 +410,11 @@ async fn remote_media_timeouts_and_bad_answers() {
     for media_id in ["elsewhere", "garbage"] {
         assert!(plexus::storage::media::get_remote(&b.state.db, &odd, media_id).await.unwrap().is_none());
     }
+
+    // Clients asking at once for the same media: the origin is asked once.
+    let counted_path = path("counted", "");
+    let answers = futures::future::join_all((0..6).map(|_| get_raw(&bob, &counted_path))).await;
+    assert!(answers.iter().all(|a| a.status == StatusCode::OK && a.bytes == b"bytes"));
+    assert_eq!(get_raw(&bob, &path("counted", "")).await.bytes, b"bytes");
+    assert_eq!(counted.load(Ordering::SeqCst), 1);
 }
