@@ -7,6 +7,7 @@ pub mod admin;
 pub mod api;
 pub mod config;
 pub mod crypto;
+pub mod directory;
 pub mod e2ee;
 pub mod error;
 pub mod federation;

@@ -1,11 +1,12 @@
 //! Device keys, one-time and fallback keys: upload, query, claim.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use ruma::{OwnedUserId, UserId};
 use serde_json::{Map, Value, json};
 
-use super::{is_local, remote_failure, signed_part, stored_object, verify_signature};
+use super::{is_local, remote, signed_part, stored_object, verify_signature};
 use crate::AppState;
 use crate::accounts::Identity;
 use crate::error::{Error, Result};
@@ -147,8 +148,34 @@ fn same_key(stored: &str, uploaded: &str) -> Result<bool> {
     })
 }
 
-/// The answer of `/keys/query` for `requester`.
+/// The answer of `/keys/query` for `requester`: local users from the database, remote ones
+/// from their servers within `timeout` (servers that fail are listed in `failures`).
 pub async fn query(
+    state: &AppState,
+    requester: &UserId,
+    users: BTreeMap<OwnedUserId, Vec<String>>,
+    timeout: Duration,
+) -> Result<Map<String, Value>> {
+    let (local, others): (BTreeMap<_, _>, BTreeMap<_, _>) =
+        users.into_iter().partition(|(user, _)| is_local(user, &state.config.server_name));
+    let mut answer = query_local(state, requester, &local).await?;
+    let fetched = remote::query(state, others, timeout).await;
+    for (field, remote) in [
+        ("device_keys", fetched.device_keys),
+        ("master_keys", fetched.master_keys),
+        ("self_signing_keys", fetched.self_signing_keys),
+    ] {
+        if let Some(Value::Object(merged)) = answer.get_mut(field) {
+            merged.extend(remote);
+        }
+    }
+    answer.insert("failures".into(), Value::Object(fetched.failures));
+    Ok(answer)
+}
+
+/// The keys of local users as `requester` sees them (`device_keys`, `master_keys`,
+/// `self_signing_keys`, `user_signing_keys`).
+pub async fn query_local(
     state: &AppState,
     requester: &UserId,
     users: &BTreeMap<OwnedUserId, Vec<String>>,
@@ -157,12 +184,7 @@ pub async fn query(
     let mut master_keys = Map::new();
     let mut self_signing_keys = Map::new();
     let mut user_signing_keys = Map::new();
-    let mut failures = Map::new();
     for (user_id, wanted_devices) in users {
-        if !is_local(user_id, &state.config.server_name) {
-            failures.insert(user_id.server_name().to_string(), remote_failure());
-            continue;
-        }
         let signatures = cross_signing::signatures_visible_to(&state.db, user_id.as_str(), requester.as_str()).await?;
         let with_signatures = |target_key_id: &str, json: &str| -> Result<Map<String, Value>> {
             let mut object = stored_object(json)?;
@@ -209,24 +231,36 @@ pub async fn query(
     answer.insert("master_keys".into(), Value::Object(master_keys));
     answer.insert("self_signing_keys".into(), Value::Object(self_signing_keys));
     answer.insert("user_signing_keys".into(), Value::Object(user_signing_keys));
+    Ok(answer)
+}
+
+/// The answer of `/keys/claim`: local users' keys claimed here, remote ones from their
+/// servers within `timeout` (servers that fail are listed in `failures`).
+pub async fn claim(
+    state: &AppState,
+    wanted: BTreeMap<OwnedUserId, BTreeMap<String, String>>,
+    timeout: Duration,
+) -> Result<Map<String, Value>> {
+    let (local, others): (BTreeMap<_, _>, BTreeMap<_, _>) =
+        wanted.into_iter().partition(|(user, _)| is_local(user, &state.config.server_name));
+    let mut one_time_keys = claim_local(state, &local).await?;
+    let (remote_keys, failures) = remote::claim(state, others, timeout).await;
+    one_time_keys.extend(remote_keys);
+    let mut answer = Map::new();
+    answer.insert("one_time_keys".into(), Value::Object(one_time_keys));
     answer.insert("failures".into(), Value::Object(failures));
     Ok(answer)
 }
 
-/// The answer of `/keys/claim`: for each device, its oldest one-time key of the algorithm
-/// (taken away), or else its fallback key (then marked used).
-pub async fn claim(
+/// Claims local users' keys: for each device, its oldest one-time key of the algorithm
+/// (taken away), or else its fallback key (then marked used). Answers `one_time_keys`.
+pub async fn claim_local(
     state: &AppState,
     wanted: &BTreeMap<OwnedUserId, BTreeMap<String, String>>,
 ) -> Result<Map<String, Value>> {
     let mut one_time_keys = Map::new();
-    let mut failures = Map::new();
     let mut tx = state.db.begin().await?;
     for (user_id, devices) in wanted {
-        if !is_local(user_id, &state.config.server_name) {
-            failures.insert(user_id.server_name().to_string(), remote_failure());
-            continue;
-        }
         let mut claimed = Map::new();
         for (device_id, algorithm) in devices {
             let key = match e2ee_keys::claim_one_time_key(&mut tx, user_id.as_str(), device_id, algorithm).await? {
@@ -243,8 +277,5 @@ pub async fn claim(
         }
     }
     tx.commit().await?;
-    let mut answer = Map::new();
-    answer.insert("one_time_keys".into(), Value::Object(one_time_keys));
-    answer.insert("failures".into(), Value::Object(failures));
-    Ok(answer)
+    Ok(one_time_keys)
 }

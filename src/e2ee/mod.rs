@@ -6,6 +6,7 @@ pub mod backup;
 pub mod cross_signing;
 pub mod device_lists;
 pub mod keys;
+pub mod remote;
 pub mod to_device;
 
 use std::collections::BTreeMap;
@@ -63,11 +64,6 @@ fn failure(e: Error) -> Result<Value> {
         Error::Matrix { errcode, message, .. } => Ok(json!({ "errcode": errcode, "error": message })),
         other => Err(other),
     }
-}
-
-/// The entry of `failures` for a remote server while federation is not there yet.
-fn remote_failure() -> Value {
-    json!({ "errcode": "M_UNRECOGNIZED", "error": "This server does not federate yet" })
 }
 
 fn is_local(user_id: &UserId, server_name: &str) -> bool {

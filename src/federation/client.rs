@@ -179,6 +179,22 @@ pub async fn request_with_timeout<T: DeserializeOwned>(
     body: Option<&Value>,
     timeout: Duration,
 ) -> Result<T, FederationError> {
+    let response = send(svc, destination, method, path, body, timeout).await?;
+    let bytes = response.bytes().await.map_err(|source| transfer_error(destination, source))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| FederationError::InvalidResponse { destination: destination.to_owned(), message: e.to_string() })
+}
+
+/// A signed request whose successful answer the caller reads itself (streamed media);
+/// `timeout` limits the whole exchange, body included.
+pub async fn send(
+    svc: &Services,
+    destination: &ServerName,
+    method: Method,
+    path: &str,
+    body: Option<&Value>,
+    timeout: Duration,
+) -> Result<reqwest::Response, FederationError> {
     let client = &svc.federation.client;
     let route = client.route(destination).await?;
     let url = url::Url::parse(&format!("{}{path}", route.base)).map_err(|e| FederationError::Request(e.to_string()))?;
@@ -204,37 +220,34 @@ pub async fn request_with_timeout<T: DeserializeOwned>(
     if let Some(body) = body {
         builder = builder.json(body);
     }
-    let destination_name = || destination.to_owned();
     let response = builder.send().await.map_err(|source| {
         if source.is_connect() {
             client.forget(destination);
         }
-        if source.is_timeout() {
-            FederationError::Timeout { destination: destination_name() }
-        } else {
-            FederationError::Unreachable { destination: destination_name(), source }
-        }
+        transfer_error(destination, source)
     })?;
     let status = response.status();
-    let bytes = response.bytes().await.map_err(|source| {
-        if source.is_timeout() {
-            FederationError::Timeout { destination: destination_name() }
-        } else {
-            FederationError::Unreachable { destination: destination_name(), source }
-        }
-    })?;
     if !status.is_success() {
+        let bytes = response.bytes().await.map_err(|source| transfer_error(destination, source))?;
         let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         let text = |field: &str| body.get(field).and_then(Value::as_str).unwrap_or_default().to_owned();
         return Err(FederationError::Remote {
-            destination: destination_name(),
+            destination: destination.to_owned(),
             status,
             errcode: text("errcode"),
             message: text("error"),
         });
     }
-    serde_json::from_slice(&bytes)
-        .map_err(|e| FederationError::InvalidResponse { destination: destination_name(), message: e.to_string() })
+    Ok(response)
+}
+
+/// A failure while sending or reading: a timeout, or the destination could not be reached.
+pub fn transfer_error(destination: &ServerName, source: reqwest::Error) -> FederationError {
+    if source.is_timeout() {
+        FederationError::Timeout { destination: destination.to_owned() }
+    } else {
+        FederationError::Unreachable { destination: destination.to_owned(), source }
+    }
 }
 
 #[cfg(test)]

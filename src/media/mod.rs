@@ -1,8 +1,12 @@
 //! The content repository: uploads streamed into the content-addressed store, metadata in the
-//! database, waiting for asynchronous uploads, thumbnails, and link previews.
+//! database, waiting for asynchronous uploads, thumbnails, link previews, and other servers'
+//! media fetched over federation.
 
+pub mod headers;
 pub mod html;
+pub mod multipart;
 pub mod preview;
+pub mod remote;
 pub mod store;
 pub mod thumbnail;
 
@@ -12,7 +16,8 @@ use axum::http::StatusCode;
 use bytes::Bytes;
 use futures::Stream;
 use rand::Rng;
-use ruma::UserId;
+use ruma::{OwnedServerName, UserId};
+use serde::Deserialize;
 use tokio::sync::{Semaphore, watch};
 
 use crate::Services;
@@ -21,9 +26,9 @@ use crate::error::{Error, Result};
 use crate::http::rate_limit::RateLimiter;
 use crate::storage::media::{MediaRow, StoredContent, ThumbnailKey, ThumbnailRow, Upload};
 use crate::storage::{self, now_ms};
-use preview::Previewer;
+use preview::{GuardedClient, Previewer};
 use store::{ContentStore, WriteError};
-use thumbnail::{Rendered, Target, ThumbnailError};
+use thumbnail::{Method, Rendered, Target, ThumbnailError};
 
 /// How long a media ID from `POST /_matrix/media/v1/create` waits for its upload (the spec's
 /// recommended 24 hours).
@@ -42,6 +47,10 @@ pub struct MediaService {
     thumbnail_slots: Semaphore,
     /// Present when URL previews are enabled.
     pub previewer: Option<Previewer>,
+    /// Fetches of remote media in progress.
+    remote_fetches: remote::Fetches,
+    /// Follows the `Location` of remote media.
+    redirects: GuardedClient,
 }
 
 impl MediaService {
@@ -58,6 +67,8 @@ impl MediaService {
             uploaded: watch::Sender::new(0),
             thumbnail_slots: Semaphore::new(cores),
             previewer: config.media.url_previews.then(|| Previewer::new(&config.media)).transpose()?,
+            remote_fetches: remote::Fetches::default(),
+            redirects: GuardedClient::new(&config.media, "remote media", remote::TRANSFER_TIMEOUT)?,
         })
     }
 }
@@ -244,17 +255,25 @@ pub async fn local_content(
     }
 }
 
-/// The thumbnail of a media's content at a common size, generated on first request (in the
-/// blocking pool) and kept on disk and in the database.
-pub async fn thumbnail(
+/// The thumbnail of a media's content (local, or remote when `remote_server` is set) at a
+/// common size, generated on first request (in the blocking pool) and kept on disk and in
+/// the database.
+async fn thumbnail(
     state: &Services,
+    remote_server: Option<&str>,
     media_id: &str,
     content: &StoredContent,
     target: Target,
     animated: bool,
 ) -> Result<ThumbnailRow> {
-    let key =
-        ThumbnailKey { media_id, width: target.width, height: target.height, method: target.method.as_str(), animated };
+    let key = ThumbnailKey {
+        remote_server,
+        media_id,
+        width: target.width,
+        height: target.height,
+        method: target.method.as_str(),
+        animated,
+    };
     if let Some(cached) = storage::media::get_thumbnail(&state.db, &key).await? {
         return Ok(cached);
     }
@@ -286,6 +305,106 @@ pub async fn thumbnail(
     storage::media::insert_thumbnail(&mut tx, &key, &row).await?;
     tx.commit().await?;
     Ok(row)
+}
+
+/// Media ready to be sent: its stored bytes, type and `Content-Disposition`.
+pub struct Served {
+    pub content: StoredContent,
+    pub content_type: String,
+    pub disposition: String,
+}
+
+/// Whose media `mxc://server_name/media_id` is: ours (`None`) or another server's. Invalid
+/// IDs, and remote media through the frozen legacy endpoints, read as not found.
+fn origin(state: &Services, server_name: &str, media_id: &str, access: Access) -> Result<Option<OwnedServerName>> {
+    let not_found = || Error::not_found("Media not found");
+    if !is_valid_media_id(media_id) {
+        return Err(not_found());
+    }
+    if server_name == state.config.server_name {
+        return Ok(None);
+    }
+    if access == Access::Legacy {
+        return Err(not_found());
+    }
+    OwnedServerName::try_from(server_name).map(Some).map_err(|_| not_found())
+}
+
+/// The content of `mxc://server_name/media_id`: local media (waiting up to `wait_ms` for a
+/// pending upload), or remote media from the cache or its server. `file_name` (from the
+/// download path) replaces the stored one.
+pub async fn download(
+    state: &Services,
+    server_name: &str,
+    media_id: &str,
+    file_name: Option<&str>,
+    access: Access,
+    wait_ms: u64,
+) -> Result<Served> {
+    let (content, content_type, stored_name) = match origin(state, server_name, media_id, access)? {
+        None => {
+            let (row, content) = local_content(state, media_id, access, wait_ms).await?;
+            (content, row.content_type.unwrap_or_else(|| "application/octet-stream".to_owned()), row.file_name)
+        }
+        Some(server) => {
+            let row = remote::content(state, &server, media_id, wait_ms).await?;
+            (row.content, row.content_type, row.file_name)
+        }
+    };
+    let disposition =
+        headers::content_disposition(headers::is_inline_type(&content_type), file_name.or(stored_name.as_deref()));
+    Ok(Served { content, content_type, disposition })
+}
+
+/// The query of a thumbnail request.
+#[derive(Deserialize)]
+pub struct ThumbnailQuery {
+    width: Option<u32>,
+    height: Option<u32>,
+    method: Option<String>,
+    animated: Option<bool>,
+    timeout_ms: Option<u64>,
+}
+
+/// A thumbnail of `mxc://server_name/media_id` as a request asks for it.
+pub async fn thumbnail_for(
+    state: &Services,
+    server_name: &str,
+    media_id: &str,
+    query: &ThumbnailQuery,
+    access: Access,
+) -> Result<Served> {
+    let width = query.width.ok_or_else(|| Error::missing_param("Missing width"))?;
+    let height = query.height.ok_or_else(|| Error::missing_param("Missing height"))?;
+    if width == 0 || height == 0 {
+        return Err(Error::invalid_param("width and height must be positive"));
+    }
+    let method = match query.method.as_deref() {
+        None => Method::Scale,
+        Some(m) => Method::parse(m).ok_or_else(|| Error::invalid_param("method must be crop or scale"))?,
+    };
+    let target = thumbnail::snap(width, height, method);
+    let animated = query.animated.unwrap_or(false);
+    let wait_ms = query.timeout_ms.unwrap_or(DEFAULT_WAIT_MS);
+    let thumb = match origin(state, server_name, media_id, access)? {
+        None => {
+            let (_, content) = local_content(state, media_id, access, wait_ms).await?;
+            thumbnail(state, None, media_id, &content, target, animated).await?
+        }
+        Some(server) => remote::thumbnail(state, &server, media_id, target, animated, wait_ms).await?,
+    };
+    let extension = thumb.content_type.strip_prefix("image/").map_or("bin", |t| if t == "jpeg" { "jpg" } else { t });
+    // Remote thumbnails carry the type their origin gave: only safe types go inline.
+    let inline = headers::is_inline_type(&thumb.content_type);
+    let disposition = headers::content_disposition(inline, Some(&format!("thumbnail.{extension}")));
+    Ok(Served { content: thumb.content, content_type: thumb.content_type, disposition })
+}
+
+/// Opens the file of stored content.
+pub async fn open(state: &Services, content: &StoredContent) -> Result<tokio::fs::File> {
+    tokio::fs::File::open(state.media.store.path(content))
+        .await
+        .map_err(|e| Error::Internal(anyhow::Error::new(e).context(format!("media file {} missing", content.sha256))))
 }
 
 /// Deletes a local media ID, its thumbnails, and the files no other media uses; false when

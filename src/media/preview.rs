@@ -30,10 +30,18 @@ const MAX_PAGE_BYTES: usize = 2 * 1024 * 1024;
 /// Time allowed for one whole fetch, body included.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_REDIRECTS: usize = 5;
+/// The schemes previews follow.
+const WEB: &[&str] = &["http", "https"];
 /// Longest title or description kept.
 const MAX_TEXT_CHARS: usize = 500;
 
 pub struct Previewer {
+    fetcher: GuardedClient,
+}
+
+/// An HTTP client for URLs chosen by others (pages to preview, where remote media redirects
+/// to): every address it connects to must pass the address policy.
+pub struct GuardedClient {
     client: reqwest::Client,
     policy: Arc<AddressPolicy>,
 }
@@ -121,7 +129,7 @@ impl Resolve for PolicyResolver {
 }
 
 fn refused() -> Error {
-    Error::forbidden("URL previews may not fetch from this address")
+    Error::forbidden("This server may not fetch from this address")
 }
 
 fn fetch_failed(detail: impl std::fmt::Display) -> Error {
@@ -142,24 +150,32 @@ fn request_error(e: reqwest::Error) -> Error {
 
 impl Previewer {
     pub fn new(config: &MediaConfig) -> anyhow::Result<Self> {
+        Ok(Self { fetcher: GuardedClient::new(config, "link preview", FETCH_TIMEOUT)? })
+    }
+}
+
+impl GuardedClient {
+    /// A client whose requests take at most `timeout`, body included.
+    pub fn new(config: &MediaConfig, purpose: &str, timeout: Duration) -> anyhow::Result<Self> {
         let policy = Arc::new(AddressPolicy::new(config));
         let client = reqwest::Client::builder()
-            .user_agent(concat!("Plexus/", env!("CARGO_PKG_VERSION"), " (link preview)"))
+            .user_agent(format!("Plexus/{} ({purpose})", env!("CARGO_PKG_VERSION")))
             .dns_resolver(Arc::new(PolicyResolver(policy.clone())))
             // A proxy would connect on our behalf to addresses the policy never sees.
             .no_proxy()
             // Redirects are followed by hand so that each hop's address is checked.
             .redirect(reqwest::redirect::Policy::none())
-            .timeout(FETCH_TIMEOUT)
+            .timeout(timeout)
             .build()?;
         Ok(Self { client, policy })
     }
 
-    /// GETs `url`, following redirects, and answers the final URL and the successful response.
-    async fn fetch(&self, mut url: Url, accept: &str) -> Result<(Url, reqwest::Response)> {
+    /// GETs `url`, following redirects (each to one of `schemes`), and answers the final URL
+    /// and the successful response.
+    pub async fn fetch(&self, mut url: Url, accept: &str, schemes: &[&str]) -> Result<(Url, reqwest::Response)> {
         for _ in 0..=MAX_REDIRECTS {
-            if !matches!(url.scheme(), "http" | "https") {
-                return Err(Error::invalid_param("Only http and https URLs can be previewed"));
+            if !schemes.contains(&url.scheme()) {
+                return Err(Error::invalid_param(format!("Only {} URLs can be fetched", schemes.join(" and "))));
             }
             // IP literals are not resolved, so the resolver's check does not see them.
             let literal = match url.host() {
@@ -205,7 +221,7 @@ fn content_type(resp: &reqwest::Response) -> String {
 }
 
 /// The body as chunks, for streaming into the media store.
-fn body_stream(resp: reqwest::Response) -> impl futures::Stream<Item = reqwest::Result<Bytes>> {
+pub fn body_stream(resp: reqwest::Response) -> impl futures::Stream<Item = reqwest::Result<Bytes>> {
     futures::stream::try_unfold(resp, |mut resp| async move { Ok(resp.chunk().await?.map(|chunk| (chunk, resp))) })
 }
 
@@ -242,7 +258,7 @@ pub async fn preview(state: &Services, user: &UserId, url: &str) -> Result<Value
         return serde_json::from_str(&cached).map_err(|e| Error::Internal(e.into()));
     }
     state.media.limiter.check_user("media_preview", user.as_str())?;
-    let (final_url, resp) = previewer.fetch(url.clone(), "text/html, image/*;q=0.9, */*;q=0.5").await?;
+    let (final_url, resp) = previewer.fetcher.fetch(url.clone(), "text/html, image/*;q=0.9, */*;q=0.5", WEB).await?;
     let kind = content_type(&resp);
     let og = if kind.starts_with("text/html") || kind.starts_with("application/xhtml+xml") {
         let body = read_start(resp, MAX_PAGE_BYTES).await?;
@@ -286,7 +302,7 @@ async fn page_preview(
     // The page's own image fields are replaced by those of the stored copy.
     og.retain(|key, _| !key.starts_with("og:image"));
     if let Some(image_url) = image_url {
-        let image = match previewer.fetch(image_url, "image/*").await {
+        let image = match previewer.fetcher.fetch(image_url, "image/*", WEB).await {
             Ok((_, resp)) => {
                 let kind = content_type(&resp);
                 store_image(state, user, resp, kind).await

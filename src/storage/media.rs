@@ -1,4 +1,5 @@
-//! Content repository metadata: local media, their thumbnails, and URL preview cache.
+//! Content repository metadata: local media, cached remote media, their thumbnails, and URL
+//! preview cache.
 
 use sqlx::Row;
 
@@ -149,6 +150,8 @@ pub struct ThumbnailRow {
 
 /// Which thumbnail of a media: size, method and whether it may be animated.
 pub struct ThumbnailKey<'a> {
+    /// The origin of remote media; `None` for local media.
+    pub remote_server: Option<&'a str>,
     pub media_id: &'a str,
     pub width: u32,
     pub height: u32,
@@ -157,15 +160,27 @@ pub struct ThumbnailKey<'a> {
 }
 
 pub async fn get_thumbnail(db: &Db, key: &ThumbnailKey<'_>) -> sqlx::Result<Option<ThumbnailRow>> {
-    let row = sqlx::query(
-        "SELECT sha256, size, content_type FROM media_thumbnails
-         WHERE media_id = $1 AND width = $2 AND height = $3 AND method = $4 AND animated = $5",
-    )
-    .bind(key.media_id)
-    .bind(i64::from(key.width))
-    .bind(i64::from(key.height))
-    .bind(key.method)
-    .bind(key.animated as i64)
+    let sql = match key.remote_server {
+        None => {
+            "SELECT sha256, size, content_type FROM media_thumbnails
+             WHERE media_id = $1 AND width = $2 AND height = $3 AND method = $4 AND animated = $5"
+        }
+        Some(_) => {
+            "SELECT sha256, size, content_type FROM remote_media_thumbnails
+             WHERE media_id = $1 AND width = $2 AND height = $3 AND method = $4 AND animated = $5
+             AND server_name = $6"
+        }
+    };
+    let query = sqlx::query(sql)
+        .bind(key.media_id)
+        .bind(i64::from(key.width))
+        .bind(i64::from(key.height))
+        .bind(key.method)
+        .bind(key.animated as i64);
+    let row = match key.remote_server {
+        Some(server) => query.bind(server),
+        None => query,
+    }
     .fetch_optional(db.read())
     .await?;
     let Some(row) = row else { return Ok(None) };
@@ -173,21 +188,84 @@ pub async fn get_thumbnail(db: &Db, key: &ThumbnailKey<'_>) -> sqlx::Result<Opti
     Ok(content.map(|content| ThumbnailRow { content, content_type: row.get("content_type") }))
 }
 
-/// Records a generated thumbnail; a concurrent request may have recorded the same one first.
+/// Records a thumbnail; a concurrent request may have recorded the same one first.
 pub async fn insert_thumbnail(tx: &mut Tx, key: &ThumbnailKey<'_>, thumbnail: &ThumbnailRow) -> sqlx::Result<()> {
-    sqlx::query(
-        "INSERT INTO media_thumbnails (media_id, width, height, method, animated, sha256, size, content_type)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-         ON CONFLICT (media_id, width, height, method, animated) DO NOTHING",
+    let sql = match key.remote_server {
+        None => {
+            "INSERT INTO media_thumbnails (media_id, width, height, method, animated, sha256, size, content_type)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (media_id, width, height, method, animated) DO NOTHING"
+        }
+        Some(_) => {
+            "INSERT INTO remote_media_thumbnails
+             (media_id, width, height, method, animated, sha256, size, content_type, server_name)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (server_name, media_id, width, height, method, animated) DO NOTHING"
+        }
+    };
+    let query = sqlx::query(sql)
+        .bind(key.media_id)
+        .bind(i64::from(key.width))
+        .bind(i64::from(key.height))
+        .bind(key.method)
+        .bind(key.animated as i64)
+        .bind(&thumbnail.content.sha256)
+        .bind(thumbnail.content.size as i64)
+        .bind(&thumbnail.content_type);
+    match key.remote_server {
+        Some(server) => query.bind(server),
+        None => query,
+    }
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Media of another server, as cached here.
+#[derive(Debug, Clone)]
+pub struct RemoteMediaRow {
+    pub content: StoredContent,
+    pub content_type: String,
+    pub file_name: Option<String>,
+}
+
+pub async fn get_remote(db: &Db, server_name: &str, media_id: &str) -> sqlx::Result<Option<RemoteMediaRow>> {
+    let row = sqlx::query(
+        "SELECT sha256, size, content_type, file_name FROM remote_media WHERE server_name = $1 AND media_id = $2",
     )
-    .bind(key.media_id)
-    .bind(i64::from(key.width))
-    .bind(i64::from(key.height))
-    .bind(key.method)
-    .bind(key.animated as i64)
-    .bind(&thumbnail.content.sha256)
-    .bind(thumbnail.content.size as i64)
-    .bind(&thumbnail.content_type)
+    .bind(server_name)
+    .bind(media_id)
+    .fetch_optional(db.read())
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let content = content_from_row(&row)?;
+    let content_type: Option<String> = row.try_get("content_type")?;
+    Ok(content.map(|content| RemoteMediaRow {
+        content,
+        content_type: content_type.unwrap_or_else(|| "application/octet-stream".to_owned()),
+        file_name: row.get("file_name"),
+    }))
+}
+
+/// Caches fetched remote media (a concurrent fetch may have cached it first).
+pub async fn insert_remote(
+    tx: &mut Tx,
+    server_name: &str,
+    media_id: &str,
+    fetched: &Upload<'_>,
+    now: i64,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO remote_media (server_name, media_id, sha256, size, content_type, file_name, fetched_ts)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (server_name, media_id) DO NOTHING",
+    )
+    .bind(server_name)
+    .bind(media_id)
+    .bind(&fetched.content.sha256)
+    .bind(fetched.content.size as i64)
+    .bind(fetched.content_type)
+    .bind(fetched.file_name)
+    .bind(now)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -271,7 +349,10 @@ pub async fn delete(tx: &mut Tx, media_id: &str) -> sqlx::Result<Vec<String>> {
     let mut unused = Vec::new();
     for hash in hashes {
         let users: i64 = sqlx::query_scalar(
-            "SELECT (SELECT COUNT(*) FROM media WHERE sha256 = $1) + (SELECT COUNT(*) FROM media_thumbnails WHERE sha256 = $1)",
+            // Remote media share the store: their files must stay too.
+            "SELECT (SELECT COUNT(*) FROM media WHERE sha256 = $1) + (SELECT COUNT(*) FROM media_thumbnails WHERE sha256 = $1)
+             + (SELECT COUNT(*) FROM remote_media WHERE sha256 = $1)
+             + (SELECT COUNT(*) FROM remote_media_thumbnails WHERE sha256 = $1)",
         )
         .bind(&hash)
         .fetch_one(&mut **tx)

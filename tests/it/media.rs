@@ -127,7 +127,10 @@ async fn upload_download_round_trip_with_headers() {
 
     download(&server, None, &s, &id).await.assert_error(401, "M_MISSING_TOKEN");
     download(&server, Some(&alice), &s, "NoSuchMedia").await.assert_error(404, "M_NOT_FOUND");
-    download(&server, Some(&alice), "elsewhere.example", &id).await.assert_error(404, "M_NOT_FOUND");
+    // Another server's media is fetched (see fed_lookups): one that cannot be found is a bad
+    // gateway, and an invalid server name names no media.
+    download(&server, Some(&alice), "elsewhere.invalid", &id).await.assert_error(502, "M_UNKNOWN");
+    download(&server, Some(&alice), "bad%20name", &id).await.assert_error(404, "M_NOT_FOUND");
     // Without a cut-over, the deprecated unauthenticated endpoints serve nothing.
     let legacy = raw(None, &server, Method::GET, &format!("/_matrix/media/v3/download/{s}/{id}"), None).await;
     legacy.assert_error(404, "M_NOT_FOUND");

@@ -1,6 +1,7 @@
 //! End-to-end encryption keys: upload, query, claim, cross-signing keys and signatures.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::routing::{get, post};
@@ -12,10 +13,13 @@ use serde_json::{Value, json};
 use super::account::require_password;
 use super::v3;
 use crate::AppState;
-use crate::e2ee::{cross_signing, keys};
+use crate::e2ee::{cross_signing, keys, remote};
 use crate::error::Result;
 use crate::http::extract::{self, Auth, Query};
 use crate::sync::token::SyncToken;
+
+/// The longest a client may have other servers waited for.
+const MAX_REMOTE_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -53,6 +57,13 @@ async fn upload(
 #[derive(Deserialize)]
 struct QueryBody {
     device_keys: BTreeMap<OwnedUserId, Vec<String>>,
+    /// Milliseconds to wait for other servers.
+    timeout: Option<u64>,
+}
+
+/// How long other servers are waited for: the client's `timeout`, at most a minute.
+fn remote_timeout(timeout_ms: Option<u64>) -> Duration {
+    timeout_ms.map_or(remote::DEFAULT_TIMEOUT, |ms| Duration::from_millis(ms).min(MAX_REMOTE_TIMEOUT))
 }
 
 async fn query(
@@ -60,12 +71,14 @@ async fn query(
     Auth(me): Auth,
     extract::Json(body): extract::Json<QueryBody>,
 ) -> Result<Json<Value>> {
-    Ok(Json(Value::Object(keys::query(&state, &me.user_id, &body.device_keys).await?)))
+    let timeout = remote_timeout(body.timeout);
+    Ok(Json(Value::Object(keys::query(&state, &me.user_id, body.device_keys, timeout).await?)))
 }
 
 #[derive(Deserialize)]
 struct ClaimBody {
     one_time_keys: BTreeMap<OwnedUserId, BTreeMap<String, String>>,
+    timeout: Option<u64>,
 }
 
 async fn claim(
@@ -73,7 +86,8 @@ async fn claim(
     Auth(_): Auth,
     extract::Json(body): extract::Json<ClaimBody>,
 ) -> Result<Json<Value>> {
-    Ok(Json(Value::Object(keys::claim(&state, &body.one_time_keys).await?)))
+    let timeout = remote_timeout(body.timeout);
+    Ok(Json(Value::Object(keys::claim(&state, body.one_time_keys, timeout).await?)))
 }
 
 #[derive(Deserialize)]

@@ -18,9 +18,7 @@ use tokio_util::io::ReaderStream;
 use crate::AppState;
 use crate::error::{Error, Result};
 use crate::http::extract::{Auth, Path, Query};
-use crate::media::thumbnail::{self, Method};
-use crate::media::{self, Access, UploadInfo};
-use crate::storage::media::StoredContent;
+use crate::media::{self, Access, Served, ThumbnailQuery, UploadInfo};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -42,36 +40,6 @@ pub fn router() -> Router<AppState> {
 /// The spec's recommended policy for served content.
 const CONTENT_SECURITY_POLICY: &str = "sandbox; default-src 'none'; script-src 'none'; plugin-types application/pdf; \
                                        style-src 'unsafe-inline'; object-src 'self';";
-
-/// Types the spec allows to be served `inline`; anything else is an `attachment`.
-const INLINE_TYPES: [&str; 26] = [
-    "text/css",
-    "text/plain",
-    "text/csv",
-    "application/json",
-    "application/ld+json",
-    "image/jpeg",
-    "image/gif",
-    "image/png",
-    "image/apng",
-    "image/webp",
-    "image/avif",
-    "video/mp4",
-    "video/webm",
-    "video/ogg",
-    "video/quicktime",
-    "audio/mp4",
-    "audio/webm",
-    "audio/aac",
-    "audio/mpeg",
-    "audio/ogg",
-    "audio/wave",
-    "audio/wav",
-    "audio/x-wav",
-    "audio/x-pn-wav",
-    "audio/flac",
-    "audio/x-flac",
-];
 
 async fn config(State(state): State<AppState>, Auth(_): Auth) -> Json<Value> {
     Json(json!({ "m.upload.size": state.config.media.max_upload_bytes }))
@@ -124,17 +92,6 @@ struct MediaPath {
     file_name: Option<String>,
 }
 
-impl MediaPath {
-    /// The media ID, when it names local media that can exist. Remote media (fetched over
-    /// federation) is not served yet, so it reads as not found.
-    fn local_media_id(&self, state: &AppState) -> Result<&str> {
-        if self.server_name != state.config.server_name || !media::is_valid_media_id(&self.media_id) {
-            return Err(Error::not_found("Media not found"));
-        }
-        Ok(&self.media_id)
-    }
-}
-
 async fn upload_to_created(
     State(state): State<AppState>,
     Auth(me): Auth,
@@ -143,7 +100,10 @@ async fn upload_to_created(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>> {
-    let media_id = path.local_media_id(&state).map_err(|_| Error::not_found("Unknown media ID"))?;
+    if path.server_name != state.config.server_name || !media::is_valid_media_id(&path.media_id) {
+        return Err(Error::not_found("Unknown media ID"));
+    }
+    let media_id = &path.media_id;
     let info = upload_info(&headers, query.filename);
     media::upload_pending(&state, &me.user_id, media_id, info, body.into_data_stream()).await?;
     Ok(Json(json!({})))
@@ -172,22 +132,10 @@ async fn legacy_download(
 }
 
 async fn serve_download(state: &AppState, path: &MediaPath, access: Access, query: DownloadQuery) -> Result<Response> {
-    let media_id = path.local_media_id(state)?;
     let wait = query.timeout_ms.unwrap_or(media::DEFAULT_WAIT_MS);
-    let (row, content) = media::local_content(state, media_id, access, wait).await?;
-    let content_type = row.content_type.as_deref().unwrap_or("application/octet-stream");
-    let file_name = path.file_name.as_deref().or(row.file_name.as_deref());
-    let disposition = content_disposition(is_inline_type(content_type), file_name);
-    serve_file(state, &content, content_type, &disposition).await
-}
-
-#[derive(Deserialize)]
-struct ThumbnailQuery {
-    width: Option<u32>,
-    height: Option<u32>,
-    method: Option<String>,
-    animated: Option<bool>,
-    timeout_ms: Option<u64>,
+    let served =
+        media::download(state, &path.server_name, &path.media_id, path.file_name.as_deref(), access, wait).await?;
+    serve_file(state, &served).await
 }
 
 async fn thumbnail(
@@ -196,7 +144,8 @@ async fn thumbnail(
     Path(path): Path<MediaPath>,
     Query(query): Query<ThumbnailQuery>,
 ) -> Result<Response> {
-    serve_thumbnail(&state, &path, Access::Authenticated, query).await
+    let served = media::thumbnail_for(&state, &path.server_name, &path.media_id, &query, Access::Authenticated).await?;
+    serve_file(&state, &served).await
 }
 
 async fn legacy_thumbnail(
@@ -204,82 +153,25 @@ async fn legacy_thumbnail(
     Path(path): Path<MediaPath>,
     Query(query): Query<ThumbnailQuery>,
 ) -> Result<Response> {
-    serve_thumbnail(&state, &path, Access::Legacy, query).await
-}
-
-async fn serve_thumbnail(
-    state: &AppState,
-    path: &MediaPath,
-    access: Access,
-    query: ThumbnailQuery,
-) -> Result<Response> {
-    let width = query.width.ok_or_else(|| Error::missing_param("Missing width"))?;
-    let height = query.height.ok_or_else(|| Error::missing_param("Missing height"))?;
-    if width == 0 || height == 0 {
-        return Err(Error::invalid_param("width and height must be positive"));
-    }
-    let method = match query.method.as_deref() {
-        None => Method::Scale,
-        Some(m) => Method::parse(m).ok_or_else(|| Error::invalid_param("method must be crop or scale"))?,
-    };
-    let media_id = path.local_media_id(state)?;
-    let wait = query.timeout_ms.unwrap_or(media::DEFAULT_WAIT_MS);
-    let (_, content) = media::local_content(state, media_id, access, wait).await?;
-    let target = thumbnail::snap(width, height, method);
-    let thumb = media::thumbnail(state, media_id, &content, target, query.animated.unwrap_or(false)).await?;
-    let extension = thumb.content_type.strip_prefix("image/").map_or("bin", |t| if t == "jpeg" { "jpg" } else { t });
-    let disposition = content_disposition(true, Some(&format!("thumbnail.{extension}")));
-    serve_file(state, &thumb.content, &thumb.content_type, &disposition).await
+    let served = media::thumbnail_for(&state, &path.server_name, &path.media_id, &query, Access::Legacy).await?;
+    serve_file(&state, &served).await
 }
 
 /// Streams a stored file with the headers the spec asks of served media.
-async fn serve_file(
-    state: &AppState,
-    content: &StoredContent,
-    content_type: &str,
-    disposition: &str,
-) -> Result<Response> {
-    let file = tokio::fs::File::open(state.media.store.path(content)).await.map_err(|e| {
-        Error::Internal(anyhow::Error::new(e).context(format!("media file {} missing", content.sha256)))
-    })?;
+async fn serve_file(state: &AppState, served: &Served) -> Result<Response> {
+    let file = media::open(state, &served.content).await?;
     let content_type =
-        HeaderValue::from_str(content_type).unwrap_or(HeaderValue::from_static("application/octet-stream"));
-    let disposition = HeaderValue::from_str(disposition).map_err(|e| Error::Internal(e.into()))?;
+        HeaderValue::from_str(&served.content_type).unwrap_or(HeaderValue::from_static("application/octet-stream"));
+    let disposition = HeaderValue::from_str(&served.disposition).map_err(|e| Error::Internal(e.into()))?;
     let headers = [
         (header::CONTENT_TYPE, content_type),
         (header::CONTENT_DISPOSITION, disposition),
-        (header::CONTENT_LENGTH, HeaderValue::from(content.size)),
+        (header::CONTENT_LENGTH, HeaderValue::from(served.content.size)),
         (header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY)),
         (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
         (header::HeaderName::from_static("cross-origin-resource-policy"), HeaderValue::from_static("cross-origin")),
     ];
     Ok((headers, Body::from_stream(ReaderStream::with_capacity(file, 64 * 1024))).into_response())
-}
-
-fn is_inline_type(content_type: &str) -> bool {
-    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    INLINE_TYPES.contains(&essence.as_str())
-}
-
-/// `inline` or `attachment`, with the file name as a quoted string when it is plain printable
-/// ASCII, else in RFC 6266's UTF-8 form (`filename*=utf-8''...`, percent-encoded).
-pub fn content_disposition(inline: bool, file_name: Option<&str>) -> String {
-    let kind = if inline { "inline" } else { "attachment" };
-    match file_name {
-        None => kind.to_owned(),
-        Some(name) if name.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\') => {
-            format!("{kind}; filename=\"{name}\"")
-        }
-        Some(name) => {
-            // RFC 5987 attr-char: these go as they are, every other byte as %XX.
-            let attr_char = |b: u8| b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b);
-            let encoded: String = name
-                .bytes()
-                .map(|b| if attr_char(b) { char::from(b).to_string() } else { format!("%{b:02X}") })
-                .collect();
-            format!("{kind}; filename*=utf-8''{encoded}")
-        }
-    }
 }
 
 #[derive(Deserialize)]
@@ -296,23 +188,4 @@ async fn preview_url(
 ) -> Result<Json<Value>> {
     let url = query.url.ok_or_else(|| Error::missing_param("Missing url"))?;
     media::preview::preview(&state, &me.user_id, &url).await.map(Json)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn disposition_follows_type_and_encodes_names() {
-        assert!(is_inline_type("image/PNG"));
-        assert!(is_inline_type("text/plain; charset=utf-8"));
-        assert!(!is_inline_type("text/html"));
-        assert!(!is_inline_type("image/svg+xml"));
-        assert_eq!(content_disposition(true, None), "inline");
-        assert_eq!(content_disposition(false, Some("a b.html")), "attachment; filename=\"a b.html\"");
-        assert_eq!(
-            content_disposition(true, Some("\u{e9}t\u{e9} \"1\".png")),
-            "inline; filename*=utf-8''%C3%A9t%C3%A9%20%221%22.png"
-        );
-    }
 }

@@ -10,7 +10,7 @@ use super::v3;
 use crate::AppState;
 use crate::error::{Error, Result};
 use crate::http::extract::{self, Auth, Path};
-use crate::storage::{self, users::UserRow};
+use crate::{accounts, storage};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -18,41 +18,25 @@ pub fn router() -> Router<AppState> {
         .route(v3!("/profile/{user_id}/{field}"), get(get_field).put(set_field))
 }
 
-async fn load(state: &AppState, user_id: &str) -> Result<UserRow> {
-    let user = OwnedUserId::try_from(user_id).map_err(|_| Error::invalid_param("Invalid user ID"))?;
-    match storage::users::get(&state.db, user.as_str()).await? {
-        Some(row) if !row.deactivated => Ok(row),
-        _ => Err(Error::not_found("Profile not found")),
-    }
-}
-
-fn profile_json(row: &UserRow) -> Value {
-    let mut body = json!({});
-    if let Some(name) = &row.displayname {
-        body["displayname"] = json!(name);
-    }
-    if let Some(url) = &row.avatar_url {
-        body["avatar_url"] = json!(url);
-    }
-    body
+fn parse_user(user_id: &str) -> Result<OwnedUserId> {
+    OwnedUserId::try_from(user_id).map_err(|_| Error::invalid_param("Invalid user ID"))
 }
 
 async fn profile(State(state): State<AppState>, Path(user_id): Path<String>) -> Result<Json<Value>> {
-    let row = load(&state, &user_id).await?;
-    Ok(Json(profile_json(&row)))
+    let user_id = parse_user(&user_id)?;
+    Ok(Json(Value::Object(accounts::profile::get(&state, &user_id, None).await?)))
 }
 
 async fn get_field(
     State(state): State<AppState>,
     Path((user_id, field)): Path<(String, String)>,
 ) -> Result<Json<Value>> {
-    let row = load(&state, &user_id).await?;
-    let value = match field.as_str() {
-        "displayname" => row.displayname,
-        "avatar_url" => row.avatar_url,
-        _ => return Err(Error::unrecognized()),
-    };
-    match value {
+    let user_id = parse_user(&user_id)?;
+    if !accounts::profile::FIELDS.contains(&field.as_str()) {
+        return Err(Error::unrecognized());
+    }
+    let profile = accounts::profile::get(&state, &user_id, Some(&field)).await?;
+    match profile.get(&field) {
         Some(v) => Ok(Json(json!({ field: v }))),
         None => Err(Error::not_found(format!("No {field} set"))),
     }

@@ -1,8 +1,10 @@
 //! The server-server API.
 
 mod auth;
+mod directory;
 mod events;
 mod keys;
+mod media;
 mod openid;
 mod query;
 mod send;
@@ -22,8 +24,10 @@ const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 
 pub fn router() -> Router<AppState> {
     Router::new()
+        .merge(directory::router())
         .merge(events::router())
         .merge(keys::router())
+        .merge(media::router())
         .merge(send::router())
         .merge(query::router())
         .merge(user::router())

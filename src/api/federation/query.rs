@@ -11,10 +11,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::FederationAuth;
-use crate::AppState;
 use crate::error::{Error, Result};
 use crate::http::extract::Query;
 use crate::storage;
+use crate::{AppState, accounts};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -43,21 +43,9 @@ async fn profile(
     if user_id.server_name().as_str() != state.config.server_name {
         return Err(Error::invalid_param("The user is not on this server"));
     }
-    let user = match storage::users::get(&state.db, user_id.as_str()).await? {
-        Some(user) if !user.deactivated => user,
-        _ => return Err(Error::not_found("User does not exist")),
-    };
-    let mut profile = serde_json::Map::new();
-    for (field, value) in [("displayname", user.displayname), ("avatar_url", user.avatar_url)] {
-        if let Some(value) = value
-            && query.field.as_deref().is_none_or(|f| f == field)
-        {
-            profile.insert(field.into(), json!(value));
-        }
-    }
     match query.field.as_deref() {
-        Some("displayname" | "avatar_url") | None => Ok(Json(Value::Object(profile))),
-        Some(_) => Err(Error::not_found("No such profile field")),
+        Some(field) if !accounts::profile::FIELDS.contains(&field) => Err(Error::not_found("No such profile field")),
+        field => Ok(Json(Value::Object(accounts::profile::local(&state, &user_id, field).await?))),
     }
 }
 

@@ -35,7 +35,7 @@ async fn local_keys(state: &AppState, wanted: BTreeMap<OwnedUserId, Vec<String>>
     let mut answer: [Map<String, Value>; 3] = Default::default();
     for (user_id, devices) in wanted.into_iter().filter(|(u, _)| is_local(state, u)) {
         let user = user_id.clone();
-        let mut one = keys::query(state, &user, &BTreeMap::from([(user_id, devices)])).await?;
+        let mut one = keys::query_local(state, &user, &BTreeMap::from([(user_id, devices)])).await?;
         for (field, merged) in ["device_keys", "master_keys", "self_signing_keys"].iter().zip(answer.iter_mut()) {
             if let Some(Value::Object(by_user)) = one.remove(*field) {
                 merged.extend(by_user);
@@ -74,8 +74,7 @@ async fn claim(
     extract::Json(body): extract::Json<ClaimBody>,
 ) -> Result<Json<Value>> {
     let wanted = body.one_time_keys.into_iter().filter(|(u, _)| is_local(&state, u)).collect();
-    let mut answer = keys::claim(&state, &wanted).await?;
-    let one_time_keys = answer.remove("one_time_keys").unwrap_or_else(|| json!({}));
+    let one_time_keys = keys::claim_local(&state, &wanted).await?;
     Ok(Json(json!({ "one_time_keys": one_time_keys })))
 }
 
