@@ -14,6 +14,7 @@ use serde_json::{Map, Value, json};
 use crate::error::{Error, Result};
 use crate::federation::client::{self, FederationError};
 use crate::rooms::state::StateMap;
+use crate::rooms::summary;
 use crate::{Services, rooms, storage};
 
 /// How long another server's directory is waited for.
@@ -68,10 +69,6 @@ pub async fn public_rooms(
     }
 }
 
-fn encode(value: &str) -> String {
-    url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
-}
-
 async fn remote_public_rooms(
     svc: &Services,
     server: &ServerName,
@@ -85,7 +82,7 @@ async fn remote_public_rooms(
             query.push(format!("limit={limit}"));
         }
         if let Some(since) = &req.since {
-            query.push(format!("since={}", encode(since)));
+            query.push(format!("since={}", client::encode(since)));
         }
         let path = if query.is_empty() { PATH.to_owned() } else { format!("{PATH}?{}", query.join("&")) };
         client::request_with_timeout(svc, server, Method::GET, &path, None, REMOTE_TIMEOUT).await?
@@ -111,41 +108,19 @@ struct PublicRoom {
 }
 
 async fn public_room(svc: &Services, room_id: &str) -> Result<PublicRoom> {
-    let room = RoomId::parse(room_id).map_err(|e| Error::Internal(anyhow::anyhow!("stored room ID {room_id}: {e}")))?;
-    let current = rooms::current_state(svc, &room).await?;
-    let content = |kind: StateEventType| state_content(svc, &current, kind);
-    let text = |c: &Option<Value>, field: &str| c.as_ref().and_then(|c| c.get(field)?.as_str().map(str::to_owned));
-    let name = text(&content(StateEventType::RoomName).await?, "name").filter(|n| !n.is_empty());
-    // `topic` is the plain-text form (an empty one unsets the topic).
-    let topic = text(&content(StateEventType::RoomTopic).await?, "topic").filter(|t| !t.is_empty());
-    let canonical_alias = text(&content(StateEventType::RoomCanonicalAlias).await?, "alias");
-    let avatar_url = text(&content(StateEventType::RoomAvatar).await?, "url").filter(|u| !u.is_empty());
-    let join_rule = text(&content(StateEventType::RoomJoinRules).await?, "join_rule");
-    let history = text(&content(StateEventType::RoomHistoryVisibility).await?, "history_visibility");
-    let guest_access = text(&content(StateEventType::RoomGuestAccess).await?, "guest_access");
-    let room_type = text(&content(StateEventType::RoomCreate).await?, "type");
-    let joined = storage::rooms::joined_member_count(&svc.db, room_id).await?;
-
-    let mut chunk = Map::new();
-    chunk.insert("room_id".into(), json!(room_id));
-    chunk.insert("num_joined_members".into(), json!(joined));
-    chunk.insert("world_readable".into(), json!(history.as_deref() == Some("world_readable")));
-    chunk.insert("guest_can_join".into(), json!(guest_access.as_deref() == Some("can_join")));
-    let optional = [
-        ("name", &name),
-        ("topic", &topic),
-        ("canonical_alias", &canonical_alias),
-        ("avatar_url", &avatar_url),
-        ("join_rule", &join_rule),
-        ("room_type", &room_type),
-    ];
-    for (field, value) in optional {
-        if let Some(v) = value {
-            chunk.insert(field.into(), json!(v));
-        }
+    let internal = |e: String| Error::Internal(anyhow::anyhow!("published room {room_id}: {e}"));
+    let room = RoomId::parse(room_id).map_err(|e| internal(e.to_string()))?;
+    let summary = summary::load(svc, &room).await?.ok_or_else(|| internal("unknown".into()))?;
+    let mut chunk = summary.fields;
+    // A directory entry is the spec's public rooms chunk, without the summary's extras.
+    for field in ["room_version", "encryption", "allowed_room_ids"] {
+        chunk.remove(field);
     }
+    let text = |field: &str| chunk.get(field).and_then(Value::as_str).map(str::to_owned);
+    let room_type = text("room_type");
     let haystack: Vec<String> =
-        [&name, &topic, &canonical_alias].into_iter().flatten().map(|s| s.to_lowercase()).collect();
+        ["name", "topic", "canonical_alias"].into_iter().filter_map(text).map(|s| s.to_lowercase()).collect();
+    let joined = chunk.get("num_joined_members").and_then(Value::as_i64).unwrap_or(0);
     Ok(PublicRoom { key: (-joined, room_id.to_owned()), room_type, haystack: haystack.join("\n"), chunk: chunk.into() })
 }
 

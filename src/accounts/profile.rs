@@ -43,15 +43,11 @@ pub async fn local(svc: &Services, user_id: &UserId, field: Option<&str>) -> Res
     Ok(profile)
 }
 
-fn encode(value: &str) -> String {
-    url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
-}
-
 /// A remote user's profile as their server tells it (only the fields kept here, as strings).
 async fn remote(svc: &Services, user_id: &UserId, field: Option<&str>) -> Result<Map<String, Value>> {
-    let mut path = format!("/_matrix/federation/v1/query/profile?user_id={}", encode(user_id.as_str()));
+    let mut path = format!("/_matrix/federation/v1/query/profile?user_id={}", client::encode(user_id.as_str()));
     if let Some(field) = field {
-        path.push_str(&format!("&field={}", encode(field)));
+        path.push_str(&format!("&field={}", client::encode(field)));
     }
     let server = user_id.server_name();
     let answer: Map<String, Value> =

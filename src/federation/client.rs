@@ -158,6 +158,11 @@ impl Client {
     }
 }
 
+/// Percent-encodes a path segment or query value of a federation request (IDs, tokens).
+pub fn encode(value: &str) -> String {
+    url::form_urlencoded::byte_serialize(value.as_bytes()).collect::<String>().replace('+', "%20")
+}
+
 /// A signed request to another server with the default time limit; the JSON answer.
 /// `path` starts with `/_matrix/` and has its components percent-encoded.
 pub async fn request<T: DeserializeOwned>(

@@ -195,7 +195,7 @@ async fn missing_events(
         "limit": GAP_LIMIT,
         "min_depth": 0,
     });
-    let path = format!("/_matrix/federation/v1/get_missing_events/{}", encode(room_id.as_str()));
+    let path = format!("/_matrix/federation/v1/get_missing_events/{}", client::encode(room_id.as_str()));
     let answer: MissingEvents =
         client::request_with_timeout(svc, origin, Method::POST, &path, Some(&body), timeout).await?;
     let mut events: Vec<CanonicalJsonObject> =
@@ -211,7 +211,3 @@ fn depth_of(object: &CanonicalJsonObject) -> i64 {
     }
 }
 
-/// Percent-encodes a path segment (room and event IDs).
-fn encode(segment: &str) -> String {
-    url::form_urlencoded::byte_serialize(segment.as_bytes()).collect::<String>().replace('+', "%20")
-}

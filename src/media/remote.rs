@@ -168,10 +168,6 @@ fn capped(wait_ms: u64) -> (u64, Duration) {
     (wait_ms, Duration::from_millis(wait_ms))
 }
 
-fn encode(segment: &str) -> String {
-    url::form_urlencoded::byte_serialize(segment.as_bytes()).collect()
-}
-
 /// `mxc://server/media_id`, from the cache or fetched from its server.
 pub async fn content(svc: &Services, server: &ServerName, media_id: &str, wait_ms: u64) -> Result<RemoteMediaRow> {
     let cached = || storage::media::get_remote(&svc.db, server.as_str(), media_id);
@@ -184,7 +180,7 @@ pub async fn content(svc: &Services, server: &ServerName, media_id: &str, wait_m
         return Ok(row);
     }
     let (wait_ms, wait) = capped(wait_ms);
-    let path = format!("/_matrix/federation/v1/media/download/{}?timeout_ms={wait_ms}", encode(media_id));
+    let path = format!("/_matrix/federation/v1/media/download/{}?timeout_ms={wait_ms}", client::encode(media_id));
     let fetched = fetch(svc, server, &path, wait).await?;
     let upload = Upload {
         content: &fetched.content,
@@ -228,7 +224,7 @@ pub async fn thumbnail(
         let (wait_ms, wait) = capped(wait_ms);
         let path = format!(
             "/_matrix/federation/v1/media/thumbnail/{}?width={}&height={}&method={}&animated={animated}&timeout_ms={wait_ms}",
-            encode(media_id),
+            client::encode(media_id),
             target.width,
             target.height,
             target.method.as_str(),

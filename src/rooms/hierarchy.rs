@@ -132,7 +132,7 @@ async fn remote_node(
         return Some(Node { summary, children: Vec::new() });
     }
     let path =
-        format!("/_matrix/federation/v1/hierarchy/{}?suggested_only={suggested_only}", urlencode(room_id.as_str()));
+        format!("/_matrix/federation/v1/hierarchy/{}?suggested_only={suggested_only}", client::encode(room_id.as_str()));
     for server in via.iter().filter(|s| s.as_str() != svc.config.server_name) {
         let answer =
             client::request_with_timeout::<RemoteHierarchy>(svc, server, Method::GET, &path, None, REMOTE_TIMEOUT);
@@ -159,10 +159,6 @@ async fn remote_node(
     known
         .remove(room_id)
         .map(|fields| Node { summary: Summary { room_id: room_id.to_owned(), fields }, children: Vec::new() })
-}
-
-fn urlencode(s: &str) -> String {
-    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
 /// Walks the hierarchy under `root` for `user`. The root must be visible to the user
