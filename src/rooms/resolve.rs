@@ -47,7 +47,7 @@ pub async fn resolve(svc: &Services, version: &RoomVersionId, states: &[Arc<Stat
 }
 
 /// The full auth chain of some events (excluding themselves), loading what it finds.
-async fn auth_chain<'a>(
+pub(crate) async fn auth_chain<'a>(
     svc: &Services,
     start: impl Iterator<Item = &'a OwnedEventId>,
     loaded: &mut HashMap<OwnedEventId, Arc<Pdu>>,

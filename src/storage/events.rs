@@ -54,11 +54,21 @@ pub struct NewEvent<'a> {
 }
 
 pub async fn insert(tx: &mut Tx, e: &NewEvent<'_>) -> sqlx::Result<()> {
-    sqlx::query(
+    insert_with(tx, e, "").await
+}
+
+/// Stores an event outside the timeline (`stream_pos` None), unless it is already known:
+/// the auth chain and state of a room joined over federation.
+pub async fn insert_outlier(tx: &mut Tx, e: &NewEvent<'_>) -> sqlx::Result<()> {
+    insert_with(tx, e, "ON CONFLICT (event_id) DO NOTHING").await
+}
+
+async fn insert_with(tx: &mut Tx, e: &NewEvent<'_>, on_conflict: &str) -> sqlx::Result<()> {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO events (event_id, room_id, stream_pos, depth, event_type, state_key, sender,
                              origin_server_ts, json, outlier, state_group, soft_failed)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-    )
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) {on_conflict}"
+    )))
     .bind(e.event_id)
     .bind(e.room_id)
     .bind(e.stream_pos)

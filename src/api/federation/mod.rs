@@ -2,6 +2,7 @@
 
 mod auth;
 mod keys;
+mod membership;
 mod query;
 mod user;
 
@@ -19,6 +20,7 @@ const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 pub fn router() -> Router<AppState> {
     Router::new()
         .merge(keys::router())
+        .merge(membership::router())
         .merge(query::router())
         .merge(user::router())
         .layer(middleware::from_fn(auth::buffer_body))
