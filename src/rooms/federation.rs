@@ -50,8 +50,12 @@ impl Handshake {
 
     /// `make_*`, with the room versions we support (make_leave takes none).
     fn make_path(self, room_id: &RoomId, user: &UserId) -> String {
-        let path =
-            format!("/_matrix/federation/v1/make_{}/{}/{}", self.membership(), enc(room_id.as_str()), enc(user.as_str()));
+        let path = format!(
+            "/_matrix/federation/v1/make_{}/{}/{}",
+            self.membership(),
+            enc(room_id.as_str()),
+            enc(user.as_str())
+        );
         if self == Handshake::Leave {
             return path;
         }
@@ -101,7 +105,8 @@ async fn is_joined(svc: &Services, room_id: &RoomId, server: &ServerName) -> Res
 
 /// The head of a room this server is joined to, for serving a handshake (404 otherwise).
 async fn resident_head(svc: &Services, room_id: &RoomId) -> Result<Head> {
-    if storage::rooms::get(&svc.db, room_id.as_str()).await?.is_none() || !is_joined(svc, room_id, our_name(svc)?).await?
+    if storage::rooms::get(&svc.db, room_id.as_str()).await?.is_none()
+        || !is_joined(svc, room_id, our_name(svc)?).await?
     {
         return Err(Error::not_found("This server is not in the room"));
     }
@@ -205,7 +210,8 @@ pub async fn make_membership(
     let json = ruma::canonical_json::to_canonical_value(&proto.object).map_err(|e| Error::Internal(e.into()))?;
     // The auth rules do not look at the event ID, which the asking server will give it.
     let provisional = EventId::new_v1(origin);
-    let pdu = Pdu::parse(provisional, &json.to_string(), Some(room_id)).map_err(|e| Error::Internal(anyhow::anyhow!(e)))?;
+    let pdu =
+        Pdu::parse(provisional, &json.to_string(), Some(room_id)).map_err(|e| Error::Internal(anyhow::anyhow!(e)))?;
     authorise(&proto.rules, &pdu, &proto.auth_state)?;
     Ok((head.version, proto.object))
 }
@@ -298,7 +304,9 @@ pub async fn accept_membership(
             return Err(Error::bad_json(format!("The event refers to unknown events: {ids:?}")));
         }
     }
-    let pdu = get_pdu(svc, event_id).await?.ok_or_else(|| Error::Internal(anyhow::anyhow!("accepted {event_id} not stored")))?;
+    let pdu = get_pdu(svc, event_id)
+        .await?
+        .ok_or_else(|| Error::Internal(anyhow::anyhow!("accepted {event_id} not stored")))?;
     if pdu.rejected {
         return Err(Error::forbidden("The event was rejected"));
     }
@@ -366,7 +374,8 @@ pub async fn receive_invite(
     mut object: CanonicalJsonObject,
     invite_room_state: Vec<Value>,
 ) -> Result<CanonicalJsonObject> {
-    let version = versions::SUPPORTED.iter().find(|v| v.as_str() == room_version).ok_or_else(|| incompatible(room_version))?;
+    let version =
+        versions::SUPPORTED.iter().find(|v| v.as_str() == room_version).ok_or_else(|| incompatible(room_version))?;
     let rules = versions::rules(version)?;
     let id = inbound::well_formed(&mut object, &rules)?.map_err(Error::bad_json)?;
     if id != event_id {
@@ -388,7 +397,10 @@ pub async fn receive_invite(
     let keys = keys::keys_for_pdu(svc, &object, &rules).await?;
     let pdu = inbound::verified(object.clone(), &keys, &rules, id, room_id)?.map_err(Error::forbidden)?;
     co_sign(svc, &mut object, &rules)?;
-    let mut stripped: Vec<Value> = invite_room_state.into_iter().filter(|s| s.get("type") != Some(&json!("m.room.member")) || s.get("state_key") != Some(&json!(invitee))).collect();
+    let mut stripped: Vec<Value> = invite_room_state
+        .into_iter()
+        .filter(|s| s.get("type") != Some(&json!("m.room.member")) || s.get("state_key") != Some(&json!(invitee)))
+        .collect();
     stripped.push(pdu.to_stripped());
     let json = ruma::canonical_json::to_canonical_value(&object).map_err(|e| Error::Internal(e.into()))?.to_string();
     record_remote(svc, &invitee, room_id, "invite", version, &json, &stripped).await?;
@@ -527,8 +539,13 @@ pub async fn join(
     servers: &[OwnedServerName],
     reason: Option<&str>,
 ) -> Result<()> {
-    through_any(svc, servers, "joining", |server| async move { join_through(svc, &server, user, room_id, reason).await })
-        .await
+    through_any(
+        svc,
+        servers,
+        "joining",
+        |server| async move { join_through(svc, &server, user, room_id, reason).await },
+    )
+    .await
 }
 
 #[derive(Deserialize)]
@@ -585,13 +602,17 @@ async fn join_through(
     if create.content_str("room_version").as_deref().unwrap_or("1") != version.as_str() {
         return Err(invalid_answer(server, "the create event is of another room version"));
     }
+    // The state each event is checked against: its auth events, and the create event
+    // (which room version 12 leaves out of them).
+    let create_key = (StateEventType::RoomCreate, String::new());
     for pdu in events.values() {
-        let by_key: HashMap<(StateEventType, String), Arc<Pdu>> = pdu
+        let mut by_key: HashMap<(StateEventType, String), Arc<Pdu>> = pdu
             .auth_events
             .iter()
             .filter_map(|id| events.get(id))
             .filter_map(|a| a.state_key.clone().map(|k| ((a.kind.to_string().into(), k), a.clone())))
             .collect();
+        by_key.entry(create_key.clone()).or_insert_with(|| create.clone());
         check_auth(&rules, pdu, &events, &by_key).map_err(|e| invalid_answer(server, e))?;
     }
     let by_key: HashMap<(StateEventType, String), Arc<Pdu>> =
@@ -749,7 +770,8 @@ pub async fn invite(
         signatures.insert(server.to_string(), signature);
     }
     let json = ruma::canonical_json::to_canonical_value(&object).map_err(|e| Error::Internal(e.into()))?.to_string();
-    let pdu = Pdu::parse(built.pdu.event_id.clone(), &json, Some(room_id)).map_err(|e| Error::Internal(anyhow::anyhow!(e)))?;
+    let pdu = Pdu::parse(built.pdu.event_id.clone(), &json, Some(room_id))
+        .map_err(|e| Error::Internal(anyhow::anyhow!(e)))?;
     append_local(svc, Built { pdu, rules: built.rules }, &head.state, head.group, None).await
 }
 
@@ -764,8 +786,8 @@ async fn checked_signature(
     if id != ours.pdu.event_id {
         return Err(invalid_answer(server, "the invite came back changed"));
     }
-    let mut redacted = ruma::canonical_json::redact(signed, &ours.rules.redaction, None)
-        .map_err(|e| invalid_answer(server, e))?;
+    let mut redacted =
+        ruma::canonical_json::redact(signed, &ours.rules.redaction, None).map_err(|e| invalid_answer(server, e))?;
     let signature = match redacted.get("signatures") {
         Some(CanonicalJsonValue::Object(all)) => all.get(server.as_str()).cloned(),
         _ => None,

@@ -440,11 +440,9 @@ fn authorise(rules: &RoomVersionRules, pdu: &Pdu, auth_state: &AuthState) -> Res
         by_id.get(id).map(|p| p.as_ref().clone())
     })
     .map_err(|e| Error::forbidden(format!("Event not allowed: {e}")))?;
-    ruma::state_res::check_state_dependent_auth_rules(
-        &rules.authorization,
-        pdu,
-        |kind: &StateEventType, key: &str| auth_state.get(&(kind.clone(), key.to_owned())).map(|p| p.as_ref().clone()),
-    )
+    ruma::state_res::check_state_dependent_auth_rules(&rules.authorization, pdu, |kind: &StateEventType, key: &str| {
+        auth_state.get(&(kind.clone(), key.to_owned())).map(|p| p.as_ref().clone())
+    })
     .map_err(|e| Error::forbidden(format!("Event not allowed: {e}")))
 }
 

@@ -244,7 +244,8 @@ fn method_calls(chain: &str) -> Vec<String> {
 #[test]
 fn every_registered_client_route_is_in_the_matrix() {
     let registered = registered_routes();
-    let listed: BTreeSet<(String, String)> = ROUTES.iter().map(|(m, p, _)| ((*m).to_owned(), (*p).to_owned())).collect();
+    let listed: BTreeSet<(String, String)> =
+        ROUTES.iter().map(|(m, p, _)| ((*m).to_owned(), (*p).to_owned())).collect();
     assert_eq!(listed.len(), ROUTES.len(), "ROUTES lists a route twice");
     let unlisted: Vec<_> = registered.difference(&listed).collect();
     let gone: Vec<_> = listed.difference(&registered).collect();

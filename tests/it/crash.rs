@@ -136,13 +136,22 @@ fn topic_of(client: usize, seq: u64) -> String {
 }
 
 /// Sends until the server dies. Every fifth event of client 0 (the room creator) is a topic change.
-async fn send_load(client: Client, index: usize, room: String, first_seq: u64, acked: Arc<Mutex<Vec<Acked>>>) -> InFlight {
+async fn send_load(
+    client: Client,
+    index: usize,
+    room: String,
+    first_seq: u64,
+    acked: Arc<Mutex<Vec<Acked>>>,
+) -> InFlight {
     let mut seq = first_seq;
     loop {
         let topic = index == 0 && seq % 5 == 0;
         let txn = format!("t{seq}");
         let (path, body) = if topic {
-            (format!("/_matrix/client/v3/rooms/{}/state/m.room.topic/", enc(&room)), json!({ "topic": topic_of(index, seq) }))
+            (
+                format!("/_matrix/client/v3/rooms/{}/state/m.room.topic/", enc(&room)),
+                json!({ "topic": topic_of(index, seq) }),
+            )
         } else {
             (
                 format!("/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}", enc(&room)),
@@ -301,7 +310,10 @@ async fn acknowledged_events_survive_sigkill() {
         let since = format!("/_matrix/client/v3/sync?timeout=0&since=s{newest_token}_0");
         let sync = clients[1].ok(reqwest::Method::GET, &since, None).await;
         let token = sync["next_batch"].as_str().unwrap();
-        assert!(stream_of(token) >= newest_token, "round {round}: sync token went backwards: {token} < s{newest_token}");
+        assert!(
+            stream_of(token) >= newest_token,
+            "round {round}: sync token went backwards: {token} < s{newest_token}"
+        );
         let fresh = clients[2].ok(reqwest::Method::GET, "/_matrix/client/v3/sync?timeout=0", None).await;
         assert!(stream_of(fresh["next_batch"].as_str().unwrap()) >= newest_token);
         newest_token = stream_of(token);

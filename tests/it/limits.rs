@@ -58,10 +58,9 @@ async fn deeply_nested_json_is_refused_without_crashing() {
         "X-Matrix origin=\"other.example\",destination=\"{}\",key=\"ed25519:a\",sig=\"AAAA\"",
         server.server_name
     );
-    for (method, path) in [
-        (Method::POST, "/_matrix/federation/v1/user/keys/query"),
-        (Method::PUT, "/_matrix/federation/v1/send/deep1"),
-    ] {
+    for (method, path) in
+        [(Method::POST, "/_matrix/federation/v1/user/keys/query"), (Method::PUT, "/_matrix/federation/v1/send/deep1")]
+    {
         let reply = server
             .client
             .request(method, format!("{}{path}", server.base))

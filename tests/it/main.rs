@@ -14,6 +14,7 @@ mod dag;
 mod directory;
 mod e2ee;
 mod errors;
+mod fed_join;
 mod federation;
 mod limits;
 mod media;

@@ -33,9 +33,14 @@ struct Step {
 enum Op {
     Topic,
     Name,
-    JoinRules { public: bool },
+    JoinRules {
+        public: bool,
+    },
     /// New levels for bob and carol (0 or 50 each).
-    Power { bob: bool, carol: bool },
+    Power {
+        bob: bool,
+        carol: bool,
+    },
     Leave,
     Join,
 }
@@ -52,8 +57,11 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn steps() -> impl Strategy<Value = (Vec<Step>, Vec<usize>)> {
-    let step = (op(), 0usize..3, prop::collection::vec(any::<usize>(), 1..=2))
-        .prop_map(|(op, sender, prevs)| Step { op, sender, prevs });
+    let step = (op(), 0usize..3, prop::collection::vec(any::<usize>(), 1..=2)).prop_map(|(op, sender, prevs)| Step {
+        op,
+        sender,
+        prevs,
+    });
     // The second vector picks, at each point of the second run, which ready event arrives next.
     (prop::collection::vec(step, 3..10), prop::collection::vec(any::<usize>(), 10))
 }
@@ -154,10 +162,8 @@ async fn build(
     (n, step): (usize, &Step),
     prev_labels: &[String],
 ) -> Built {
-    let prev_ids: Vec<OwnedEventId> = prev_labels
-        .iter()
-        .map(|l| if l == "base" { room.base_tip.clone() } else { room.ids[l].clone() })
-        .collect();
+    let prev_ids: Vec<OwnedEventId> =
+        prev_labels.iter().map(|l| if l == "base" { room.base_tip.clone() } else { room.ids[l].clone() }).collect();
     let mut states = Vec::new();
     for id in &prev_ids {
         states.push(state_after(server, id).await);
@@ -208,8 +214,13 @@ async fn build(
     });
     let CanonicalJsonValue::Object(mut object) = CanonicalJsonValue::try_from(value).unwrap() else { unreachable!() };
     let rules = version.rules().unwrap();
-    ruma::signatures::hash_and_sign_event(&server.server_name, server.state.server_key.pair(), &mut object, &rules.redaction)
-        .unwrap();
+    ruma::signatures::hash_and_sign_event(
+        &server.server_name,
+        server.state.server_key.pair(),
+        &mut object,
+        &rules.redaction,
+    )
+    .unwrap();
     Built { object, state_before, kind }
 }
 

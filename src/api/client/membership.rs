@@ -56,7 +56,8 @@ fn via_servers(query: Option<&str>) -> Result<Vec<OwnedServerName>> {
     url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
         .filter(|(key, _)| key == "via" || key == "server_name")
         .map(|(_, value)| {
-            OwnedServerName::try_from(value.as_ref()).map_err(|_| Error::invalid_param(format!("Invalid server {value}")))
+            OwnedServerName::try_from(value.as_ref())
+                .map_err(|_| Error::invalid_param(format!("Invalid server {value}")))
         })
         .collect()
 }
