@@ -71,7 +71,7 @@ pub async fn search(svc: &Services, user: &UserId, q: &Query<'_>) -> Result<Vec<
     }
     match q.order {
         Order::Rank => hits.sort_by(|a, b| b.rank.total_cmp(&a.rank).then(b.stream_pos.cmp(&a.stream_pos))),
-        Order::Recent => hits.sort_by(|a, b| b.stream_pos.cmp(&a.stream_pos)),
+        Order::Recent => hits.sort_by_key(|h| std::cmp::Reverse(h.stream_pos)),
     }
     let mut found = Vec::with_capacity(hits.len());
     for hit in hits {

@@ -145,7 +145,7 @@ async fn send_load(
 ) -> InFlight {
     let mut seq = first_seq;
     loop {
-        let topic = index == 0 && seq % 5 == 0;
+        let topic = index == 0 && seq.is_multiple_of(5);
         let txn = format!("t{seq}");
         let (path, body) = if topic {
             (

@@ -289,7 +289,7 @@ async fn extensions_deliver_what_changed() {
     let p = pos(&body);
 
     bob.put(
-        &format!("/_matrix/client/v3/sendToDevice/m.test/t1"),
+        "/_matrix/client/v3/sendToDevice/m.test/t1",
         json!({ "messages": { alice.user_id.clone(): { alice.device_id.clone(): { "n": 1 } } } }),
     )
     .await

@@ -40,10 +40,8 @@ impl Scope<'_> {
                 for room in rooms {
                     match room {
                         ExtensionRoomConfig::AllSubscribed => out.extend(self.subscriptions.iter().cloned()),
-                        ExtensionRoomConfig::Room(id) => {
-                            if self.subscriptions.iter().any(|s| s == id.as_str()) {
-                                out.insert(id.to_string());
-                            }
+                        ExtensionRoomConfig::Room(id) if self.subscriptions.iter().any(|s| s == id.as_str()) => {
+                            out.insert(id.to_string());
                         }
                         _ => {}
                     }
