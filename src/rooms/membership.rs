@@ -1,15 +1,15 @@
 //! Membership changes of local users: local events in rooms this server is in, handshakes
 //! with another server (`rooms::federation`) for rooms it is not in.
 
+use ruma::events::StateEventType;
 use ruma::{OwnedServerName, RoomId, UserId};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::create::member_draft;
 use super::{current_state, federation, send, servers_in_room, state_pdu};
 use crate::Services;
 use crate::error::{Error, Result};
 use crate::storage;
-use ruma::events::StateEventType;
 
 /// Whether membership changes in a room are local events here: the room is known and this
 /// server has a joined user, or nobody anywhere is joined (then only a local event can
@@ -22,9 +22,9 @@ async fn handled_here(svc: &Services, room_id: &RoomId) -> Result<bool> {
     Ok(servers.is_empty() || servers.iter().any(|s| s.as_str() == svc.config.server_name))
 }
 
-/// The servers to ask about a room this server is not in: `via` first, then the sender of
-/// the user's pending invite, the servers last known in the room, and the server of the
-/// room ID (room versions before 12 name the creator's server there).
+/// The servers to ask about a room this server is not in: `via` first, then those of the
+/// user's pending invite or knock, the servers last known in the room, and the server of
+/// the room ID (room versions before 12 name the creator's server there).
 async fn servers_to_ask(
     svc: &Services,
     room_id: &RoomId,
@@ -35,7 +35,16 @@ async fn servers_to_ask(
     if let Some(row) = storage::rooms::remote_membership(&svc.db, user.as_str(), room_id.as_str()).await?
         && row.membership != "leave"
     {
+        // The inviter's server, then those of the senders of the room state we were shown.
         servers.push(federation::remote_membership_event(&row)?.sender.server_name().to_owned());
+        let stripped: Vec<Value> = serde_json::from_str(&row.stripped_state).unwrap_or_default();
+        servers.extend(
+            stripped
+                .iter()
+                .filter_map(|e| e.get("sender").and_then(Value::as_str))
+                .filter_map(|s| UserId::parse(s).ok())
+                .map(|u| u.server_name().to_owned()),
+        );
     }
     if storage::rooms::get(&svc.db, room_id.as_str()).await?.is_some() {
         let current = current_state(svc, room_id).await?;

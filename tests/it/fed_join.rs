@@ -226,3 +226,31 @@ async fn make_join_and_send_join_check_what_they_are_given() {
     assert!(!answer["auth_chain"].as_array().expect("auth_chain").is_empty());
     assert_eq!(membership_seen_by(&alice, &room, &bob).await.as_deref(), Some("join"));
 }
+
+#[tokio::test]
+async fn remote_users_knock() {
+    let a = fed_server("127.0.0.1").await;
+    let b = fed_server("127.0.0.2").await;
+    let a_name = name_of(&a);
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room = alice
+        .create_room(json!({
+            "name": "Door",
+            "initial_state": [{ "type": "m.room.join_rules", "content": { "join_rule": "knock" } }],
+        }))
+        .await;
+    let before = bob.sync("").await["next_batch"].as_str().expect("next_batch").to_owned();
+    let path = format!("/_matrix/client/v3/knock/{}?via={}", enc(&room), enc(a_name.as_str()));
+    assert_eq!(bob.post(&path, json!({ "reason": "let me in" })).await.ok()["room_id"], room);
+    assert_eq!(membership_seen_by(&alice, &room, &bob.user_id).await.as_deref(), Some("knock"));
+    let sync = bob.sync(&format!("since={before}&timeout=0")).await;
+    let knock_state = &sync["rooms"]["knock"][&room]["knock_state"]["events"];
+    assert_eq!(state_event(knock_state, "m.room.name", "").expect("name")["content"]["name"], "Door");
+    let own = state_event(knock_state, "m.room.member", &bob.user_id).expect("own knock");
+    assert_eq!(own["content"]["membership"], "knock");
+
+    // Retracting the knock goes through make_leave/send_leave.
+    bob.post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)), json!({})).await.ok();
+    assert_eq!(membership_seen_by(&alice, &room, &bob.user_id).await.as_deref(), Some("leave"));
+}
