@@ -20,3 +20,9 @@ CREATE TABLE remote_memberships (
     PRIMARY KEY (user_id, room_id)
 );
 CREATE INDEX remote_memberships_stream ON remote_memberships (user_id, stream_pos);
+
+-- Events fetched with /backfill (history from before this server joined a room) get
+-- negative stream positions, counting down from 0: they sort before everything this server
+-- has seen, and are never news to an incremental /sync.
+CREATE TABLE backfill_counter (id INTEGER PRIMARY KEY CHECK (id = 1), value BIGINT NOT NULL);
+INSERT INTO backfill_counter (id, value) VALUES (1, 0);

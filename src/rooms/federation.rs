@@ -836,3 +836,122 @@ pub async fn resolve_alias(svc: &Services, alias: &RoomAliasId) -> Result<(Owned
     }
     Ok((room_id, servers))
 }
+
+/// Fetches history from before this server joined a room over federation, once a backwards
+/// pagination reached the start of what it has: up to `limit` events before its earliest
+/// one, from a server in the room (`GET /backfill`). Each is checked (signatures, hash, auth
+/// against its auth events) and placed in the timeline below everything else (negative
+/// positions) with the state this server joined with, so it never changes the current
+/// state nor shows up as new in /sync. Whether anything was added.
+pub async fn backfill(svc: &Services, room_id: &RoomId, limit: usize) -> Result<bool> {
+    let Some(base_group) = storage::rooms::base_state_group(&svc.db, room_id.as_str()).await? else {
+        return Ok(false);
+    };
+    let from = storage::events::backward_extremities(&svc.db, room_id.as_str()).await?;
+    if from.is_empty() {
+        return Ok(false);
+    }
+    let version = super::room_version(svc, room_id).await?;
+    let rules = versions::rules(&version)?;
+    let mut query: Vec<String> = from.iter().map(|id| format!("v={}", enc(id))).collect();
+    query.push(format!("limit={}", limit.clamp(1, 100)));
+    let path = format!("/_matrix/federation/v1/backfill/{}?{}", enc(room_id.as_str()), query.join("&"));
+    #[derive(Deserialize)]
+    struct Answer {
+        pdus: Vec<CanonicalJsonObject>,
+    }
+    let servers: Vec<OwnedServerName> = super::servers_in_room(svc, room_id).await?.into_iter().collect();
+    let fetched = through_any(svc, &servers, "backfilling", |server| {
+        let path = &path;
+        async move {
+            let answer: Answer = client::request(svc, &server, Method::GET, path, None).await?;
+            Ok((server, answer))
+        }
+    })
+    .await;
+    let (server, answer) = match fetched {
+        Ok(fetched) => fetched,
+        Err(e) => {
+            // The page the client asked for is still served, from what this server has.
+            tracing::info!(%room_id, error = %e, "cannot backfill");
+            return Ok(false);
+        }
+    };
+    let mut batch: HashMap<OwnedEventId, Arc<Pdu>> = HashMap::new();
+    for object in answer.pdus {
+        match verify_pdu(svc, &server, room_id, &rules, object).await {
+            Ok(pdu) => {
+                batch.insert(pdu.event_id.clone(), Arc::new(pdu));
+            }
+            Err(e) => tracing::info!(%room_id, error = %e, "backfilled event dropped"),
+        }
+    }
+    let current = super::current_state(svc, room_id).await?;
+    let create = super::state_pdu(svc, &current, &StateEventType::RoomCreate, "")
+        .await?
+        .ok_or_else(|| Error::Internal(anyhow::anyhow!("room {room_id} has no create event")))?;
+    // Newest first, as the positions count down.
+    let mut ordered: Vec<&Arc<Pdu>> = batch.values().collect();
+    ordered.sort_by_key(|p| std::cmp::Reverse((p.depth, p.origin_server_ts)));
+    let mut accepted = Vec::new();
+    for pdu in ordered {
+        if storage::events::get(&svc.db, pdu.event_id.as_str()).await?.is_some_and(|e| e.stream_pos.is_some()) {
+            continue;
+        }
+        let mut auth: HashMap<OwnedEventId, Arc<Pdu>> = HashMap::new();
+        for id in &pdu.auth_events {
+            let found = match batch.get(id) {
+                Some(p) => Some(p.clone()),
+                None => get_pdu(svc, id).await?,
+            };
+            if let Some(found) = found {
+                auth.insert(id.clone(), found);
+            }
+        }
+        auth.insert(create.event_id.clone(), create.clone());
+        let mut by_key: HashMap<(StateEventType, String), Arc<Pdu>> = auth
+            .values()
+            .filter(|a| pdu.auth_events.contains(&a.event_id))
+            .filter_map(|a| a.state_key.clone().map(|k| ((a.kind.to_string().into(), k), a.clone())))
+            .collect();
+        by_key.entry((StateEventType::RoomCreate, String::new())).or_insert_with(|| create.clone());
+        match check_auth(&rules, pdu, &auth, &by_key) {
+            Ok(()) => accepted.push(pdu.clone()),
+            Err(e) => tracing::info!(%room_id, error = %e, "backfilled event refused"),
+        }
+    }
+    if accepted.is_empty() {
+        return Ok(false);
+    }
+    let mut tx = svc.db.begin().await?;
+    for pdu in &accepted {
+        let prev_ids: Vec<String> = pdu.prev_events.iter().map(ToString::to_string).collect();
+        let auth_ids: Vec<String> = pdu.auth_events.iter().map(ToString::to_string).collect();
+        let relation = pdu.relation();
+        storage::events::insert_outlier(
+            &mut tx,
+            &NewEvent {
+                event_id: pdu.event_id.as_str(),
+                room_id: room_id.as_str(),
+                stream_pos: None,
+                depth: pdu.depth as i64,
+                event_type: &pdu.kind.to_string(),
+                state_key: pdu.state_key.as_deref(),
+                sender: pdu.sender.as_str(),
+                origin_server_ts: i64::from(pdu.origin_server_ts.0),
+                json: &pdu.json,
+                state_group: None,
+                prev_events: &prev_ids,
+                auth_events: &auth_ids,
+                relation: relation.as_ref().map(|(t, e)| (t.as_str(), e.as_str())),
+                soft_failed: false,
+            },
+        )
+        .await?;
+        let pos = storage::next_backfill_pos(&mut tx).await?;
+        storage::events::place_in_timeline(&mut tx, pdu.event_id.as_str(), pos, base_group).await?;
+    }
+    tx.commit().await?;
+    tracing::info!(%room_id, %server, events = accepted.len(), "backfilled");
+    Ok(true)
+}

@@ -112,6 +112,36 @@ async fn insert_with(tx: &mut Tx, e: &NewEvent<'_>, on_conflict: &str) -> sqlx::
     Ok(())
 }
 
+/// Puts a stored event that is not in the timeline (an outlier, or just backfilled) at a
+/// timeline position, with the state at it.
+pub async fn place_in_timeline(tx: &mut Tx, event_id: &str, stream_pos: i64, state_group: i64) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE events SET stream_pos = $1, state_group = $2, outlier = 0 WHERE event_id = $3 AND stream_pos IS NULL",
+    )
+    .bind(stream_pos)
+    .bind(state_group)
+    .bind(event_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Where a room's history here starts: the prev events of its earliest timeline event that
+/// are not in the timeline themselves (unknown, or known only as outliers).
+pub async fn backward_extremities(db: &Db, room_id: &str) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar(
+        "SELECT edge.prev_event_id FROM event_edges edge
+         LEFT JOIN events prev ON prev.event_id = edge.prev_event_id
+         WHERE edge.event_id = (SELECT event_id FROM events WHERE room_id = $1 AND stream_pos IS NOT NULL
+                                ORDER BY stream_pos ASC LIMIT 1)
+           AND (prev.event_id IS NULL OR prev.stream_pos IS NULL)
+         ORDER BY edge.prev_event_id",
+    )
+    .bind(room_id)
+    .fetch_all(db.read())
+    .await
+}
+
 pub async fn get(db: &Db, event_id: &str) -> sqlx::Result<Option<StoredEvent>> {
     let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM events WHERE event_id = $1")))
         .bind(event_id)

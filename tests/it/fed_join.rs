@@ -254,3 +254,128 @@ async fn remote_users_knock() {
     bob.post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)), json!({})).await.ok();
     assert_eq!(membership_seen_by(&alice, &room, &bob.user_id).await.as_deref(), Some("leave"));
 }
+
+/// The state of the fake standing in front of server A.
+#[derive(Clone)]
+struct Front {
+    a_base: String,
+    a_state: plexus::AppState,
+    name: String,
+    http: reqwest::Client,
+}
+
+/// Starts server A behind a fake that takes A's server name: it forwards every request to A
+/// except `GET /backfill`, which it answers from A's database (serving /backfill is another
+/// branch's work; this lets the asking side be tested end to end before that merges).
+async fn start_fronted_server() -> TestServer {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let name = listener.local_addr().expect("addr").to_string();
+    let a = TestServer::start_on("127.0.0.1", |c| {
+        c.federation.insecure_plain_http = true;
+        c.server_name = name.clone();
+    })
+    .await;
+    let front = Front { a_base: a.base.clone(), a_state: a.state.clone(), name, http: reqwest::Client::new() };
+    let app = axum::Router::new()
+        .route("/_matrix/federation/v1/backfill/{room_id}", axum::routing::get(fake_backfill))
+        .fallback(forward)
+        .with_state(front);
+    tokio::spawn(async move { axum::serve(listener, app).await.expect("front serves") });
+    a
+}
+
+async fn forward(
+    axum::extract::State(front): axum::extract::State<Front>,
+    request: axum::extract::Request,
+) -> axum::response::Response {
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, usize::MAX).await.expect("body");
+    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let mut headers = parts.headers.clone();
+    headers.remove(axum::http::header::HOST);
+    let answer = front
+        .http
+        .request(parts.method, format!("{}{target}", front.a_base))
+        .headers(headers)
+        .body(body)
+        .send()
+        .await
+        .expect("A answers");
+    let status = answer.status();
+    let headers = answer.headers().clone();
+    let bytes = answer.bytes().await.expect("A's body");
+    let mut response = axum::response::Response::new(axum::body::Body::from(bytes));
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    response
+}
+
+/// `/backfill` as the spec describes it: the events `v` and their ancestors along
+/// prev_events, newest first, at most `limit`.
+async fn fake_backfill(
+    axum::extract::State(front): axum::extract::State<Front>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> axum::Json<Value> {
+    let pairs: Vec<(String, String)> =
+        url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()).into_owned().collect();
+    let limit: usize = pairs.iter().find(|(k, _)| k == "limit").map_or(10, |(_, v)| v.parse().expect("limit"));
+    let mut queue: std::collections::VecDeque<ruma::OwnedEventId> =
+        pairs.iter().filter(|(k, _)| k == "v").map(|(_, v)| v.as_str().try_into().expect("event ID")).collect();
+    let mut seen = std::collections::HashSet::new();
+    let mut pdus = Vec::new();
+    while let Some(id) = queue.pop_front() {
+        if pdus.len() >= limit || !seen.insert(id.clone()) {
+            continue;
+        }
+        let pdu = plexus::rooms::get_pdu(&front.a_state, &id).await.expect("read").expect("known event");
+        pdus.push(plexus::rooms::federation::federation_form(&pdu).expect("PDU"));
+        queue.extend(pdu.prev_events.iter().cloned());
+    }
+    axum::Json(json!({ "origin": front.name, "origin_server_ts": 0, "pdus": pdus }))
+}
+
+#[tokio::test]
+async fn history_from_before_a_remote_join_is_backfilled() {
+    let a = start_fronted_server().await;
+    let b = fed_server("127.0.0.2").await;
+    let a_name = a.state.config.server_name.clone();
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat", "name": "History" })).await;
+    let state = alice.get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.history_visibility", enc(&room))).await;
+    assert_eq!(state.ok()["history_visibility"], "shared");
+    for text in ["one", "two", "three"] {
+        alice.send_text(&room, text).await;
+    }
+
+    let path = format!("/_matrix/client/v3/join/{}?via={}", enc(&room), enc(&a_name));
+    bob.post(&path, json!({})).await.ok();
+    let sync = bob.sync("").await;
+    let joined = &sync["rooms"]["join"][&room];
+    let timeline = joined["timeline"]["events"].as_array().expect("timeline");
+    assert!(timeline.iter().all(|e| e["type"] != "m.room.message"), "history is not in the joined timeline yet");
+    let prev_batch = joined["timeline"]["prev_batch"].as_str().expect("prev_batch").to_owned();
+    let next_batch = sync["next_batch"].as_str().expect("next_batch").to_owned();
+
+    let page = bob
+        .get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b&from={}&limit=10", enc(&room), enc(&prev_batch)))
+        .await
+        .ok();
+    let chunk = page["chunk"].as_array().expect("chunk");
+    let texts: Vec<&str> = chunk.iter().filter_map(|e| e["content"]["body"].as_str()).collect();
+    assert_eq!(texts, ["three", "two", "one"], "{page}");
+    assert_eq!(chunk[0]["content"]["body"], "three", "newest first");
+    // Further back, from the end of that page: the rest of the room's beginning.
+    if let Some(end) = page["end"].as_str() {
+        let older = bob
+            .get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b&from={}&limit=10", enc(&room), enc(end)))
+            .await
+            .ok();
+        assert!(older["chunk"].as_array().expect("chunk").iter().all(|e| e["type"] != "m.room.message"));
+    }
+
+    // Backfilled history is not news to an incremental sync.
+    let sync = bob.sync(&format!("since={next_batch}&timeout=0")).await;
+    let news = sync["rooms"]["join"][&room]["timeline"]["events"].as_array().cloned().unwrap_or_default();
+    assert!(news.iter().all(|e| e["type"] != "m.room.message"), "{sync}");
+}
