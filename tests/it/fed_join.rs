@@ -379,3 +379,36 @@ async fn history_from_before_a_remote_join_is_backfilled() {
     let news = sync["rooms"]["join"][&room]["timeline"]["events"].as_array().cloned().unwrap_or_default();
     assert!(news.iter().all(|e| e["type"] != "m.room.message"), "{sync}");
 }
+
+#[tokio::test]
+async fn restricted_joins_are_authorised_and_co_signed_by_the_resident_server() {
+    let a = fed_server("127.0.0.1").await;
+    let b = fed_server("127.0.0.2").await;
+    let a_name = name_of(&a);
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let lobby = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let allow = json!([{ "type": "m.room_membership", "room_id": lobby }]);
+    let inner = alice
+        .create_room(json!({
+            "room_version": "10",
+            "initial_state": [{ "type": "m.room.join_rules", "content": { "join_rule": "restricted", "allow": allow } }],
+        }))
+        .await;
+    let join = |room: &str| format!("/_matrix/client/v3/join/{}?via={}", enc(room), enc(a_name.as_str()));
+    // Not in the allowed room yet: refused.
+    bob.post(&join(&inner), json!({})).await.assert_error(403, "M_FORBIDDEN");
+    bob.post(&join(&lobby), json!({})).await.ok();
+    bob.post(&join(&inner), json!({})).await.ok();
+    assert_eq!(membership_seen_by(&alice, &inner, &bob.user_id).await.as_deref(), Some("join"));
+    // B keeps the join as A co-signed it, naming Alice as the authoriser.
+    let event_id = plexus::storage::rooms::current_state_event(&b.state.db, &inner, "m.room.member", &bob.user_id)
+        .await
+        .unwrap()
+        .expect("bob's membership");
+    let stored = plexus::storage::events::get(&b.state.db, &event_id).await.unwrap().expect("stored");
+    let event: Value = serde_json::from_str(&stored.json).unwrap();
+    assert_eq!(event["content"]["join_authorised_via_users_server"], alice.user_id);
+    assert!(event["signatures"][a_name.as_str()].is_object(), "{event}");
+    assert!(event["signatures"][b.state.config.server_name.as_str()].is_object(), "{event}");
+}
