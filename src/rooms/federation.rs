@@ -148,14 +148,15 @@ fn content_field<'a>(object: &'a CanonicalJsonObject, key: &str) -> Option<&'a s
     }
 }
 
-/// Checks that a received membership event is `membership` of its own sender, a user of
-/// `origin`, in `room_id` (400 `M_BAD_JSON`, 403 for a user of another server).
+/// Checks that a received membership event is a `membership` in `room_id` sent by a user of
+/// `origin` and, with `about_sender`, about that user (400 `M_BAD_JSON`, 403 for a sender of
+/// another server).
 fn check_member_event(
     object: &CanonicalJsonObject,
     room_id: &RoomId,
     origin: &ServerName,
     membership: &str,
-    own: bool,
+    about_sender: bool,
 ) -> Result<()> {
     if field(object, "room_id") != Some(room_id.as_str()) {
         return Err(Error::bad_json("The event is for another room"));
@@ -165,7 +166,7 @@ fn check_member_event(
     }
     let sender = field(object, "sender").and_then(|s| UserId::parse(s).ok());
     let sender = sender.ok_or_else(|| Error::bad_json("Invalid sender"))?;
-    if own && field(object, "state_key") != Some(sender.as_str()) {
+    if about_sender && field(object, "state_key") != Some(sender.as_str()) {
         return Err(Error::bad_json("The event is not about its sender"));
     }
     if sender.server_name() != origin {
