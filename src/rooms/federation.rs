@@ -103,14 +103,39 @@ async fn is_joined(svc: &Services, room_id: &RoomId, server: &ServerName) -> Res
     Ok(super::servers_in_room(svc, room_id).await?.iter().any(|s| s == server))
 }
 
-/// The head of a room this server is joined to, for serving a handshake (404 otherwise).
-async fn resident_head(svc: &Services, room_id: &RoomId) -> Result<Head> {
-    if storage::rooms::get(&svc.db, room_id.as_str()).await?.is_none()
-        || !is_joined(svc, room_id, our_name(svc)?).await?
-    {
-        return Err(Error::not_found("This server is not in the room"));
+/// The version of a room this server is joined to, for serving a handshake (404 otherwise).
+async fn resident_version(svc: &Services, room_id: &RoomId) -> Result<RoomVersionId> {
+    let not_in_room = || Error::not_found("This server is not in the room");
+    let version = super::room_version(svc, room_id).await.map_err(|_| not_in_room())?;
+    if !is_joined(svc, room_id, our_name(svc)?).await? {
+        return Err(not_in_room());
     }
-    Head::load(svc, room_id).await
+    Ok(version)
+}
+
+/// Stores an event outside the timeline (unless already known).
+async fn insert_outlier(tx: &mut storage::Tx, pdu: &Pdu) -> Result<()> {
+    let prev_ids: Vec<String> = pdu.prev_events.iter().map(ToString::to_string).collect();
+    let auth_ids: Vec<String> = pdu.auth_events.iter().map(ToString::to_string).collect();
+    let relation = pdu.relation();
+    let event = NewEvent {
+        event_id: pdu.event_id.as_str(),
+        room_id: pdu.room_id.as_str(),
+        stream_pos: None,
+        depth: pdu.depth as i64,
+        event_type: &pdu.kind.to_string(),
+        state_key: pdu.state_key.as_deref(),
+        sender: pdu.sender.as_str(),
+        origin_server_ts: i64::from(pdu.origin_server_ts.0),
+        json: &pdu.json,
+        state_group: None,
+        prev_events: &prev_ids,
+        auth_events: &auth_ids,
+        relation: relation.as_ref().map(|(t, e)| (t.as_str(), e.as_str())),
+        soft_failed: false,
+    };
+    storage::events::insert_outlier(tx, &event).await?;
+    Ok(())
 }
 
 /// The PDU as it goes to other servers: without the `unsigned` we keep beside it.
@@ -191,7 +216,8 @@ pub async fn make_membership(
     if user.server_name() != origin {
         return Err(Error::forbidden("The user is not a user of the requesting server"));
     }
-    let head = resident_head(svc, room_id).await?;
+    resident_version(svc, room_id).await?;
+    let head = Head::load(svc, room_id).await?;
     if kind != Handshake::Leave && !supported.iter().any(|v| v == head.version.as_str()) {
         return Err(incompatible(head.version.as_str()));
     }
@@ -282,8 +308,7 @@ pub async fn accept_membership(
     kind: Handshake,
     mut object: CanonicalJsonObject,
 ) -> Result<Arc<Pdu>> {
-    let head = resident_head(svc, room_id).await?;
-    let rules = versions::rules(&head.version)?;
+    let rules = versions::rules(&resident_version(svc, room_id).await?)?;
     let id = inbound::well_formed(&mut object, &rules)?.map_err(Error::bad_json)?;
     if id != event_id {
         return Err(Error::bad_json("The event ID does not match the event"));
@@ -674,25 +699,7 @@ async fn store_joined_room(
     let mut tx = svc.db.begin().await?;
     storage::rooms::create(&mut tx, room, version.as_str(), create.sender.as_str()).await?;
     for pdu in events.values() {
-        let prev_ids: Vec<String> = pdu.prev_events.iter().map(ToString::to_string).collect();
-        let auth_ids: Vec<String> = pdu.auth_events.iter().map(ToString::to_string).collect();
-        let event = NewEvent {
-            event_id: pdu.event_id.as_str(),
-            room_id: room,
-            stream_pos: None,
-            depth: pdu.depth as i64,
-            event_type: &pdu.kind.to_string(),
-            state_key: pdu.state_key.as_deref(),
-            sender: pdu.sender.as_str(),
-            origin_server_ts: i64::from(pdu.origin_server_ts.0),
-            json: &pdu.json,
-            state_group: None,
-            prev_events: &prev_ids,
-            auth_events: &auth_ids,
-            relation: None,
-            soft_failed: false,
-        };
-        storage::events::insert_outlier(&mut tx, &event).await?;
+        insert_outlier(&mut tx, pdu).await?;
     }
     let group = storage::state::create_group(&mut tx, room, None, &rows, &rows).await?;
     storage::rooms::set_base_state_group(&mut tx, room, group).await?;
@@ -926,29 +933,7 @@ pub async fn backfill(svc: &Services, room_id: &RoomId, limit: usize) -> Result<
     }
     let mut tx = svc.db.begin().await?;
     for pdu in &accepted {
-        let prev_ids: Vec<String> = pdu.prev_events.iter().map(ToString::to_string).collect();
-        let auth_ids: Vec<String> = pdu.auth_events.iter().map(ToString::to_string).collect();
-        let relation = pdu.relation();
-        storage::events::insert_outlier(
-            &mut tx,
-            &NewEvent {
-                event_id: pdu.event_id.as_str(),
-                room_id: room_id.as_str(),
-                stream_pos: None,
-                depth: pdu.depth as i64,
-                event_type: &pdu.kind.to_string(),
-                state_key: pdu.state_key.as_deref(),
-                sender: pdu.sender.as_str(),
-                origin_server_ts: i64::from(pdu.origin_server_ts.0),
-                json: &pdu.json,
-                state_group: None,
-                prev_events: &prev_ids,
-                auth_events: &auth_ids,
-                relation: relation.as_ref().map(|(t, e)| (t.as_str(), e.as_str())),
-                soft_failed: false,
-            },
-        )
-        .await?;
+        insert_outlier(&mut tx, pdu).await?;
         let pos = storage::next_backfill_pos(&mut tx).await?;
         storage::events::place_in_timeline(&mut tx, pdu.event_id.as_str(), pos, base_group).await?;
     }
