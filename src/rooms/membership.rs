@@ -133,6 +133,17 @@ pub async fn invite(
     reason: Option<&str>,
 ) -> Result<()> {
     let draft = member_draft(svc, invitee, "invite", reason).await?;
+    send_invite(svc, room_id, sender, invitee, draft).await
+}
+
+/// Sends an invite event (`draft`): through the invitee's server when it is another.
+pub async fn send_invite(
+    svc: &Services,
+    room_id: &RoomId,
+    sender: &UserId,
+    invitee: &UserId,
+    draft: super::Draft,
+) -> Result<()> {
     if invitee.server_name().as_str() == svc.config.server_name {
         send(svc, room_id, sender, draft, None).await?;
     } else {

@@ -135,6 +135,19 @@ async fn remote_invites_are_seen_accepted_and_rejected() {
         (left["state_key"].as_str(), left["content"]["membership"].as_str()),
         (Some(&*dave.user_id), Some("leave"))
     );
+    // Invites of createRoom go through the invitee's server too.
+    let erin = b.register("erin").await;
+    let dm = alice
+        .create_room(json!({ "preset": "trusted_private_chat", "invite": [erin.user_id], "is_direct": true }))
+        .await;
+    let sync = erin.sync("").await;
+    let invite_state = &sync["rooms"]["invite"][&dm]["invite_state"]["events"];
+    let own = state_event(invite_state, "m.room.member", &erin.user_id).expect("invite event");
+    assert_eq!(
+        (own["content"]["membership"].as_str(), own["content"]["is_direct"].as_bool()),
+        (Some("invite"), Some(true))
+    );
+
     // Nothing pending any more: leaving again is refused.
     dave.post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)), json!({}))
         .await
