@@ -489,17 +489,22 @@ async fn through_any<T, F: Future<Output = Result<T>>>(
     what: &str,
     attempt: impl Fn(OwnedServerName) -> F,
 ) -> Result<T> {
-    let mut last = None;
+    // What the client is told if all fail: a server's refusal (a 4xx) rather than one being
+    // unreachable or answering nonsense, as the refusal says why.
+    let mut reported: Option<Error> = None;
     for server in candidates(svc, servers) {
         match attempt(server.clone()).await {
             Ok(done) => return Ok(done),
             Err(e) => {
                 tracing::info!(%server, error = %e, "{what} through this server failed");
-                last = Some(e);
+                let refusal = |e: &Error| matches!(e, Error::Matrix { status, .. } if status.is_client_error());
+                if reported.as_ref().is_none_or(|r| !refusal(r)) {
+                    reported = Some(e);
+                }
             }
         }
     }
-    Err(last.unwrap_or_else(|| Error::not_found("No server to ask: this server is not in the room")))
+    Err(reported.unwrap_or_else(|| Error::not_found("No server to ask: this server is not in the room")))
 }
 
 #[derive(Deserialize)]
