@@ -37,10 +37,25 @@ use crate::storage::{self, events::NewEvent, rooms::StateChange};
 /// Largest PDU, in bytes of canonical JSON (spec).
 pub const MAX_PDU_BYTES: usize = 65_536;
 
-/// Caches of immutable data (state groups, events) and the per-room write locks.
+/// One async lock per room.
+#[derive(Default)]
+struct RoomLocks(Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>);
+
+impl RoomLocks {
+    fn get(&self, room_id: &RoomId) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        locks.entry(room_id.to_owned()).or_default().clone()
+    }
+}
+
+/// Caches of immutable data (state groups, events), the per-room write locks, and the
+/// per-room locks of joins over federation.
 #[derive(Default)]
 pub struct Rooms {
-    locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
+    locks: RoomLocks,
+    /// Held by a join over federation, so that a second local user joining the same room
+    /// meanwhile waits and then joins locally instead of starting the room again.
+    remote_joins: RoomLocks,
     pub(crate) state_cache: Mutex<HashMap<i64, Arc<StateMap>>>,
     event_cache: Mutex<HashMap<OwnedEventId, Arc<Pdu>>>,
 }
@@ -49,8 +64,11 @@ const CACHE_LIMIT: usize = 20_000;
 
 impl Rooms {
     fn lock_for(&self, room_id: &RoomId) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
-        locks.entry(room_id.to_owned()).or_default().clone()
+        self.locks.get(room_id)
+    }
+
+    fn remote_join_lock_for(&self, room_id: &RoomId) -> Arc<tokio::sync::Mutex<()>> {
+        self.remote_joins.get(room_id)
     }
 
     fn cached_event(&self, event_id: &EventId) -> Option<Arc<Pdu>> {

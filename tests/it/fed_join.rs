@@ -426,3 +426,29 @@ async fn restricted_joins_are_authorised_and_co_signed_by_the_resident_server() 
     assert!(event["signatures"][a_name.as_str()].is_object(), "{event}");
     assert!(event["signatures"][b.state.config.server_name.as_str()].is_object(), "{event}");
 }
+
+#[tokio::test]
+async fn concurrent_first_joins_of_one_server_keep_both_members() {
+    let a = fed_server("127.0.0.1").await;
+    let b = fed_server("127.0.0.2").await;
+    let a_name = name_of(&a);
+    let alice = a.register("alice").await;
+    let (bob, carol) = (b.register("bob").await, b.register("carol").await);
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let path = format!("/_matrix/client/v3/join/{}?via={}", enc(&room), enc(a_name.as_str()));
+    let (first, second) = tokio::join!(bob.post(&path, json!({})), carol.post(&path, json!({})));
+    first.ok();
+    second.ok();
+    // B's copy of the room has both (the second joined on top of the first).
+    for user in [&bob, &carol] {
+        let membership = plexus::storage::rooms::membership(&b.state.db, &room, &user.user_id).await.unwrap();
+        assert_eq!(membership.as_deref(), Some("join"), "{}", user.user_id);
+    }
+    // The first to get the room joined through A; the other joined B's copy locally, which
+    // reaches A once local events are sent to the room's servers (another branch).
+    let mut seen_by_a = Vec::new();
+    for user in [&bob, &carol] {
+        seen_by_a.push(membership_seen_by(&alice, &room, &user.user_id).await);
+    }
+    assert!(seen_by_a.contains(&Some("join".to_owned())), "{seen_by_a:?}");
+}
