@@ -214,7 +214,7 @@ pub async fn create_room(svc: &Services, creator: &UserId, req: CreateRoomReques
         if req.is_direct {
             draft.content["is_direct"] = json!(true);
         }
-        send(svc, &room_id, creator, draft, None).await?;
+        super::membership::send_invite(svc, &room_id, creator, user, draft).await?;
     }
 
     let mut tx = svc.db.begin().await?;

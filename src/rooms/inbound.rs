@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use ruma::events::StateEventType;
+use ruma::room_version_rules::RoomVersionRules;
 use ruma::signatures::{PublicKeyMap, Verified};
 use ruma::{CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, RoomId};
 
@@ -31,10 +32,7 @@ pub enum Outcome {
 }
 
 /// The event ID of a PDU of a room version.
-pub fn event_id_of(
-    object: &CanonicalJsonObject,
-    rules: &ruma::room_version_rules::RoomVersionRules,
-) -> Result<OwnedEventId> {
+pub fn event_id_of(object: &CanonicalJsonObject, rules: &RoomVersionRules) -> Result<OwnedEventId> {
     if rules.event_id_format == ruma::room_version_rules::EventIdFormatVersion::V1 {
         return match object.get("event_id") {
             Some(CanonicalJsonValue::String(id)) => EventId::parse(id).map_err(|e| Error::bad_json(e.to_string())),
@@ -43,6 +41,50 @@ pub fn event_id_of(
     }
     let hash = ruma::signatures::reference_hash(object, rules).map_err(|e| Error::bad_json(e.to_string()))?;
     EventId::parse(format!("${hash}")).map_err(|e| Error::bad_json(e.to_string()))
+}
+
+/// Check 1 on receipt: the PDU is well-formed for its room version. Drops what the sender
+/// put in `unsigned` and gives the event ID; `Err` is why it is dropped.
+pub(crate) fn well_formed(
+    object: &mut CanonicalJsonObject,
+    rules: &RoomVersionRules,
+) -> Result<std::result::Result<OwnedEventId, String>> {
+    if let Err(e) = ruma::state_res::check_pdu_format(object, &rules.event_format) {
+        return Ok(Err(format!("malformed PDU: {e}")));
+    }
+    object.remove("unsigned");
+    match event_id_of(object, rules) {
+        Ok(id) => Ok(Ok(id)),
+        Err(e) => Ok(Err(format!("no valid event ID: {e}"))),
+    }
+}
+
+/// Checks 2 and 3 on receipt: the signatures, then the content hash (a mismatch keeps the
+/// event redacted); the parsed PDU of `room_id`, or why it is refused.
+pub(crate) fn verified(
+    mut object: CanonicalJsonObject,
+    keys: &PublicKeyMap,
+    rules: &RoomVersionRules,
+    event_id: OwnedEventId,
+    room_id: &RoomId,
+) -> Result<std::result::Result<Pdu, String>> {
+    match ruma::signatures::verify_event(keys, &object, rules) {
+        Ok(Verified::All) => {}
+        Ok(Verified::Signatures) => {
+            object = ruma::canonical_json::redact(object, &rules.redaction, None)
+                .map_err(|e| Error::bad_json(e.to_string()))?;
+        }
+        Err(e) => return Ok(Err(format!("bad signature: {e}"))),
+    }
+    let json = ruma::canonical_json::to_canonical_value(&object).map_err(|e| Error::Internal(e.into()))?.to_string();
+    let pdu = match Pdu::parse(event_id, &json, Some(room_id)) {
+        Ok(pdu) => pdu,
+        Err(e) => return Ok(Err(e)),
+    };
+    if pdu.room_id != room_id {
+        return Ok(Err("PDU is for another room".into()));
+    }
+    Ok(Ok(pdu))
 }
 
 /// Runs the checks on receipt of a PDU for a room this server is in and stores it.
@@ -56,28 +98,18 @@ pub async fn receive(
     let version = super::room_version(svc, room_id).await?;
     let rules = versions::rules(&version)?;
     // 1. Well-formed.
-    if let Err(e) = ruma::state_res::check_pdu_format(&object, &rules.event_format) {
-        return Ok(Outcome::Rejected(format!("malformed PDU: {e}")));
-    }
-    object.remove("unsigned");
-    let event_id = event_id_of(&object, &rules)?;
+    let event_id = match well_formed(&mut object, &rules)? {
+        Ok(id) => id,
+        Err(reason) => return Ok(Outcome::Rejected(reason)),
+    };
     if storage::events::get(&svc.db, event_id.as_str()).await?.is_some() {
         return Ok(Outcome::Duplicate(event_id));
     }
-    // 2. Signatures; 3. content hash (a mismatch means the event is kept redacted).
-    match ruma::signatures::verify_event(keys, &object, &rules) {
-        Ok(Verified::All) => {}
-        Ok(Verified::Signatures) => {
-            object = ruma::canonical_json::redact(object, &rules.redaction, None)
-                .map_err(|e| Error::bad_json(e.to_string()))?;
-        }
-        Err(e) => return Ok(Outcome::Rejected(format!("bad signature: {e}"))),
-    }
-    let json = ruma::canonical_json::to_canonical_value(&object).map_err(|e| Error::Internal(e.into()))?.to_string();
-    let pdu = Pdu::parse(event_id.clone(), &json, Some(room_id)).map_err(Error::bad_json)?;
-    if pdu.room_id != room_id {
-        return Ok(Outcome::Rejected("PDU is for another room".into()));
-    }
+    // 2. Signatures; 3. content hash.
+    let pdu = match verified(object, keys, &rules, event_id.clone(), room_id)? {
+        Ok(pdu) => pdu,
+        Err(reason) => return Ok(Outcome::Rejected(reason)),
+    };
 
     let mut missing = Vec::new();
     let mut auth_events: HashMap<OwnedEventId, Arc<Pdu>> = HashMap::new();
@@ -148,9 +180,9 @@ pub async fn receive(
 }
 
 /// The state-dependent auth rules against a state.
-async fn check_against(
+pub(crate) async fn check_against(
     svc: &Services,
-    rules: &ruma::room_version_rules::RoomVersionRules,
+    rules: &RoomVersionRules,
     pdu: &Pdu,
     state: &StateMap,
 ) -> Result<std::result::Result<(), String>> {

@@ -2,9 +2,11 @@
 //! event, and append to the timeline. The one place where events enter a room.
 
 pub mod create;
+pub mod federation;
 pub mod format;
 pub mod hierarchy;
 pub mod inbound;
+pub mod membership;
 pub mod pdu;
 pub mod power;
 pub mod receipts;
@@ -38,10 +40,25 @@ use crate::storage::{self, events::NewEvent, rooms::StateChange};
 /// Largest PDU, in bytes of canonical JSON (spec).
 pub const MAX_PDU_BYTES: usize = 65_536;
 
-/// Caches of immutable data (state groups, events) and the per-room write locks.
+/// One async lock per room.
+#[derive(Default)]
+struct RoomLocks(Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>);
+
+impl RoomLocks {
+    fn get(&self, room_id: &RoomId) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        locks.entry(room_id.to_owned()).or_default().clone()
+    }
+}
+
+/// Caches of immutable data (state groups, events), the per-room write locks, and the
+/// per-room locks of joins over federation.
 #[derive(Default)]
 pub struct Rooms {
-    locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
+    locks: RoomLocks,
+    /// Held by a join over federation, so that a second local user joining the same room
+    /// meanwhile waits and then joins locally instead of starting the room again.
+    remote_joins: RoomLocks,
     pub(crate) state_cache: Mutex<HashMap<i64, Arc<StateMap>>>,
     event_cache: Mutex<HashMap<OwnedEventId, Arc<Pdu>>>,
 }
@@ -50,8 +67,11 @@ const CACHE_LIMIT: usize = 20_000;
 
 impl Rooms {
     fn lock_for(&self, room_id: &RoomId) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
-        locks.entry(room_id.to_owned()).or_default().clone()
+        self.locks.get(room_id)
+    }
+
+    fn remote_join_lock_for(&self, room_id: &RoomId) -> Arc<tokio::sync::Mutex<()>> {
+        self.remote_joins.get(room_id)
     }
 
     fn cached_event(&self, event_id: &EventId) -> Option<Arc<Pdu>> {
@@ -183,6 +203,28 @@ pub async fn membership_in(svc: &Services, state: &StateMap, user: &UserId) -> R
         .unwrap_or_else(|| "leave".to_owned()))
 }
 
+/// Stripped state of a room (invites, knocks): its identity, and the member event of
+/// `member` (the invitee, or the inviter in an invite sent to another server).
+pub async fn stripped_state(svc: &Services, state: &StateMap, member: &UserId) -> Result<Vec<Value>> {
+    let keys = [
+        (StateEventType::RoomCreate, ""),
+        (StateEventType::RoomJoinRules, ""),
+        (StateEventType::RoomName, ""),
+        (StateEventType::RoomAvatar, ""),
+        (StateEventType::RoomCanonicalAlias, ""),
+        (StateEventType::RoomEncryption, ""),
+        (StateEventType::RoomTopic, ""),
+        (StateEventType::RoomMember, member.as_str()),
+    ];
+    let mut out = Vec::new();
+    for (kind, key) in keys {
+        if let Some(pdu) = state_pdu(svc, state, &kind, key).await? {
+            out.push(pdu.to_stripped());
+        }
+    }
+    Ok(out)
+}
+
 /// Sends an event from a local user into an existing room: authorise it against the
 /// room's current state, sign it, append it, wake the users concerned.
 /// `txn` = (device, transaction ID) makes the send idempotent.
@@ -201,20 +243,38 @@ pub async fn send(
     {
         return OwnedEventId::try_from(existing).map_err(|e| Error::Internal(e.into()));
     }
-    let (version, group) =
-        storage::rooms::get(&svc.db, room_id.as_str()).await?.ok_or_else(|| Error::not_found("Unknown room"))?;
-    let version = RoomVersionId::try_from(version).map_err(|e| Error::Internal(e.into()))?;
-    let state_before = match group {
-        Some(g) => state::load(svc, g).await?,
-        None => return Err(Error::Internal(anyhow::anyhow!("room {room_id} has no state"))),
-    };
-    let mut prevs = Vec::new();
-    for id in storage::rooms::extremities(&svc.db, room_id.as_str()).await? {
-        let id = OwnedEventId::try_from(id).map_err(|e| Error::Internal(e.into()))?;
-        prevs.push(get_pdu(svc, &id).await?.ok_or_else(|| Error::Internal(anyhow::anyhow!("missing extremity {id}")))?);
+    let head = Head::load(svc, room_id).await?;
+    let built = build(svc, &head.version, Some(room_id), sender, &draft, &head.prevs, &head.state).await?;
+    append_local(svc, built, &head.state, head.group, txn.map(|(d, t)| (sender, d, t))).await
+}
+
+/// What a new event of a room is built on: the room's version, current state (and its
+/// group) and forward extremities.
+pub(crate) struct Head {
+    pub version: RoomVersionId,
+    pub state: Arc<StateMap>,
+    pub group: Option<i64>,
+    pub prevs: Vec<Arc<Pdu>>,
+}
+
+impl Head {
+    pub(crate) async fn load(svc: &Services, room_id: &RoomId) -> Result<Head> {
+        let (version, group) =
+            storage::rooms::get(&svc.db, room_id.as_str()).await?.ok_or_else(|| Error::not_found("Unknown room"))?;
+        let version = RoomVersionId::try_from(version).map_err(|e| Error::Internal(e.into()))?;
+        let state = match group {
+            Some(g) => state::load(svc, g).await?,
+            None => return Err(Error::Internal(anyhow::anyhow!("room {room_id} has no state"))),
+        };
+        let mut prevs = Vec::new();
+        for id in storage::rooms::extremities(&svc.db, room_id.as_str()).await? {
+            let id = OwnedEventId::try_from(id).map_err(|e| Error::Internal(e.into()))?;
+            prevs.push(
+                get_pdu(svc, &id).await?.ok_or_else(|| Error::Internal(anyhow::anyhow!("missing extremity {id}")))?,
+            );
+        }
+        Ok(Head { version, state, group, prevs })
     }
-    let built = build(svc, &version, Some(room_id), sender, &draft, &prevs, &state_before).await?;
-    append_local(svc, built, &state_before, group, txn.map(|(d, t)| (sender, d, t))).await
 }
 
 /// Creates a room by sending its `m.room.create` event; returns the room ID (derived from
@@ -247,9 +307,20 @@ pub async fn send_create(
 }
 
 /// A signed, authorised event ready to append.
-struct Built {
+pub(crate) struct Built {
     pdu: Pdu,
     rules: RoomVersionRules,
+}
+
+/// The state entries the auth rules of one event may look at.
+type AuthState = HashMap<(StateEventType, String), Arc<Pdu>>;
+
+/// An event before hashing and signing: its PDU fields and the auth state it was built on.
+/// Also the template `make_join` and the like hand to another server.
+pub(crate) struct Proto {
+    pub object: CanonicalJsonObject,
+    pub rules: RoomVersionRules,
+    auth_state: AuthState,
 }
 
 /// Builds, hashes, signs and authorises an event against `state_before`.
@@ -262,6 +333,23 @@ async fn build(
     prevs: &[Arc<Pdu>],
     state_before: &StateMap,
 ) -> Result<Built> {
+    let proto = prepare(svc, version, room_id, sender, draft, prevs, state_before).await?;
+    let pdu = sign(svc, proto.object, &proto.rules, room_id)?;
+    authorise(&proto.rules, &pdu, &proto.auth_state)?;
+    Ok(Built { pdu, rules: proto.rules })
+}
+
+/// The unsigned PDU fields of `draft` on `prevs`, with the auth events the rules select
+/// from `state_before`.
+async fn prepare(
+    svc: &Services,
+    version: &RoomVersionId,
+    room_id: Option<&RoomId>,
+    sender: &UserId,
+    draft: &Draft,
+    prevs: &[Arc<Pdu>],
+    state_before: &StateMap,
+) -> Result<Proto> {
     let rules = versions::rules(version)?;
     format::validate_content(&draft.kind, &draft.content)?;
     let content_raw = serde_json::value::to_raw_value(&draft.content).map_err(|e| Error::Internal(e.into()))?;
@@ -275,7 +363,7 @@ async fn build(
     .map_err(Error::bad_json)?;
 
     // The state entries the auth rules may look at, loaded up front (the checks are sync).
-    let mut auth_state: HashMap<(StateEventType, String), Arc<Pdu>> = HashMap::new();
+    let mut auth_state = AuthState::new();
     let mut wanted = auth_types.clone();
     wanted.push((StateEventType::RoomCreate, String::new()));
     for key in wanted {
@@ -337,6 +425,18 @@ async fn build(
     {
         object.insert("redacts".into(), CanonicalJsonValue::String(target.to_owned()));
     }
+    Ok(Proto { object, rules, auth_state })
+}
+
+/// Hashes and signs a PDU with the server's key and parses it with its event ID (a new
+/// `$id:server` for room versions 1-2, the reference hash after). `room_id` is None only
+/// for the create event of room version 12, whose ID derives the room's.
+pub(crate) fn sign(
+    svc: &Services,
+    mut object: CanonicalJsonObject,
+    rules: &RoomVersionRules,
+    room_id: Option<&RoomId>,
+) -> Result<Pdu> {
     if rules.event_id_format == EventIdFormatVersion::V1 {
         let id = EventId::new_v1(
             svc.config.server_name.as_str().try_into().map_err(|e: ruma::IdParseError| Error::Internal(e.into()))?,
@@ -362,7 +462,7 @@ async fn build(
             _ => return Err(Error::Internal(anyhow::anyhow!("v1 event without event_id"))),
         },
         _ => {
-            let hash = ruma::signatures::reference_hash(&object, &rules).map_err(too_large_or_internal)?;
+            let hash = ruma::signatures::reference_hash(&object, rules).map_err(too_large_or_internal)?;
             EventId::parse(format!("${hash}")).map_err(|e| Error::Internal(e.into()))?
         }
     };
@@ -371,21 +471,21 @@ async fn build(
         // Room version 12: the room ID is the create event's reference hash.
         None => RoomId::parse(format!("!{}", &event_id.as_str()[1..])).map_err(|e| Error::Internal(e.into()))?,
     };
-    let pdu = Pdu::parse(event_id, &json, Some(&room_id)).map_err(|e| Error::Internal(anyhow::anyhow!(e)))?;
+    Pdu::parse(event_id, &json, Some(&room_id)).map_err(|e| Error::Internal(anyhow::anyhow!(e)))
+}
 
+/// The auth rules for an event against the state it was built on: 403 `M_FORBIDDEN`.
+fn authorise(rules: &RoomVersionRules, pdu: &Pdu, auth_state: &AuthState) -> Result<()> {
     // The create event is fetched by ID too (room version 12 derives it from the room ID).
     let by_id: HashMap<&EventId, &Arc<Pdu>> = auth_state.values().map(|p| (&*p.event_id, p)).collect();
-    ruma::state_res::check_state_independent_auth_rules(&rules.authorization, &pdu, |id: &EventId| {
+    ruma::state_res::check_state_independent_auth_rules(&rules.authorization, pdu, |id: &EventId| {
         by_id.get(id).map(|p| p.as_ref().clone())
     })
     .map_err(|e| Error::forbidden(format!("Event not allowed: {e}")))?;
-    ruma::state_res::check_state_dependent_auth_rules(
-        &rules.authorization,
-        &pdu,
-        |kind: &StateEventType, key: &str| auth_state.get(&(kind.clone(), key.to_owned())).map(|p| p.as_ref().clone()),
-    )
-    .map_err(|e| Error::forbidden(format!("Event not allowed: {e}")))?;
-    Ok(Built { pdu, rules })
+    ruma::state_res::check_state_dependent_auth_rules(&rules.authorization, pdu, |kind: &StateEventType, key: &str| {
+        auth_state.get(&(kind.clone(), key.to_owned())).map(|p| p.as_ref().clone())
+    })
+    .map_err(|e| Error::forbidden(format!("Event not allowed: {e}")))
 }
 
 fn too_large_or_internal(e: ruma::signatures::JsonError) -> Error {
@@ -509,6 +609,13 @@ pub(crate) async fn append(
     if arrival.soft_failed {
         tx.commit().await?;
         return Ok(pdu.event_id.clone());
+    }
+    if pdu.kind == TimelineEventType::RoomMember
+        && let Some(member) = pdu.state_key.as_deref()
+        && UserId::parse(member).is_ok_and(|u| u.server_name().as_str() == svc.config.server_name)
+    {
+        // The room's own state now says where a local user stands in it.
+        storage::rooms::delete_remote_membership(&mut tx, member, room).await?;
     }
     let pushes = crate::push::store(&mut tx, pdu, pos, &notified).await?;
     if let Some((key, text)) = search::searchable(pdu) {

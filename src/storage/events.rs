@@ -54,11 +54,21 @@ pub struct NewEvent<'a> {
 }
 
 pub async fn insert(tx: &mut Tx, e: &NewEvent<'_>) -> sqlx::Result<()> {
-    sqlx::query(
+    insert_with(tx, e, "").await
+}
+
+/// Stores an event outside the timeline (`stream_pos` None), unless it is already known:
+/// the auth chain and state of a room joined over federation.
+pub async fn insert_outlier(tx: &mut Tx, e: &NewEvent<'_>) -> sqlx::Result<()> {
+    insert_with(tx, e, "ON CONFLICT (event_id) DO NOTHING").await
+}
+
+async fn insert_with(tx: &mut Tx, e: &NewEvent<'_>, on_conflict: &str) -> sqlx::Result<()> {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO events (event_id, room_id, stream_pos, depth, event_type, state_key, sender,
                              origin_server_ts, json, outlier, state_group, soft_failed)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-    )
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) {on_conflict}"
+    )))
     .bind(e.event_id)
     .bind(e.room_id)
     .bind(e.stream_pos)
@@ -100,6 +110,36 @@ pub async fn insert(tx: &mut Tx, e: &NewEvent<'_>) -> sqlx::Result<()> {
         .await?;
     }
     Ok(())
+}
+
+/// Puts a stored event that is not in the timeline (an outlier, or just backfilled) at a
+/// timeline position, with the state at it.
+pub async fn place_in_timeline(tx: &mut Tx, event_id: &str, stream_pos: i64, state_group: i64) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE events SET stream_pos = $1, state_group = $2, outlier = 0 WHERE event_id = $3 AND stream_pos IS NULL",
+    )
+    .bind(stream_pos)
+    .bind(state_group)
+    .bind(event_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Where a room's history here starts: the prev events of its earliest timeline event that
+/// are not in the timeline themselves (unknown, or known only as outliers).
+pub async fn backward_extremities(db: &Db, room_id: &str) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar(
+        "SELECT edge.prev_event_id FROM event_edges edge
+         LEFT JOIN events prev ON prev.event_id = edge.prev_event_id
+         WHERE edge.event_id = (SELECT event_id FROM events WHERE room_id = $1 AND stream_pos IS NOT NULL
+                                ORDER BY stream_pos ASC LIMIT 1)
+           AND (prev.event_id IS NULL OR prev.stream_pos IS NULL)
+         ORDER BY edge.prev_event_id",
+    )
+    .bind(room_id)
+    .fetch_all(db.read())
+    .await
 }
 
 pub async fn get(db: &Db, event_id: &str) -> sqlx::Result<Option<StoredEvent>> {

@@ -112,6 +112,13 @@ pub async fn next_stream_pos(tx: &mut Tx) -> sqlx::Result<i64> {
         .await
 }
 
+/// The next (lower) negative position for a backfilled event.
+pub async fn next_backfill_pos(tx: &mut Tx) -> sqlx::Result<i64> {
+    sqlx::query_scalar("UPDATE backfill_counter SET value = value - 1 WHERE id = 1 RETURNING value")
+        .fetch_one(&mut **tx)
+        .await
+}
+
 /// The highest stream position taken and committed so far.
 pub async fn current_stream_pos(db: &Db) -> sqlx::Result<i64> {
     sqlx::query_scalar("SELECT value FROM stream_counter WHERE id = 1").fetch_one(db.read()).await

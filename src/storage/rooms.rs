@@ -31,6 +31,96 @@ pub async fn extremities(db: &Db, room_id: &str) -> sqlx::Result<Vec<String>> {
         .await
 }
 
+/// Forgets a room's forward extremities (a join over federation starts the room again
+/// from the join event).
+pub async fn clear_extremities(tx: &mut Tx, room_id: &str) -> sqlx::Result<()> {
+    sqlx::query("DELETE FROM room_extremities WHERE room_id = $1").bind(room_id).execute(&mut **tx).await?;
+    Ok(())
+}
+
+/// Records the state at the start of a room's timeline here (a room joined over federation).
+pub async fn set_base_state_group(tx: &mut Tx, room_id: &str, group: i64) -> sqlx::Result<()> {
+    sqlx::query("UPDATE rooms SET base_state_group = $1 WHERE room_id = $2")
+        .bind(group)
+        .bind(room_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// The state group before the first timeline event of a room joined over federation.
+pub async fn base_state_group(db: &Db, room_id: &str) -> sqlx::Result<Option<i64>> {
+    sqlx::query_scalar("SELECT base_state_group FROM rooms WHERE room_id = $1")
+        .bind(room_id)
+        .fetch_optional(db.read())
+        .await
+        .map(Option::flatten)
+}
+
+/// A local user's membership in a room this server is not in, as another server sent it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RemoteMembership {
+    pub room_id: String,
+    pub membership: String,
+    pub room_version: String,
+    /// The signed member event.
+    pub event_json: String,
+    /// JSON array of stripped state events.
+    pub stripped_state: String,
+    pub stream_pos: i64,
+}
+
+pub async fn put_remote_membership(tx: &mut Tx, user_id: &str, m: &RemoteMembership) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO remote_memberships
+             (user_id, room_id, membership, room_version, event_json, stripped_state, stream_pos)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (user_id, room_id) DO UPDATE SET membership = EXCLUDED.membership,
+             room_version = EXCLUDED.room_version, event_json = EXCLUDED.event_json,
+             stripped_state = EXCLUDED.stripped_state, stream_pos = EXCLUDED.stream_pos",
+    )
+    .bind(user_id)
+    .bind(&m.room_id)
+    .bind(&m.membership)
+    .bind(&m.room_version)
+    .bind(&m.event_json)
+    .bind(&m.stripped_state)
+    .bind(m.stream_pos)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+const REMOTE_COLUMNS: &str = "room_id, membership, room_version, event_json, stripped_state, stream_pos";
+
+pub async fn remote_membership(db: &Db, user_id: &str, room_id: &str) -> sqlx::Result<Option<RemoteMembership>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {REMOTE_COLUMNS} FROM remote_memberships WHERE user_id = $1 AND room_id = $2"
+    )))
+    .bind(user_id)
+    .bind(room_id)
+    .fetch_optional(db.read())
+    .await
+}
+
+pub async fn remote_memberships_of_user(db: &Db, user_id: &str) -> sqlx::Result<Vec<RemoteMembership>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {REMOTE_COLUMNS} FROM remote_memberships WHERE user_id = $1 ORDER BY room_id"
+    )))
+    .bind(user_id)
+    .fetch_all(db.read())
+    .await
+}
+
+pub async fn delete_remote_membership(tx: &mut Tx, user_id: &str, room_id: &str) -> sqlx::Result<()> {
+    sqlx::query("DELETE FROM remote_memberships WHERE user_id = $1 AND room_id = $2")
+        .bind(user_id)
+        .bind(room_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 /// Replaces the forward extremities `referenced` by a new event with that event.
 pub async fn advance_extremities(tx: &mut Tx, room_id: &str, referenced: &[String], new: &str) -> sqlx::Result<()> {
     for prev in referenced {
@@ -358,6 +448,7 @@ pub async fn purge(tx: &mut Tx, room_id: &str) -> sqlx::Result<()> {
         "forgotten_rooms",
         "push_notifications",
         "event_search",
+        "remote_memberships",
         "rooms",
     ];
     for sql in by_event {

@@ -31,6 +31,15 @@ impl SyncToken {
         Ok(SyncToken { stream, typing, to_device })
     }
 
+    /// A pagination position (`/messages` `from` and `to`), which unlike a sync token may
+    /// be negative: history backfilled from other servers sits below position 0.
+    pub fn parse_position(token: &str) -> Result<i64> {
+        match token.strip_prefix("s-") {
+            Some(rest) => Self::parse(&format!("s{rest}")).map(|t| -t.stream),
+            None => Self::parse(token).map(|t| t.stream),
+        }
+    }
+
     /// A token for a stream position alone (pagination).
     pub fn at(stream: i64) -> Self {
         SyncToken { stream, typing: 0, to_device: None }

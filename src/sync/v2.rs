@@ -177,7 +177,38 @@ async fn compute(svc: &Services, me: &Identity, req: &SyncRequest, mut now: Sync
         }
     }
 
+    // Memberships in rooms this server is not in (invites and knocks over federation, and
+    // their rejection), unless the room's own state has since said more.
     let mut leave = Map::new();
+    for row in storage::rooms::remote_memberships_of_user(&svc.db, user).await? {
+        let superseded = memberships.iter().any(|(r, m)| *r == row.room_id && m != "leave");
+        if superseded || !room_filter.allows_room(&row.room_id) || since.is_some_and(|s| row.stream_pos <= s) {
+            continue;
+        }
+        let stripped: Value = serde_json::from_str(&row.stripped_state).unwrap_or_else(|_| json!([]));
+        match row.membership.as_str() {
+            "invite" => {
+                invite.insert(row.room_id.clone(), json!({ "invite_state": { "events": stripped } }));
+            }
+            "knock" => {
+                knock.insert(row.room_id.clone(), json!({ "knock_state": { "events": stripped } }));
+            }
+            _ if since.is_some() || room_filter.include_leave => {
+                let event = rooms::federation::remote_membership_event(&row)?;
+                let event = client_event(svc, &event, None, true).await?;
+                leave.insert(
+                    row.room_id.clone(),
+                    json!({
+                        "timeline": { "events": [event], "limited": false },
+                        "state": { "events": [] },
+                        "account_data": { "events": [] },
+                    }),
+                );
+            }
+            _ => continue,
+        }
+        news = true;
+    }
     let include_leave = room_filter.include_leave || since.is_some();
     if include_leave {
         for membership in ["leave", "ban"] {
@@ -242,13 +273,16 @@ pub(crate) fn state_delta(from: &StateMap, to: &StateMap) -> Vec<OwnedEventId> {
     to.iter().filter(|(k, v)| from.get(*k) != Some(*v)).map(|(_, v)| v.clone()).collect()
 }
 
-/// The state after the last event of a room at or before `pos`.
+/// The state after the last event of a room at or before `pos`; before the first one, the
+/// state the room had when this server joined it over federation (empty for rooms created
+/// here).
 pub(crate) async fn state_at(svc: &Services, room_id: &RoomId, pos: i64) -> Result<Arc<StateMap>> {
-    match storage::events::last_pos_in_room(&svc.db, room_id.as_str(), pos).await? {
-        Some(p) => match storage::events::group_at_pos(&svc.db, p).await? {
-            Some(g) => rooms::state::load(svc, g).await,
-            None => Ok(Arc::default()),
-        },
+    let group = match storage::events::last_pos_in_room(&svc.db, room_id.as_str(), pos).await? {
+        Some(p) => storage::events::group_at_pos(&svc.db, p).await?,
+        None => storage::rooms::base_state_group(&svc.db, room_id.as_str()).await?,
+    };
+    match group {
+        Some(g) => rooms::state::load(svc, g).await,
         None => Ok(Arc::default()),
     }
 }
@@ -519,22 +553,5 @@ async fn left_room(
 
 /// Stripped state for an invite or knock: the room's identity and the user's membership.
 pub async fn stripped_state(svc: &Services, room_id: &RoomId, user: &UserId) -> Result<Vec<Value>> {
-    let current = rooms::current_state(svc, room_id).await?;
-    let mut out = Vec::new();
-    let keys = [
-        (StateEventType::RoomCreate, ""),
-        (StateEventType::RoomJoinRules, ""),
-        (StateEventType::RoomName, ""),
-        (StateEventType::RoomAvatar, ""),
-        (StateEventType::RoomCanonicalAlias, ""),
-        (StateEventType::RoomEncryption, ""),
-        (StateEventType::RoomTopic, ""),
-        (StateEventType::RoomMember, user.as_str()),
-    ];
-    for (kind, key) in keys {
-        if let Some(pdu) = rooms::state_pdu(svc, &current, &kind, key).await? {
-            out.push(pdu.to_stripped());
-        }
-    }
-    Ok(out)
+    rooms::stripped_state(svc, &*rooms::current_state(svc, room_id).await?, user).await
 }

@@ -15,6 +15,7 @@ mod directory;
 mod e2ee;
 mod errors;
 mod fed_events;
+mod fed_join;
 mod fed_lookups;
 mod federation;
 mod limits;

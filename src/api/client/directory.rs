@@ -82,22 +82,7 @@ async fn create_alias(
 
 async fn resolve_alias(State(state): State<AppState>, Path(alias): Path<String>) -> Result<Json<Value>> {
     let alias = parse_alias(&alias)?;
-    let not_found = || Error::not_found(format!("Room alias {alias} not found"));
-    // Aliases of other servers would be asked over federation, which this server does not speak yet.
-    if !is_local(&state, &alias) {
-        return Err(not_found());
-    }
-    let (room_id, _) = storage::rooms::resolve_alias(&state.db, alias.as_str()).await?.ok_or_else(not_found)?;
-    // This server first, then the other servers with joined members (as Synapse).
-    let mut servers = vec![state.config.server_name.clone()];
-    for (user, membership, _) in storage::rooms::members(&state.db, &room_id).await? {
-        if membership == "join"
-            && let Some((_, server)) = user.split_once(':')
-            && !servers.iter().any(|s| s == server)
-        {
-            servers.push(server.to_owned());
-        }
-    }
+    let (room_id, servers) = rooms::federation::resolve_alias(&state, &alias).await?;
     Ok(Json(json!({ "room_id": room_id, "servers": servers })))
 }
 

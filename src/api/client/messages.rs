@@ -120,17 +120,22 @@ async fn messages(
     let limit = q.limit.or(filter.limit.map(|l| l as usize)).unwrap_or(10).clamp(1, 1000);
     let (readable_up_to, joined) = reading_limit(&state, &room_id, &me).await?;
     let from = match &q.from {
-        Some(t) => SyncToken::parse(t)?.stream,
+        Some(t) => SyncToken::parse_position(t)?,
         None if backwards => readable_up_to,
         None => 0,
     };
-    let to = q.to.as_deref().map(SyncToken::parse).transpose()?.map(|t| t.stream);
+    let to = q.to.as_deref().map(SyncToken::parse_position).transpose()?;
     let (from, to) = if backwards {
         (from.min(readable_up_to), to)
     } else {
         (from, Some(to.unwrap_or(readable_up_to).min(readable_up_to)))
     };
-    let page = timeline::paginate(&state, &room_id, &me.user_id, joined, from, to, backwards, limit, &filter).await?;
+    let mut page =
+        timeline::paginate(&state, &room_id, &me.user_id, joined, from, to, backwards, limit, &filter).await?;
+    // At the start of what this server has of a room it joined over federation: ask for more.
+    if backwards && to.is_none() && page.next.is_none() && rooms::federation::backfill(&state, &room_id, limit).await? {
+        page = timeline::paginate(&state, &room_id, &me.user_id, joined, from, to, backwards, limit, &filter).await?;
+    }
     let mut body = json!({
         "chunk": client_events(&state, &page.events, &me).await?,
         "start": token(from),

@@ -5,6 +5,7 @@ mod directory;
 mod events;
 mod keys;
 mod media;
+mod membership;
 mod openid;
 mod query;
 mod send;
@@ -28,6 +29,7 @@ pub fn router() -> Router<AppState> {
         .merge(events::router())
         .merge(keys::router())
         .merge(media::router())
+        .merge(membership::router())
         .merge(send::router())
         .merge(query::router())
         .merge(user::router())
