@@ -210,4 +210,3 @@ fn depth_of(object: &CanonicalJsonObject) -> i64 {
         _ => 0,
     }
 }
-

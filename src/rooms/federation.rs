@@ -27,6 +27,7 @@ use super::{Arrival, Built, Draft, Head, append, append_local, authorise, build,
 use crate::Services;
 use crate::error::{Error, Result};
 use crate::federation::client;
+use crate::federation::client::encode as enc;
 use crate::federation::keys::{self, KeyNeed, KeyUsage};
 use crate::federation::sender;
 use crate::storage::{self, events::NewEvent, rooms::RemoteMembership};
@@ -73,11 +74,6 @@ impl Handshake {
             enc(event_id.as_str())
         )
     }
-}
-
-/// Percent-encodes a path segment or query value.
-fn enc(s: &str) -> String {
-    url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>().replace('+', "%20")
 }
 
 fn our_name(svc: &Services) -> Result<&ServerName> {

@@ -131,8 +131,10 @@ async fn remote_node(
         let summary = Summary { room_id: room_id.to_owned(), fields: fields.clone() };
         return Some(Node { summary, children: Vec::new() });
     }
-    let path =
-        format!("/_matrix/federation/v1/hierarchy/{}?suggested_only={suggested_only}", client::encode(room_id.as_str()));
+    let path = format!(
+        "/_matrix/federation/v1/hierarchy/{}?suggested_only={suggested_only}",
+        client::encode(room_id.as_str())
+    );
     for server in via.iter().filter(|s| s.as_str() != svc.config.server_name) {
         let answer =
             client::request_with_timeout::<RemoteHierarchy>(svc, server, Method::GET, &path, None, REMOTE_TIMEOUT);
