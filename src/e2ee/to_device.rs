@@ -101,6 +101,18 @@ async fn deliver_local<'a>(
 
 /// The to-device events waiting for a device up to stream position `up_to`, oldest first, at
 /// most `limit`, as `/sync` lists them in `to_device.events`; with the position of the last one.
+/// Drops the device's messages up to `up_to`, which the client acknowledged (a sync token).
+/// Most syncs have nothing to acknowledge: they are answered without a write.
+pub async fn acknowledge(svc: &Services, me: &Identity, up_to: i64) -> Result<()> {
+    let (user, device) = (me.user_id.as_str(), me.device_id.as_str());
+    if to_device::any_up_to(&svc.db, user, device, up_to).await? {
+        let mut tx = svc.db.begin().await?;
+        to_device::delete_up_to(&mut tx, user, device, up_to).await?;
+        tx.commit().await?;
+    }
+    Ok(())
+}
+
 pub async fn pending_events(
     db: &Db,
     user_id: &str,

@@ -89,6 +89,20 @@ pub async fn pending(
 
 /// Deletes the messages of a device up to stream position `up_to` (acknowledged by a
 /// `/sync` whose `since` is at least that far); returns how many went.
+/// Whether the device has messages at or before `up_to` (so that the common sync, with
+/// nothing to acknowledge, needs no write transaction).
+pub async fn any_up_to(db: &Db, user_id: &str, device_id: &str, up_to: i64) -> sqlx::Result<bool> {
+    let found: Option<i64> = sqlx::query_scalar(
+        "SELECT 1 FROM to_device_inbox WHERE user_id = $1 AND device_id = $2 AND stream_pos <= $3 LIMIT 1",
+    )
+    .bind(user_id)
+    .bind(device_id)
+    .bind(up_to)
+    .fetch_optional(db.read())
+    .await?;
+    Ok(found.is_some())
+}
+
 pub async fn delete_up_to(tx: &mut Tx, user_id: &str, device_id: &str, up_to: i64) -> sqlx::Result<u64> {
     let res = sqlx::query("DELETE FROM to_device_inbox WHERE user_id = $1 AND device_id = $2 AND stream_pos <= $3")
         .bind(user_id)

@@ -62,9 +62,7 @@ pub async fn sync(svc: &Services, me: &Identity, req: SyncRequest) -> Result<Val
     }
     // The client has the to-device messages the token says it was given: drop them.
     if let Some(since) = req.since {
-        let mut tx = svc.db.begin().await?;
-        storage::to_device::delete_up_to(&mut tx, me.user_id.as_str(), &me.device_id, since.to_device_pos()).await?;
-        tx.commit().await?;
+        crate::e2ee::to_device::acknowledge(svc, me, since.to_device_pos()).await?;
     }
     loop {
         wake.mark_unchanged();

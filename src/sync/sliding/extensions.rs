@@ -57,9 +57,7 @@ pub async fn acknowledge_to_device(svc: &Services, me: &Identity, ext: &request:
     if let Some(since) = &ext.to_device.since {
         let since: i64 =
             since.parse().map_err(|_| Error::invalid_param(format!("Invalid to_device since token {since:?}")))?;
-        let mut tx = svc.db.begin().await?;
-        storage::to_device::delete_up_to(&mut tx, me.user_id.as_str(), &me.device_id, since).await?;
-        tx.commit().await?;
+        crate::e2ee::to_device::acknowledge(svc, me, since).await?;
     }
     Ok(())
 }
