@@ -4,13 +4,14 @@
 use std::time::Duration;
 
 use axum::http::Method;
-use ruma::UserId;
+use ruma::events::{StateEventType, TimelineEventType};
+use ruma::{RoomId, UserId};
 use serde_json::{Map, Value, json};
 
-use crate::Services;
 use crate::error::{Error, Result};
 use crate::federation::client;
 use crate::storage;
+use crate::{Services, rooms};
 
 /// The profile fields this server keeps.
 pub const FIELDS: [&str; 2] = ["displayname", "avatar_url"];
@@ -41,6 +42,54 @@ pub async fn local(svc: &Services, user_id: &UserId, field: Option<&str>) -> Res
         }
     }
     Ok(profile)
+}
+
+/// Sets (or with `None` clears) a field of a local user's profile, then updates their
+/// member event in every room they are joined to, as clients show names from those.
+pub async fn set(svc: &Services, user_id: &UserId, field: &str, value: Option<&str>) -> Result<()> {
+    let mut tx = svc.db.begin().await?;
+    match field {
+        "displayname" => storage::users::set_displayname(&mut tx, user_id.as_str(), value).await?,
+        _ => storage::users::set_avatar_url(&mut tx, user_id.as_str(), value).await?,
+    }
+    tx.commit().await?;
+    for room in storage::rooms::rooms_of_user(&svc.db, user_id.as_str(), "join").await? {
+        // A room that refuses the update (or fails) keeps the old name; the profile is set.
+        if let Err(e) = update_member_event(svc, user_id, &room, field, value).await {
+            tracing::warn!(%user_id, room, error = %e, "member event not updated with the profile");
+        }
+    }
+    Ok(())
+}
+
+/// Sends a copy of the user's join event in a room with one profile field changed.
+async fn update_member_event(
+    svc: &Services,
+    user_id: &UserId,
+    room: &str,
+    field: &str,
+    value: Option<&str>,
+) -> Result<()> {
+    let room_id = RoomId::parse(room).map_err(|e| Error::Internal(e.into()))?;
+    let state = rooms::current_state(svc, &room_id).await?;
+    let Some(member) = rooms::state_pdu(svc, &state, &StateEventType::RoomMember, user_id.as_str()).await? else {
+        return Ok(());
+    };
+    let mut content = member.content_value();
+    if content.get("membership").and_then(Value::as_str) != Some("join")
+        || content.get(field).and_then(Value::as_str) == value
+    {
+        return Ok(());
+    }
+    match value {
+        Some(value) => content[field] = json!(value),
+        None => {
+            content.as_object_mut().map(|c| c.remove(field));
+        }
+    }
+    let draft = rooms::Draft::state(TimelineEventType::RoomMember, user_id.as_str(), content);
+    rooms::send(svc, &room_id, user_id, draft, None).await?;
+    Ok(())
 }
 
 /// A remote user's profile as their server tells it (only the fields kept here, as strings).

@@ -66,13 +66,14 @@ pub async fn create_or_modify(svc: &Services, user_id: &UserId, changes: Changes
             }
         }
     }
-    let mut tx = svc.db.begin().await?;
+    // Profile changes reach the user's rooms as member events, as the user's own would.
     if let Some(name) = &changes.displayname {
-        storage::users::set_displayname(&mut tx, user_id.as_str(), name.as_deref()).await?;
+        accounts::profile::set(svc, user_id, "displayname", name.as_deref()).await?;
     }
     if let Some(url) = &changes.avatar_url {
-        storage::users::set_avatar_url(&mut tx, user_id.as_str(), url.as_deref()).await?;
+        accounts::profile::set(svc, user_id, "avatar_url", url.as_deref()).await?;
     }
+    let mut tx = svc.db.begin().await?;
     if let (Some(admin), false) = (changes.admin, created) {
         storage::users::set_admin(&mut tx, user_id.as_str(), admin).await?;
     }

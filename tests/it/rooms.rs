@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use serde_json::{Value, json};
 
 use crate::harness::{TestServer, enc};
+use crate::room_util::{C, join, public_room, state};
 
 fn state_of(events: &Value, kind: &str) -> Value {
     events.as_array().unwrap().iter().find(|e| e["type"] == kind).map(|e| e["content"].clone()).unwrap_or(Value::Null)
@@ -232,4 +233,36 @@ async fn send_is_idempotent_per_transaction_and_oversize_events_are_refused() {
     let big = "x".repeat(70_000);
     let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/big", enc(&room));
     alice.put(&path, json!({ "body": big })).await.assert_error(413, "M_TOO_LARGE");
+}
+
+#[tokio::test]
+async fn profile_changes_update_member_events_of_joined_rooms() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let joined = public_room(&alice).await;
+    let left = public_room(&alice).await;
+    join(&bob, &joined).await;
+    join(&bob, &left).await;
+    bob.post(&format!("{C}/rooms/{}/leave", enc(&left)), json!({})).await.ok();
+    let since = alice.sync("?timeout=0").await["next_batch"].as_str().unwrap().to_owned();
+
+    let path = format!("{C}/profile/{}/displayname", enc(&bob.user_id));
+    bob.put(&path, json!({ "displayname": "Bobby" })).await.ok();
+    bob.put(&format!("{C}/profile/{}/avatar_url", enc(&bob.user_id)), json!({ "avatar_url": "mxc://x/a" })).await.ok();
+    let member = state(&alice, &joined, "m.room.member", &bob.user_id).await;
+    assert_eq!(member, json!({ "membership": "join", "displayname": "Bobby", "avatar_url": "mxc://x/a" }));
+    assert_eq!(state(&alice, &left, "m.room.member", &bob.user_id).await["membership"], "leave");
+
+    let sync = alice.sync(&format!("?timeout=0&since={since}")).await;
+    let events = sync["rooms"]["join"][&joined]["timeline"]["events"].as_array().unwrap().clone();
+    let names: Vec<&Value> =
+        events.iter().filter(|e| e["type"] == "m.room.member").map(|e| &e["content"]["displayname"]).collect();
+    assert_eq!(names, [&json!("Bobby"), &json!("Bobby")]);
+    assert!(sync["rooms"]["join"].get(&left).is_none());
+
+    // Clearing the name removes it from the member event too.
+    bob.put(&path, json!({ "displayname": null })).await.ok();
+    let member = state(&alice, &joined, "m.room.member", &bob.user_id).await;
+    assert_eq!(member, json!({ "membership": "join", "avatar_url": "mxc://x/a" }));
 }

@@ -8,9 +8,9 @@ use serde_json::{Map, Value, json};
 
 use super::v3;
 use crate::AppState;
+use crate::accounts::profile;
 use crate::error::{Error, Result};
 use crate::http::extract::{self, Auth, Path};
-use crate::{accounts, storage};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -24,7 +24,7 @@ fn parse_user(user_id: &str) -> Result<OwnedUserId> {
 
 async fn profile(State(state): State<AppState>, Path(user_id): Path<String>) -> Result<Json<Value>> {
     let user_id = parse_user(&user_id)?;
-    Ok(Json(Value::Object(accounts::profile::get(&state, &user_id, None).await?)))
+    Ok(Json(Value::Object(profile::get(&state, &user_id, None).await?)))
 }
 
 async fn get_field(
@@ -32,10 +32,10 @@ async fn get_field(
     Path((user_id, field)): Path<(String, String)>,
 ) -> Result<Json<Value>> {
     let user_id = parse_user(&user_id)?;
-    if !accounts::profile::FIELDS.contains(&field.as_str()) {
+    if !profile::FIELDS.contains(&field.as_str()) {
         return Err(Error::unrecognized());
     }
-    let profile = accounts::profile::get(&state, &user_id, Some(&field)).await?;
+    let profile = profile::get(&state, &user_id, Some(&field)).await?;
     match profile.get(&field) {
         Some(v) => Ok(Json(json!({ field: v }))),
         None => Err(Error::not_found(format!("No {field} set"))),
@@ -69,12 +69,6 @@ async fn set_field(
     if field == "avatar_url" && value.is_some_and(|u| !u.starts_with("mxc://")) {
         return Err(Error::bad_json("avatar_url must be an mxc:// URI"));
     }
-    let mut tx = state.db.begin().await?;
-    if field == "displayname" {
-        storage::users::set_displayname(&mut tx, me.user_id.as_str(), value).await?;
-    } else {
-        storage::users::set_avatar_url(&mut tx, me.user_id.as_str(), value).await?;
-    }
-    tx.commit().await?;
+    profile::set(&state, &me.user_id, &field, value).await?;
     Ok(Json(json!({})))
 }
