@@ -4,6 +4,7 @@
 
 pub mod backup;
 pub mod cross_signing;
+pub mod dehydrated;
 pub mod device_lists;
 pub mod keys;
 pub mod remote;

@@ -99,8 +99,6 @@ async fn deliver_local<'a>(
     Ok(recipients)
 }
 
-/// The to-device events waiting for a device up to stream position `up_to`, oldest first, at
-/// most `limit`, as `/sync` lists them in `to_device.events`; with the position of the last one.
 /// Drops the device's messages up to `up_to`, which the client acknowledged (a sync token).
 /// Most syncs have nothing to acknowledge: they are answered without a write.
 pub async fn acknowledge(svc: &Services, me: &Identity, up_to: i64) -> Result<()> {
@@ -113,14 +111,17 @@ pub async fn acknowledge(svc: &Services, me: &Identity, up_to: i64) -> Result<()
     Ok(())
 }
 
+/// The to-device events waiting for a device at stream positions in (`after`, `up_to`],
+/// oldest first, at most `limit`, as `/sync` lists them in `to_device.events`; with the
+/// position of the last one.
 pub async fn pending_events(
     db: &Db,
     user_id: &str,
     device_id: &str,
-    up_to: i64,
+    positions: (i64, i64),
     limit: i64,
 ) -> Result<(Vec<Value>, Option<i64>)> {
-    let messages = to_device::pending(db, user_id, device_id, up_to, limit).await?;
+    let messages = to_device::pending(db, user_id, device_id, positions, limit).await?;
     let last = messages.last().map(|m| m.stream_pos);
     let events = messages
         .into_iter()

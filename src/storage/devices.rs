@@ -96,6 +96,7 @@ pub async fn delete(tx: &mut Tx, user_id: &str, device_id: &str) -> sqlx::Result
     delete_tokens(tx, user_id, device_id).await?;
     super::push::delete_device_pushers(tx, user_id, device_id).await?;
     super::e2ee_keys::delete_devices(tx, user_id, super::e2ee_keys::DeviceSet::One(device_id)).await?;
+    super::dehydrated_devices::forget(tx, user_id, device_id).await?;
     let res = sqlx::query("DELETE FROM devices WHERE user_id = $1 AND device_id = $2")
         .bind(user_id)
         .bind(device_id)

@@ -3,6 +3,7 @@
 
 pub mod account_data;
 pub mod cross_signing;
+pub mod dehydrated_devices;
 pub mod device_lists;
 pub mod devices;
 pub mod e2ee_keys;

@@ -56,21 +56,23 @@ pub async fn deliver(
     Ok(res.rows_affected())
 }
 
-/// The messages waiting for a device at stream positions up to `up_to`, oldest first, at
-/// most `limit` of them.
+/// The messages waiting for a device at stream positions in (`after`, `up_to`], oldest
+/// first, at most `limit` of them.
 pub async fn pending(
     db: &Db,
     user_id: &str,
     device_id: &str,
-    up_to: i64,
+    (after, up_to): (i64, i64),
     limit: i64,
 ) -> sqlx::Result<Vec<ToDeviceMessage>> {
     let rows = sqlx::query(
         "SELECT stream_pos, sender, event_type, content FROM to_device_inbox
-         WHERE user_id = $1 AND device_id = $2 AND stream_pos <= $3 ORDER BY stream_pos LIMIT $4",
+         WHERE user_id = $1 AND device_id = $2 AND stream_pos > $3 AND stream_pos <= $4
+         ORDER BY stream_pos LIMIT $5",
     )
     .bind(user_id)
     .bind(device_id)
+    .bind(after)
     .bind(up_to)
     .bind(limit)
     .fetch_all(db.read())

@@ -237,7 +237,8 @@ async fn compute(svc: &Services, me: &Identity, req: &SyncRequest, mut now: Sync
     // To-device messages after those already acknowledged, at most TO_DEVICE_LIMIT; when cut
     // short, the token remembers where delivery stopped.
     let (to_device, last) =
-        crate::e2ee::to_device::pending_events(&svc.db, user, &me.device_id, now.stream, TO_DEVICE_LIMIT).await?;
+        crate::e2ee::to_device::pending_events(&svc.db, user, &me.device_id, (i64::MIN, now.stream), TO_DEVICE_LIMIT)
+            .await?;
     if to_device.len() as i64 == TO_DEVICE_LIMIT {
         now.to_device = last;
     }

@@ -300,7 +300,7 @@ async fn send_to_device_is_idempotent_and_fans_out() {
 
     let pending = |device: &str| {
         let (db, user, device) = (db.clone(), alice.user_id.clone(), device.to_owned());
-        async move { plexus::e2ee::to_device::pending_events(&db, &user, &device, now, 100).await.unwrap() }
+        async move { plexus::e2ee::to_device::pending_events(&db, &user, &device, (i64::MIN, now), 100).await.unwrap() }
     };
     let (first, _) = pending(&alice.device_id).await;
     assert_eq!(first, [json!({ "sender": bob.user_id, "type": "m.test", "content": { "n": 1 } })]);
@@ -310,10 +310,11 @@ async fn send_to_device_is_idempotent_and_fans_out() {
     assert!(start < last && last <= now);
 
     // The limit keeps the oldest; before the first position there is nothing.
-    let oldest = storage::to_device::pending(&db, &alice.user_id, &alice2.device_id, now, 1).await.unwrap();
+    let oldest = storage::to_device::pending(&db, &alice.user_id, &alice2.device_id, (i64::MIN, now), 1).await.unwrap();
     assert_eq!(oldest.len(), 1);
     assert_eq!(oldest[0].content, r#"{"n":1}"#);
-    let early = storage::to_device::pending(&db, &alice.user_id, &alice2.device_id, start, 100).await.unwrap();
+    let early =
+        storage::to_device::pending(&db, &alice.user_id, &alice2.device_id, (i64::MIN, start), 100).await.unwrap();
     assert!(early.is_empty());
 
     // Acknowledging up to the first message's position deletes only it.
@@ -332,7 +333,9 @@ async fn send_to_device_is_idempotent_and_fans_out() {
     let body = json!({ "messages": { &alice.user_id: { &alice.device_id: { "n": 3 } } } });
     bob2.put(&format!("{C}/sendToDevice/m.test/txn1"), body).await.ok();
     let now = storage::current_stream_pos(&db).await.unwrap();
-    let all = plexus::e2ee::to_device::pending_events(&db, &alice.user_id, &alice.device_id, now, 100).await.unwrap();
+    let all = plexus::e2ee::to_device::pending_events(&db, &alice.user_id, &alice.device_id, (i64::MIN, now), 100)
+        .await
+        .unwrap();
     assert_eq!(all.0.len(), 2);
 
     bob.put(&format!("{C}/sendToDevice/m.test/txn3"), json!({ "messages": { &alice.user_id: { "*": 5 } } }))
@@ -342,7 +345,8 @@ async fn send_to_device_is_idempotent_and_fans_out() {
 
     // A deleted device's inbox goes with it.
     delete_device(&alice, &alice2.device_id).await;
-    let inbox = storage::to_device::pending(&db, &alice.user_id, &alice2.device_id, i64::MAX, 100).await.unwrap();
+    let inbox =
+        storage::to_device::pending(&db, &alice.user_id, &alice2.device_id, (i64::MIN, i64::MAX), 100).await.unwrap();
     assert!(inbox.is_empty());
 }
 
@@ -668,4 +672,77 @@ async fn key_backup_versions_and_keys() {
     let body = json!({ "algorithm": algorithm, "auth_data": {} });
     let version3 = alice.post(&format!("{rk}/version"), body).await.ok()["version"].as_str().unwrap().to_owned();
     assert!(![&version, &version2].contains(&&version3), "versions are never reused");
+}
+
+#[tokio::test]
+async fn a_dehydrated_device_collects_to_device_messages_for_a_later_login() {
+    const D: &str = "/_matrix/client/unstable/org.matrix.msc3814.v1/dehydrated_device";
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    alice.get(D).await.assert_error(404, "M_NOT_FOUND");
+
+    // The dehydrated device's keys are signed with its own key, as any device's.
+    let mut dehydrated = Device::new(&alice.with_token(&alice.token, "DEHYDRATED1"));
+    let body = json!({
+        "device_id": "DEHYDRATED1",
+        "device_data": { "algorithm": "org.matrix.msc3814.v1.olm", "device_pickle": "opaque" },
+        "initial_device_display_name": "Dehydrated",
+        "device_keys": dehydrated.device_keys(),
+        "one_time_keys": dehydrated.keys(2, false),
+        "fallback_keys": dehydrated.keys(1, true),
+    });
+    assert_eq!(alice.put(D, body.clone()).await.ok(), json!({ "device_id": "DEHYDRATED1" }));
+    let stored = alice.get(D).await.ok();
+    assert_eq!(stored["device_id"], "DEHYDRATED1");
+    assert_eq!(stored["device_data"]["device_pickle"], "opaque");
+    // Others see it as a device of alice's and can claim its keys.
+    let keys = query(&bob, &alice).await;
+    assert!(keys["device_keys"][&alice.user_id]["DEHYDRATED1"].is_object(), "{keys}");
+    let claim = json!({ "one_time_keys": { &alice.user_id: { "DEHYDRATED1": "signed_curve25519" } } });
+    let claimed = bob.post(&format!("{C}/keys/claim"), claim).await.ok();
+    assert!(claimed["one_time_keys"][&alice.user_id]["DEHYDRATED1"].is_object(), "{claimed}");
+
+    // Messages sent to it wait, in batches that are not consumed.
+    for n in 0..3 {
+        let messages = json!({ "messages": { &alice.user_id: { "DEHYDRATED1": { "n": n } } } });
+        bob.put(&format!("{C}/sendToDevice/m.room_key/t{n}"), messages).await.ok();
+    }
+    let events = |next: Option<&str>| {
+        let body = next.map_or(json!({}), |n| json!({ "next_batch": n }));
+        let alice = alice.clone();
+        async move { alice.post(&format!("{D}/DEHYDRATED1/events"), body).await.ok() }
+    };
+    let first = events(None).await;
+    let got: Vec<&Value> = first["events"].as_array().unwrap().iter().map(|e| &e["content"]["n"]).collect();
+    assert_eq!(got, [&json!(0), &json!(1), &json!(2)]);
+    assert_eq!(first["events"][0]["sender"], bob.user_id.as_str());
+    let next = first["next_batch"].as_str().unwrap().to_owned();
+    assert_eq!(events(Some(&next)).await["events"], json!([]));
+    assert_eq!(events(None).await["events"].as_array().unwrap().len(), 3, "batches are not consumed");
+    alice.post(&format!("{D}/OTHER/events"), json!({})).await.assert_error(403, "M_FORBIDDEN");
+    alice
+        .post(&format!("{D}/DEHYDRATED1/events"), json!({ "next_batch": "x" }))
+        .await
+        .assert_error(400, "M_INVALID_PARAM");
+
+    // A new one replaces it; a normal device's ID cannot be taken.
+    let mut body2 = body.clone();
+    body2["device_id"] = json!(alice.device_id);
+    alice.put(D, body2).await.assert_error(400, "M_INVALID_PARAM");
+    let mut replacement = Device::new(&alice.with_token(&alice.token, "DEHYDRATED2"));
+    let body3 = json!({
+        "device_id": "DEHYDRATED2",
+        "device_data": { "algorithm": "org.matrix.msc3814.v1.olm" },
+        "device_keys": replacement.device_keys(),
+        "one_time_keys": replacement.keys(1, false),
+    });
+    alice.put(D, body3).await.ok();
+    let devices = alice.get(&format!("{C}/devices")).await.ok();
+    let ids: Vec<&str> =
+        devices["devices"].as_array().unwrap().iter().map(|d| d["device_id"].as_str().unwrap()).collect();
+    assert!(ids.contains(&"DEHYDRATED2") && !ids.contains(&"DEHYDRATED1"), "{ids:?}");
+    assert_eq!(alice.delete(D, json!({})).await.ok(), json!({ "device_id": "DEHYDRATED2" }));
+    alice.get(D).await.assert_error(404, "M_NOT_FOUND");
+    assert!(query(&bob, &alice).await["device_keys"][&alice.user_id].get("DEHYDRATED2").is_none());
 }

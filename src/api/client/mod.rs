@@ -3,6 +3,7 @@
 mod account;
 mod account_data;
 mod admin;
+mod dehydrated_device;
 mod devices;
 pub(crate) mod directory;
 mod filter;
@@ -77,4 +78,5 @@ pub fn router() -> Router<AppState> {
         .merge(search::router())
         .merge(spaces::router())
         .merge(openid::router())
+        .merge(dehydrated_device::router())
 }

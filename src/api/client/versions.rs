@@ -25,7 +25,7 @@ async fn versions() -> Json<Value> {
     Json(json!({
         "versions": SPEC_VERSIONS,
         // Simplified sliding sync (MSC4186), which Element X requires.
-        "unstable_features": { "org.matrix.simplified_msc3575": true },
+        "unstable_features": { "org.matrix.simplified_msc3575": true, "org.matrix.msc3814": true },
     }))
 }
 

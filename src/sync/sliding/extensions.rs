@@ -79,7 +79,7 @@ pub async fn compute(
     if ext.to_device.enabled == Some(true) {
         let limit = ext.to_device.limit.map_or(v2::TO_DEVICE_LIMIT, |l| i64::from(l).clamp(1, v2::TO_DEVICE_LIMIT));
         let (events, last) =
-            crate::e2ee::to_device::pending_events(&svc.db, user, &me.device_id, stream, limit).await?;
+            crate::e2ee::to_device::pending_events(&svc.db, user, &me.device_id, (i64::MIN, stream), limit).await?;
         let next = if events.len() as i64 == limit { last.unwrap_or(stream) } else { stream };
         news |= !events.is_empty();
         out.insert("to_device".into(), json!({ "next_batch": next.to_string(), "events": events }));
