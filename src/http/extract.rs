@@ -110,8 +110,14 @@ impl FromRequestParts<AppState> for MaybeAuth {
     }
 }
 
-/// Resolves the token and records the device's activity (throttled, see `SessionTracker`).
+/// Resolves the token (an appservice's as_token, or a user's access token) and records the
+/// device's activity (throttled, see `SessionTracker`).
 async fn authenticate(parts: &Parts, state: &AppState, token: &str) -> Result<Identity, Error> {
+    if let Some(appservice) = state.appservices.by_token(token) {
+        let (user_id, device_id) = (query_param(parts, "user_id"), query_param(parts, "device_id"));
+        return accounts::authenticate_appservice(&state.db, appservice, user_id.as_deref(), device_id.as_deref())
+            .await;
+    }
     let identity = accounts::authenticate(&state.db, &state.sessions, token).await?;
     // A locked account may only log out (spec "Account locking").
     let path = parts.uri.path();
@@ -122,13 +128,29 @@ async fn authenticate(parts: &Parts, state: &AppState, token: &str) -> Result<Id
     Ok(identity)
 }
 
+/// The raw access token of a request, without resolving it (for `POST /register`, where an
+/// appservice names users that do not exist yet).
+pub struct Token(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Token {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Error> {
+        Ok(Token(access_token(parts)))
+    }
+}
+
 fn access_token(parts: &Parts) -> Option<String> {
     if let Some(value) = parts.headers.get(axum::http::header::AUTHORIZATION) {
         let value = value.to_str().ok()?;
         return value.strip_prefix("Bearer ").map(|t| t.trim().to_owned());
     }
+    query_param(parts, "access_token")
+}
+
+fn query_param(parts: &Parts, name: &str) -> Option<String> {
     let query = parts.uri.query()?;
-    url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "access_token").map(|(_, v)| v.into_owned())
+    url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
 }
 
 /// The address of the client (the peer of the TCP connection).

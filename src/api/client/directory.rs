@@ -15,6 +15,7 @@ use serde_json::{Map, Value, json};
 use super::rooms::{parse_room_id, require_joined};
 use super::v3;
 use crate::accounts::Identity;
+use crate::appservice;
 use crate::error::{Error, Result};
 use crate::http::extract::{self, Auth, MaybeAuth, Path, Query};
 use crate::rooms::state::StateMap;
@@ -75,6 +76,7 @@ async fn create_alias(
 ) -> Result<Json<Value>> {
     let alias = parse_alias(&alias)?;
     require_local(&state, &alias)?;
+    state.appservices.check_alias_free(&alias, me.appservice.as_deref())?;
     require_joined(&state, &body.room_id, &me.user_id).await?;
     let mut tx = state.db.begin().await?;
     let created =
@@ -93,7 +95,12 @@ async fn resolve_alias(State(state): State<AppState>, Path(alias): Path<String>)
     if !is_local(&state, &alias) {
         return Err(not_found());
     }
-    let (room_id, _) = storage::rooms::resolve_alias(&state.db, alias.as_str()).await?.ok_or_else(not_found)?;
+    let mut found = storage::rooms::resolve_alias(&state.db, alias.as_str()).await?;
+    // An appservice may create the rooms of its alias namespace on demand.
+    if found.is_none() && appservice::query_alias(&state, &alias).await? {
+        found = storage::rooms::resolve_alias(&state.db, alias.as_str()).await?;
+    }
+    let (room_id, _) = found.ok_or_else(not_found)?;
     // This server first, then the other servers with joined members (as Synapse).
     let mut servers = vec![state.config.server_name.clone()];
     for (user, membership, _) in storage::rooms::members(&state.db, &room_id).await? {

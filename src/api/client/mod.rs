@@ -3,6 +3,7 @@
 mod account;
 mod account_data;
 mod admin;
+mod appservice;
 mod devices;
 pub(crate) mod directory;
 mod filter;
@@ -51,6 +52,7 @@ pub fn router() -> Router<AppState> {
         .merge(login::router())
         .merge(account::router())
         .merge(admin::router())
+        .merge(appservice::router())
         .merge(devices::router())
         .merge(profile::router())
         .merge(account_data::router())
