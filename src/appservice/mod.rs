@@ -193,6 +193,11 @@ impl Appservices {
         self.list.iter().find(|a| a.id == id)
     }
 
+    /// Whether the user belongs to an appservice that is not rate-limited.
+    pub fn unlimited(&self, user: &UserId) -> bool {
+        self.list.iter().any(|a| !a.rate_limited && a.is_user(user))
+    }
+
     /// Refuses a user ID that an appservice other than `me` claims exclusively (400 `M_EXCLUSIVE`).
     pub fn check_user_free(&self, user: &UserId, me: Option<&Appservice>) -> Result<()> {
         let claimed = |a: &&Arc<Appservice>| *user == a.sender || matches(&a.users, user.as_str(), true);

@@ -26,6 +26,7 @@ struct FakeAppservice {
     transactions: Arc<Mutex<Vec<Received>>>,
     pings: Arc<Mutex<Vec<(String, Value)>>>,
     alias_queries: Arc<Mutex<Vec<String>>>,
+    user_queries: Arc<Mutex<Vec<String>>>,
     /// Transactions still to answer with a 500.
     failures: Arc<AtomicUsize>,
     /// The homeserver's base URL, to create the rooms of queried aliases.
@@ -40,7 +41,7 @@ impl FakeAppservice {
         let auth = |headers: &HeaderMap| {
             headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned()
         };
-        let (t, p, q) = (self.clone(), self.clone(), self.clone());
+        let (t, p, q, u) = (self.clone(), self.clone(), self.clone(), self.clone());
         let app = axum::Router::new()
             .route(
                 "/_matrix/app/v1/transactions/{txn}",
@@ -70,6 +71,13 @@ impl FakeAppservice {
                     let q = q.clone();
                     async move { q.query_alias(alias).await }
                 }),
+            )
+            .route(
+                "/_matrix/app/v1/users/{user}",
+                get(move |Path(user): Path<String>| {
+                    let u = u.clone();
+                    async move { u.query_user(user).await }
+                }),
             );
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     }
@@ -90,6 +98,26 @@ impl FakeAppservice {
             .await
             .unwrap();
         assert!(created.status().is_success());
+        axum::http::StatusCode::OK
+    }
+
+    /// Registers users of the form `@bridge_yes...`; 404 for others.
+    async fn query_user(&self, user: String) -> axum::http::StatusCode {
+        self.user_queries.lock().unwrap().push(user.clone());
+        let localpart = user[1..].split(':').next().unwrap().to_owned();
+        if !localpart.starts_with("bridge_yes") {
+            return axum::http::StatusCode::NOT_FOUND;
+        }
+        let base = self.homeserver.lock().unwrap().clone().unwrap();
+        let body = json!({ "type": "m.login.application_service", "username": localpart, "inhibit_login": true });
+        let registered = reqwest::Client::new()
+            .post(format!("{base}/_matrix/client/v3/register"))
+            .bearer_auth(AS_TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(registered.status().is_success());
         axum::http::StatusCode::OK
     }
 
@@ -139,6 +167,10 @@ fn registration(dir: &Path, id: &str, url: Option<SocketAddr>, as_token: &str) -
 
 /// A server with the appservice `bridge` (served by the returned fake) and `nourl` (no URL).
 async fn start(keep: &Path) -> (TestServer, FakeAppservice) {
+    start_with(keep, |_| {}).await
+}
+
+async fn start_with(keep: &Path, adjust: impl FnOnce(&mut plexus::config::Config)) -> (TestServer, FakeAppservice) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let fake = FakeAppservice::default();
@@ -153,6 +185,7 @@ async fn start(keep: &Path) -> (TestServer, FakeAppservice) {
         c.appservice.config_files = files;
         c.appservice.initial_backoff_ms = 20;
         c.appservice.max_backoff_ms = 200;
+        adjust(c);
     })
     .await;
     *fake.homeserver.lock().unwrap() = Some(server.base.clone());
@@ -324,6 +357,13 @@ async fn appservice_registration_login_and_masquerading() {
         (me["user_id"].as_str(), me["device_id"].as_str()),
         (Some(puppet.as_str()), session["device_id"].as_str())
     );
+    // MSC3202: the appservice acts on one of the puppet's devices.
+    let device = session["device_id"].as_str().unwrap();
+    let on_device = format!("{whoami}?user_id={}&device_id={device}", enc(&puppet));
+    let me = server.request(Method::GET, &on_device, Some(AS_TOKEN), None).await.ok();
+    assert_eq!(me["device_id"], device);
+    let elsewhere = format!("{whoami}?user_id={}&device_id=NOPE", enc(&puppet));
+    server.request(Method::GET, &elsewhere, Some(AS_TOKEN), None).await.assert_error(403, "M_FORBIDDEN");
     server
         .request(Method::POST, "/_matrix/client/v3/login", None, Some(&login))
         .await
@@ -337,7 +377,7 @@ async fn appservice_registration_login_and_masquerading() {
 }
 
 #[tokio::test]
-async fn ping_and_alias_queries() {
+async fn ping_and_queries() {
     let dir = tempfile::tempdir().unwrap();
     let (server, fake) = start(dir.path()).await;
     let ping = "/_matrix/client/v1/appservice/bridge/ping";
@@ -369,6 +409,33 @@ async fn ping_and_alias_queries() {
     let outside = format!("#plain:{}", server.server_name);
     alice.get(&resolve(&outside)).await.assert_error(404, "M_NOT_FOUND");
     assert_eq!(fake.alias_queries.lock().unwrap().clone(), vec![known, unknown]);
+
+    // Profiles of unknown users of the namespace are asked of the appservice.
+    let profile = |user: &str| format!("/_matrix/client/v3/profile/{}", enc(user));
+    let made = format!("@bridge_yes:{}", server.server_name);
+    alice.get(&profile(&made)).await.ok();
+    let unknown = format!("@bridge_no:{}", server.server_name);
+    alice.get(&profile(&unknown)).await.assert_error(404, "M_NOT_FOUND");
+    alice.get(&profile(&format!("@plain:{}", server.server_name))).await.assert_error(404, "M_NOT_FOUND");
+    assert_eq!(fake.user_queries.lock().unwrap().clone(), vec![made, unknown]);
+}
+
+#[tokio::test]
+async fn users_of_an_unlimited_appservice_skip_rate_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _fake) = start_with(dir.path(), |c| {
+        c.rate_limits.enabled = true;
+        c.media.upload_burst = 1.0;
+        c.media.upload_per_second = 0.01;
+    })
+    .await;
+    let alice = server.register("alice").await;
+    let bot = appservice_user(&alice, &server);
+    for _ in 0..3 {
+        bot.post("/_matrix/media/v1/create", json!({})).await.ok();
+    }
+    alice.post("/_matrix/media/v1/create", json!({})).await.ok();
+    alice.post("/_matrix/media/v1/create", json!({})).await.assert_error(429, "M_LIMIT_EXCEEDED");
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@ use serde_json::{Map, Value, json};
 
 use super::v3;
 use crate::AppState;
+use crate::appservice;
 use crate::error::{Error, Result};
 use crate::http::extract::{self, Auth, Path};
 use crate::storage::{self, users::UserRow};
@@ -20,7 +21,12 @@ pub fn router() -> Router<AppState> {
 
 async fn load(state: &AppState, user_id: &str) -> Result<UserRow> {
     let user = OwnedUserId::try_from(user_id).map_err(|_| Error::invalid_param("Invalid user ID"))?;
-    match storage::users::get(&state.db, user.as_str()).await? {
+    let mut row = storage::users::get(&state.db, user.as_str()).await?;
+    // An appservice may create the users of its namespace when they are first looked up.
+    if row.is_none() && appservice::query_user(state, &user).await? {
+        row = storage::users::get(&state.db, user.as_str()).await?;
+    }
+    match row {
         Some(row) if !row.deactivated => Ok(row),
         _ => Err(Error::not_found("Profile not found")),
     }
