@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::outbox::{self, Outbox, Target};
 use crate::rooms::{self, pdu::Pdu};
+use crate::storage::appservice::Item;
 use crate::storage::{self, Db, Tx};
 
 /// Most events and ephemeral events in one transaction (Synapse's limits are 100 and 100).
@@ -36,7 +37,14 @@ struct RegistrationFile {
     registration: Registration,
     #[serde(default, rename = "de.sorunome.msc2409.push_ephemeral")]
     push_ephemeral: bool,
+    /// MSC4203: to-device messages for the users of its namespace come in transactions.
+    #[serde(default, alias = "org.matrix.msc4203.push_to_device")]
+    push_to_device: bool,
 }
+
+/// Where transactions carry to-device messages (MSC4203, under MSC2409's unstable name, as
+/// Synapse sends them).
+const TO_DEVICE_KEY: &str = "de.sorunome.msc2409.to_device";
 
 /// Where an appservice wants its ephemeral events in a transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +78,7 @@ pub struct Appservice {
     /// Whether its users are rate-limited (only with `rate_limited: true`).
     pub rate_limited: bool,
     ephemeral: Option<EphemeralKey>,
+    push_to_device: bool,
 }
 
 /// A namespace regex as Synapse applies it to the whole string.
@@ -119,6 +128,7 @@ impl Appservice {
             } else {
                 file.push_ephemeral.then_some(EphemeralKey::Unstable)
             },
+            push_to_device: file.push_to_device,
         })
     }
 
@@ -243,6 +253,10 @@ pub async fn create_senders(db: &Db, appservices: &Appservices) -> Result<()> {
 pub struct Queued(Vec<String>);
 
 impl Queued {
+    pub fn extend(&mut self, other: Queued) {
+        self.0.extend(other.0);
+    }
+
     pub fn wake(self, svc: &Services) {
         for id in self.0 {
             svc.appservices.outbox.wake(AppserviceId(id));
@@ -262,7 +276,7 @@ pub async fn queue_event(svc: &Services, tx: &mut Tx, pdu: &Pdu) -> Result<Queue
     let aliases = storage::rooms::aliases_of_room(&svc.db, room).await?;
     let mut queued = Vec::new();
     for appservice in pushed.into_iter().filter(|a| a.is_interested_in_event(pdu, &members, &aliases)) {
-        storage::appservice::queue_event(tx, &appservice.id, pdu.event_id.as_str()).await?;
+        storage::appservice::queue(tx, &appservice.id, Item::Event(pdu.event_id.as_str())).await?;
         queued.push(appservice.id.clone());
     }
     Ok(Queued(queued))
@@ -282,12 +296,51 @@ pub async fn queue_ephemeral(svc: &Services, room: &RoomId, kind: &str, content:
     let mut tx = svc.db.begin().await?;
     let mut queued = Vec::new();
     for appservice in pushed.into_iter().filter(|a| a.is_interested_in_room(room, &members, &aliases)) {
-        storage::appservice::queue_ephemeral(&mut tx, &appservice.id, &json).await?;
+        storage::appservice::queue(&mut tx, &appservice.id, Item::Ephemeral(&json)).await?;
         queued.push(appservice.id.clone());
     }
     tx.commit().await?;
     Queued(queued).wake(svc);
     Ok(())
+}
+
+/// Queues a to-device message for a local user (`device` None: every device) for the
+/// appservices that asked for them and whose namespace holds the user, in the transaction
+/// that stores it.
+pub async fn queue_to_device(
+    svc: &Services,
+    tx: &mut Tx,
+    sender: &UserId,
+    event_type: &str,
+    recipient: &UserId,
+    device: Option<&str>,
+    content: &Value,
+) -> Result<Queued> {
+    let concerned: Vec<&Arc<Appservice>> = svc
+        .appservices
+        .list
+        .iter()
+        .filter(|a| a.url.is_some() && a.push_to_device && matches(&a.users, recipient.as_str(), false))
+        .collect();
+    if concerned.is_empty() {
+        return Ok(Queued::default());
+    }
+    let devices: Vec<String> = match device {
+        Some(d) => vec![d.to_owned()],
+        None => storage::devices::list(&svc.db, recipient.as_str()).await?.into_iter().map(|d| d.device_id).collect(),
+    };
+    let mut queued = Vec::new();
+    for appservice in concerned {
+        for device in &devices {
+            let message = json!({
+                "type": event_type, "sender": sender, "content": content,
+                "to_user_id": recipient, "to_device_id": device,
+            });
+            storage::appservice::queue(tx, &appservice.id, Item::ToDevice(&message.to_string())).await?;
+        }
+        queued.push(appservice.id.clone());
+    }
+    Ok(Queued(queued))
 }
 
 /// An appservice, as a delivery target of `outbox::run`.
@@ -338,7 +391,7 @@ async fn send_transaction(
     txn_id: i64,
     items: Vec<storage::appservice::Queued>,
 ) -> anyhow::Result<()> {
-    let (mut events, mut ephemeral) = (Vec::new(), Vec::new());
+    let (mut events, mut ephemeral, mut to_device) = (Vec::new(), Vec::new(), Vec::new());
     for item in items {
         if let Some(event_id) = item.event_id.and_then(|e| ruma::OwnedEventId::try_from(e).ok())
             && let Some(pdu) = rooms::get_pdu(svc, &event_id).await?
@@ -348,10 +401,16 @@ async fn send_transaction(
         if let Some(json) = item.ephemeral {
             ephemeral.push(serde_json::from_str::<Value>(&json)?);
         }
+        if let Some(json) = item.to_device {
+            to_device.push(serde_json::from_str::<Value>(&json)?);
+        }
     }
     let mut body = json!({ "events": events });
     if let Some(key) = appservice.ephemeral {
         body[key.as_str()] = json!(ephemeral);
+    }
+    if appservice.push_to_device {
+        body[TO_DEVICE_KEY] = json!(to_device);
     }
     let path = format!("/_matrix/app/v1/transactions/{txn_id}");
     let response = appservice.request(svc, reqwest::Method::PUT, &path)?.json(&body).send().await?;
@@ -444,6 +503,7 @@ namespaces:
   rooms: []
 rate_limited: false
 de.sorunome.msc2409.push_ephemeral: true
+push_to_device: true
 "##;
 
     #[test]
@@ -453,6 +513,7 @@ de.sorunome.msc2409.push_ephemeral: true
         assert_eq!(a.sender, "@bot:example.org");
         assert!(!a.rate_limited);
         assert_eq!(a.ephemeral, Some(EphemeralKey::Unstable));
+        assert!(a.push_to_device);
         assert!(a.is_user(&UserId::parse("@bridge_x:example.org").unwrap()));
         assert!(a.is_user(&UserId::parse("@bot:example.org").unwrap()));
         assert!(!a.is_user(&UserId::parse("@bridge_x:example.org.evil").unwrap()));

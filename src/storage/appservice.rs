@@ -2,29 +2,38 @@
 
 use super::{Db, Tx};
 
-pub async fn queue_event(tx: &mut Tx, appservice_id: &str, event_id: &str) -> sqlx::Result<()> {
-    sqlx::query("INSERT INTO appservice_outbox (appservice_id, event_id) VALUES ($1, $2)")
-        .bind(appservice_id)
-        .bind(event_id)
-        .execute(&mut **tx)
-        .await?;
+/// Something queued for an appservice.
+pub enum Item<'a> {
+    /// An event ID.
+    Event(&'a str),
+    /// An ephemeral event (JSON).
+    Ephemeral(&'a str),
+    /// A to-device message (JSON).
+    ToDevice(&'a str),
+}
+
+pub async fn queue(tx: &mut Tx, appservice_id: &str, item: Item<'_>) -> sqlx::Result<()> {
+    let (column, value) = match item {
+        Item::Event(v) => ("event_id", v),
+        Item::Ephemeral(v) => ("ephemeral", v),
+        Item::ToDevice(v) => ("to_device", v),
+    };
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO appservice_outbox (appservice_id, {column}) VALUES ($1, $2)"
+    )))
+    .bind(appservice_id)
+    .bind(value)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
-pub async fn queue_ephemeral(tx: &mut Tx, appservice_id: &str, json: &str) -> sqlx::Result<()> {
-    sqlx::query("INSERT INTO appservice_outbox (appservice_id, ephemeral) VALUES ($1, $2)")
-        .bind(appservice_id)
-        .bind(json)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
-}
-
-/// One queued item: an event ID or an ephemeral event's JSON.
+/// One queued item: an event ID, an ephemeral event or a to-device message.
 #[derive(sqlx::FromRow)]
 pub struct Queued {
     pub event_id: Option<String>,
     pub ephemeral: Option<String>,
+    pub to_device: Option<String>,
 }
 
 /// The appservice's next transaction: the one already started if a send failed, else a new
@@ -56,7 +65,7 @@ pub async fn next_transaction(db: &Db, appservice_id: &str, limit: i64) -> sqlx:
         }
     };
     let items = sqlx::query_as(
-        "SELECT event_id, ephemeral FROM appservice_outbox WHERE appservice_id = $1 AND txn_id = $2 ORDER BY id",
+        "SELECT event_id, ephemeral, to_device FROM appservice_outbox WHERE appservice_id = $1 AND txn_id = $2 ORDER BY id",
     )
     .bind(appservice_id)
     .bind(txn_id)

@@ -158,7 +158,7 @@ fn registration(dir: &Path, id: &str, url: Option<SocketAddr>, as_token: &str) -
     let yaml = format!(
         "id: {id}\nurl: {url}\nas_token: \"{as_token}\"\nhs_token: \"{HS_TOKEN}\"\nsender_localpart: {id}bot\n\
          namespaces:\n  users: [{{exclusive: true, regex: \"@bridge_.*\"}}]\n  aliases: [{{exclusive: true, regex: \"#bridge_.*\"}}]\n  rooms: []\n\
-         rate_limited: false\nreceive_ephemeral: true\n"
+         rate_limited: false\nreceive_ephemeral: true\npush_to_device: true\n"
     );
     let path = dir.join(format!("{id}.yaml"));
     std::fs::write(&path, yaml).unwrap();
@@ -294,7 +294,7 @@ async fn exclusive_namespaces_are_refused_to_ordinary_users() {
 #[tokio::test]
 async fn appservice_registration_login_and_masquerading() {
     let dir = tempfile::tempdir().unwrap();
-    let (server, _fake) = start(dir.path()).await;
+    let (server, fake) = start(dir.path()).await;
     let name = &server.server_name;
     let puppet = format!("@bridge_alice:{name}");
     let reg =
@@ -364,6 +364,21 @@ async fn appservice_registration_login_and_masquerading() {
     assert_eq!(me["device_id"], device);
     let elsewhere = format!("{whoami}?user_id={}&device_id=NOPE", enc(&puppet));
     server.request(Method::GET, &elsewhere, Some(AS_TOKEN), None).await.assert_error(403, "M_FORBIDDEN");
+
+    // MSC4203: to-device messages for the puppet reach the appservice.
+    let messages = json!({ "messages": { &puppet: { "*": { "secret": 1 } } } });
+    alice.put("/_matrix/client/v3/sendToDevice/m.test/td1", messages).await.ok();
+    wait_for("the to-device message", || {
+        let txns = fake.transactions.lock().unwrap();
+        txns.iter()
+            .filter(|t| t.3)
+            .flat_map(|t| t.2["de.sorunome.msc2409.to_device"].as_array().cloned().unwrap_or_default())
+            .any(|m| {
+                m == json!({ "type": "m.test", "sender": alice.user_id, "content": { "secret": 1 },
+                         "to_user_id": puppet, "to_device_id": device })
+            })
+    })
+    .await;
     server
         .request(Method::POST, "/_matrix/client/v3/login", None, Some(&login))
         .await
