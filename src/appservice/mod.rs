@@ -25,7 +25,8 @@ use crate::rooms::{self, pdu::Pdu};
 use crate::storage::appservice::Item;
 use crate::storage::{self, Db, Tx};
 
-/// Most events and ephemeral events in one transaction (Synapse's limits are 100 and 100).
+/// Most items (events, ephemeral events, to-device messages) in one transaction (Synapse
+/// sends at most 100 of each kind).
 const TRANSACTION_LIMIT: i64 = 100;
 /// How long an appservice may take to answer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);

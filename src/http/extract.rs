@@ -113,18 +113,21 @@ impl FromRequestParts<AppState> for MaybeAuth {
 /// Resolves the token (an appservice's as_token, or a user's access token) and records the
 /// device's activity (throttled, see `SessionTracker`).
 async fn authenticate(parts: &Parts, state: &AppState, token: &str) -> Result<Identity, Error> {
-    if let Some(appservice) = state.appservices.by_token(token) {
-        let (user_id, device_id) = (query_param(parts, "user_id"), query_param(parts, "device_id"));
-        return accounts::authenticate_appservice(&state.db, appservice, user_id.as_deref(), device_id.as_deref())
-            .await;
-    }
-    let identity = accounts::authenticate(&state.db, &state.sessions, token).await?;
+    let identity = match state.appservices.by_token(token) {
+        Some(appservice) => {
+            let (user_id, device_id) = (query_param(parts, "user_id"), query_param(parts, "device_id"));
+            accounts::authenticate_appservice(&state.db, appservice, user_id.as_deref(), device_id.as_deref()).await?
+        }
+        None => accounts::authenticate(&state.db, &state.sessions, token).await?,
+    };
     // A locked account may only log out (spec "Account locking").
     let path = parts.uri.path();
     if identity.locked && !path.ends_with("/logout") && !path.ends_with("/logout/all") {
         return Err(Error::user_locked());
     }
-    state.sessions.seen(&state.db, &identity.user_id, &identity.device_id, client_ip(parts)).await;
+    if !identity.device_id.is_empty() {
+        state.sessions.seen(&state.db, &identity.user_id, &identity.device_id, client_ip(parts)).await;
+    }
     Ok(identity)
 }
 
