@@ -43,6 +43,28 @@ pub struct Config {
     pub admin: AdminConfig,
     #[serde(default)]
     pub push: PushConfig,
+    #[serde(default)]
+    pub appservice: AppserviceConfig,
+}
+
+/// Application services (bridges), see docs/appservices.md.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AppserviceConfig {
+    /// Registration files (YAML, the format Synapse reads from `app_service_config_files`).
+    pub config_files: Vec<PathBuf>,
+    /// Wait before the first retry of an appservice that failed a transaction; doubled on
+    /// each further failure.
+    pub initial_backoff_ms: u64,
+    /// Longest wait between retries.
+    pub max_backoff_ms: u64,
+}
+
+impl Default for AppserviceConfig {
+    fn default() -> Self {
+        // Synapse retries appservices after 2^n seconds, up to about 8.5 minutes.
+        Self { config_files: Vec::new(), initial_backoff_ms: 1000, max_backoff_ms: 512_000 }
+    }
 }
 
 /// Server administration.
@@ -273,6 +295,11 @@ impl Default for PushConfig {
     }
 }
 
+/// The non-empty items of a comma-separated environment variable.
+fn comma_list(v: &str) -> impl Iterator<Item = &str> {
+    v.split(',').map(str::trim).filter(|s| !s.is_empty())
+}
+
 fn default_data_dir() -> PathBuf {
     PathBuf::from("data")
 }
@@ -303,6 +330,7 @@ impl Config {
             federation: FederationConfig::default(),
             admin: AdminConfig::default(),
             push: PushConfig::default(),
+            appservice: AppserviceConfig::default(),
         }
     }
 
@@ -407,8 +435,10 @@ impl Config {
             };
         }
         if let Some(v) = env("PLEXUS_FEDERATION_NOTARY_SERVERS") {
-            self.federation.notary_servers =
-                v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(Into::into).collect();
+            self.federation.notary_servers = comma_list(&v).map(Into::into).collect();
+        }
+        if let Some(v) = env("PLEXUS_APPSERVICE_CONFIG_FILES") {
+            self.appservice.config_files = comma_list(&v).map(Into::into).collect();
         }
         Ok(())
     }
@@ -562,5 +592,12 @@ mod tests {
         assert!(Config::load_from(None, &env).is_err());
         let env = env_of(&[("PLEXUS_SERVER_NAME", "ok.org"), ("PLEXUS_FEDERATION_INSECURE_TLS", "yes")]);
         assert!(Config::load_from(None, &env).is_err());
+    }
+
+    #[test]
+    fn appservice_files_from_the_environment() {
+        let env = env_of(&[("PLEXUS_SERVER_NAME", "ok.org"), ("PLEXUS_APPSERVICE_CONFIG_FILES", "/a.yaml, ,/b.yaml")]);
+        let c = Config::load_from(None, &env).unwrap();
+        assert_eq!(c.appservice.config_files, [Path::new("/a.yaml"), Path::new("/b.yaml")]);
     }
 }

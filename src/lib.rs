@@ -5,6 +5,7 @@
 pub mod accounts;
 pub mod admin;
 pub mod api;
+pub mod appservice;
 pub mod config;
 pub mod crypto;
 pub mod directory;
@@ -13,6 +14,7 @@ pub mod error;
 pub mod federation;
 pub mod http;
 pub mod media;
+pub mod outbox;
 pub mod push;
 pub mod rooms;
 pub mod storage;
@@ -53,6 +55,7 @@ pub struct Services {
     pub registration_nonces: admin::register::Nonces,
     pub room_deletions: admin::rooms::Deletions,
     pub erased_users: rooms::visibility::ErasedUsers,
+    pub appservices: appservice::Appservices,
 }
 
 /// Shared state of the HTTP handlers.
@@ -72,6 +75,8 @@ impl AppState {
         let db = Db::connect(&config.database.url, config.database.max_connections).await?;
         let server_key = ServerKey::load_or_generate(&config.data_dir)?;
         let metrics = config.metrics.enabled.then(prometheus_handle).transpose()?;
+        let appservices = appservice::Appservices::load(&config)?;
+        appservice::create_senders(&db, &appservices).await?;
         let state = AppState(Arc::new(Services {
             sessions: Default::default(),
             rate_limiter: RateLimiter::new(config.rate_limits.clone()),
@@ -86,13 +91,15 @@ impl AppState {
             registration_nonces: Default::default(),
             room_deletions: Default::default(),
             erased_users: rooms::visibility::ErasedUsers::load(&db).await?,
+            appservices,
             config,
             db,
             server_key,
             metrics,
         }));
         tokio::spawn(federation::sender::run(Arc::downgrade(&state.0)));
-        tokio::spawn(push::gateway::run(Arc::downgrade(&state.0)));
+        tokio::spawn(outbox::run::<push::gateway::PusherId>(Arc::downgrade(&state.0)));
+        tokio::spawn(outbox::run::<appservice::AppserviceId>(Arc::downgrade(&state.0)));
         Ok(state)
     }
 }

@@ -7,12 +7,15 @@ pub mod sessions;
 pub mod tokens;
 pub mod uia;
 
+use std::sync::Arc;
+
 use rand::Rng;
 use ruma::events::TimelineEventType;
 use ruma::{OwnedUserId, RoomId, UserId};
 use serde_json::json;
 
 use crate::Services;
+use crate::appservice::Appservice;
 use crate::error::{Error, Result};
 use crate::rooms;
 use crate::storage::{self, Db};
@@ -22,6 +25,7 @@ use sessions::SessionTracker;
 #[derive(Debug, Clone)]
 pub struct Identity {
     pub user_id: OwnedUserId,
+    /// Empty for an application service acting without a device.
     pub device_id: String,
     pub is_admin: bool,
     pub is_guest: bool,
@@ -31,6 +35,8 @@ pub struct Identity {
     pub locked: bool,
     /// Writes (joins, messages, profile changes) answer `M_USER_SUSPENDED`.
     pub suspended: bool,
+    /// The application service whose as_token authenticated the request.
+    pub appservice: Option<Arc<Appservice>>,
 }
 
 impl Identity {
@@ -240,6 +246,48 @@ pub async fn authenticate(db: &Db, sessions: &SessionTracker, access_token: &str
         shadow_banned: user.shadow_banned,
         locked: user.locked,
         suspended: user.suspended,
+        appservice: None,
+    })
+}
+
+/// The identity of a request made with an appservice's as_token: its own user, or the user
+/// of its namespace named by `?user_id=` (masquerading), on the device named by
+/// `?device_id=` (MSC3202) when that is one of the user's.
+pub async fn authenticate_appservice(
+    db: &Db,
+    appservice: &Arc<Appservice>,
+    user_id: Option<&str>,
+    device_id: Option<&str>,
+) -> Result<Identity> {
+    let user_id = match user_id {
+        None => appservice.sender.clone(),
+        Some(u) => OwnedUserId::try_from(u).map_err(|_| Error::invalid_param("user_id is not a user ID"))?,
+    };
+    if !appservice.is_user(&user_id) {
+        return Err(Error::matrix(
+            http::StatusCode::FORBIDDEN,
+            "M_EXCLUSIVE",
+            "The user is not in the application service's namespace",
+        ));
+    }
+    let user = storage::users::get(db, user_id.as_str())
+        .await?
+        .filter(|u| !u.deactivated)
+        .ok_or_else(|| Error::forbidden("The application service has not registered this user"))?;
+    let device_id = match device_id {
+        None => String::new(),
+        Some(d) if storage::devices::get(db, user_id.as_str(), d).await?.is_some() => d.to_owned(),
+        Some(_) => return Err(Error::forbidden("The user has no such device")),
+    };
+    Ok(Identity {
+        user_id,
+        device_id,
+        is_admin: user.is_admin,
+        is_guest: user.is_guest,
+        shadow_banned: user.shadow_banned,
+        locked: user.locked,
+        suspended: user.suspended,
+        appservice: Some(appservice.clone()),
     })
 }
 

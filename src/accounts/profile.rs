@@ -29,7 +29,12 @@ pub async fn get(svc: &Services, user_id: &UserId, field: Option<&str>) -> Resul
 
 /// A local user's profile; 404 for unknown or deactivated users.
 pub async fn local(svc: &Services, user_id: &UserId, field: Option<&str>) -> Result<Map<String, Value>> {
-    let user = match storage::users::get(&svc.db, user_id.as_str()).await? {
+    let mut row = storage::users::get(&svc.db, user_id.as_str()).await?;
+    // An appservice may create the users of its namespace when they are first looked up.
+    if row.is_none() && crate::appservice::query_user(svc, user_id).await? {
+        row = storage::users::get(&svc.db, user_id.as_str()).await?;
+    }
+    let user = match row {
         Some(user) if !user.deactivated => user,
         _ => return Err(Error::not_found("Profile not found")),
     };

@@ -8,6 +8,7 @@ use sha2::{Digest, Sha256};
 
 use super::is_local;
 use crate::accounts::Identity;
+use crate::appservice;
 use crate::error::{Error, Result};
 use crate::storage::{self, Db, Tx, to_device};
 use crate::{AppState, Services};
@@ -29,9 +30,10 @@ pub async fn send(state: &AppState, me: &Identity, event_type: &str, txn_id: &st
     if !to_device::add_txn(&mut tx, me.user_id.as_str(), &me.device_id, txn_id).await? {
         return Ok(());
     }
-    let recipients = deliver_local(state, &mut tx, &me.user_id, event_type, messages).await?;
+    let (recipients, appservices) = deliver_local(state, &mut tx, &me.user_id, event_type, messages).await?;
     tx.commit().await?;
     state.notifier.notify(recipients);
+    appservices.wake(state);
 
     let mut by_server: BTreeMap<&ServerName, Map<String, Value>> = BTreeMap::new();
     for (user_id, devices) in messages.iter().filter(|(u, _)| !is_local(u, &state.config.server_name)) {
@@ -67,27 +69,32 @@ pub async fn receive(
     if !to_device::add_txn(&mut tx, sender.as_str(), "", message_id).await? {
         return Ok(());
     }
-    let recipients = deliver_local(svc, &mut tx, sender, event_type, messages).await?;
+    let (recipients, appservices) = deliver_local(svc, &mut tx, sender, event_type, messages).await?;
     tx.commit().await?;
     svc.notifier.notify(recipients);
+    appservices.wake(svc);
     Ok(())
 }
 
 /// Puts the messages for our users (others are skipped) into their devices' inboxes at a
-/// new stream position; returns the users who got one.
+/// new stream position, and queues them for the appservices that get their users' to-device
+/// messages; returns the users who got one.
 async fn deliver_local<'a>(
     svc: &Services,
     tx: &mut Tx,
     sender: &UserId,
     event_type: &str,
     messages: &'a Messages,
-) -> Result<Vec<&'a UserId>> {
+) -> Result<(Vec<&'a UserId>, appservice::Queued)> {
     let pos = storage::next_stream_pos(tx).await?;
     let mut recipients: Vec<&UserId> = Vec::new();
+    let mut appservices = appservice::Queued::default();
     for (user_id, devices) in messages.iter().filter(|(u, _)| is_local(u, &svc.config.server_name)) {
         let mut delivered = 0;
         for (device_id, content) in devices.iter().filter(|(_, c)| c.is_object()) {
             let device = (device_id != ALL_DEVICES).then_some(device_id.as_str());
+            appservices
+                .extend(appservice::queue_to_device(svc, tx, sender, event_type, user_id, device, content).await?);
             let content = content.to_string();
             delivered +=
                 to_device::deliver(tx, user_id.as_str(), device, pos, sender.as_str(), event_type, &content).await?;
@@ -96,7 +103,7 @@ async fn deliver_local<'a>(
             recipients.push(user_id);
         }
     }
-    Ok(recipients)
+    Ok((recipients, appservices))
 }
 
 /// Drops the device's messages up to `up_to`, which the client acknowledged (a sync token).

@@ -110,16 +110,37 @@ impl FromRequestParts<AppState> for MaybeAuth {
     }
 }
 
-/// Resolves the token and records the device's activity (throttled, see `SessionTracker`).
+/// Resolves the token (an appservice's as_token, or a user's access token) and records the
+/// device's activity (throttled, see `SessionTracker`).
 async fn authenticate(parts: &Parts, state: &AppState, token: &str) -> Result<Identity, Error> {
-    let identity = accounts::authenticate(&state.db, &state.sessions, token).await?;
+    let identity = match state.appservices.by_token(token) {
+        Some(appservice) => {
+            let (user_id, device_id) = (query_param(parts, "user_id"), query_param(parts, "device_id"));
+            accounts::authenticate_appservice(&state.db, appservice, user_id.as_deref(), device_id.as_deref()).await?
+        }
+        None => accounts::authenticate(&state.db, &state.sessions, token).await?,
+    };
     // A locked account may only log out (spec "Account locking").
     let path = parts.uri.path();
     if identity.locked && !path.ends_with("/logout") && !path.ends_with("/logout/all") {
         return Err(Error::user_locked());
     }
-    state.sessions.seen(&state.db, &identity.user_id, &identity.device_id, client_ip(parts)).await;
+    if !identity.device_id.is_empty() {
+        state.sessions.seen(&state.db, &identity.user_id, &identity.device_id, client_ip(parts)).await;
+    }
     Ok(identity)
+}
+
+/// The raw access token of a request, without resolving it (for `POST /register`, where an
+/// appservice names users that do not exist yet).
+pub struct Token(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Token {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Error> {
+        Ok(Token(access_token(parts)))
+    }
 }
 
 fn access_token(parts: &Parts) -> Option<String> {
@@ -127,8 +148,12 @@ fn access_token(parts: &Parts) -> Option<String> {
         let value = value.to_str().ok()?;
         return value.strip_prefix("Bearer ").map(|t| t.trim().to_owned());
     }
+    query_param(parts, "access_token")
+}
+
+fn query_param(parts: &Parts, name: &str) -> Option<String> {
     let query = parts.uri.query()?;
-    url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "access_token").map(|(_, v)| v.into_owned())
+    url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
 }
 
 /// The address of the client (the peer of the TCP connection).

@@ -3,12 +3,9 @@
 //! read receipt, so none is lost across a restart; each pusher's are sent one at a time, in
 //! order. A gateway that fails is retried with exponential backoff (`[push]` config); a push
 //! that still fails a day after it was queued is dropped, as Synapse does. A pushkey the
-//! gateway rejects loses its pusher. The loop has the shape of the federation sender's (a
-//! signal channel, per-target state, one delivery task in flight per target).
+//! gateway rejects loses its pusher. The loop is `outbox::run`.
 
-use std::collections::HashMap;
-use std::sync::{Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use ruma::api::client::push::{Pusher, PusherKind};
@@ -17,10 +14,10 @@ use ruma::events::{StateEventType, TimelineEventType};
 use ruma::push::{Action, PushFormat};
 use ruma::{OwnedEventId, SecondsSinceUnixEpoch, UInt, UserId};
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 
 use crate::Services;
 use crate::error::Result;
+use crate::outbox::{self, Outbox, Target};
 use crate::rooms;
 use crate::storage::{self, Tx, now_ms, push::PusherRow, push::QueuedPush};
 
@@ -29,23 +26,20 @@ const GIVE_UP_AFTER: Duration = Duration::from_secs(24 * 3600);
 /// How long a gateway may take to answer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The handle the rest of the server uses; the work is done by `run`.
+/// The handle the rest of the server uses; the work is done by `outbox::run`.
 pub struct Sender {
-    /// Pushers given new pushes.
-    signals: mpsc::UnboundedSender<i64>,
-    receiver: Mutex<Option<mpsc::UnboundedReceiver<i64>>>,
+    outbox: Outbox<PusherId>,
     http: reqwest::Client,
 }
 
 impl Default for Sender {
     fn default() -> Self {
-        let (signals, receiver) = mpsc::unbounded_channel();
         let http = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap_or_default();
-        Sender { signals, receiver: Mutex::new(Some(receiver)), http }
+        Sender { outbox: Outbox::default(), http }
     }
 }
 
@@ -57,7 +51,7 @@ pub struct Queued(Vec<i64>);
 impl Queued {
     pub fn wake(self, svc: &Services) {
         for pusher in self.0 {
-            let _ = svc.push.gateway.signals.send(pusher);
+            svc.push.gateway.outbox.wake(PusherId(pusher));
         }
     }
 }
@@ -73,104 +67,32 @@ pub async fn queue_badges(tx: &mut Tx, user: &UserId) -> Result<Queued> {
     Ok(Queued(storage::push::queue_badges(tx, user.as_str(), now_ms()).await?))
 }
 
-/// What the loop knows of a pusher.
-#[derive(Default)]
-struct PusherState {
-    /// Pushes may be queued that no delivery has seen yet.
-    pending: bool,
-    in_flight: bool,
-    failures: u32,
-    retry_at: Option<Instant>,
-}
+/// A pusher, as a delivery target.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PusherId(i64);
 
-impl PusherState {
-    fn ready(&self, now: Instant) -> bool {
-        self.pending && !self.in_flight && self.retry_at.is_none_or(|t| t <= now)
+impl std::fmt::Display for PusherId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "pusher {}", self.0)
     }
 }
 
-fn backoff(config: &crate::config::PushConfig, failures: u32) -> Duration {
-    let initial = Duration::from_millis(config.initial_backoff_ms);
-    initial.saturating_mul(1 << failures.saturating_sub(1).min(20)).min(Duration::from_millis(config.max_backoff_ms))
-}
-
-/// The delivery loop, until the server is dropped. Holds only a weak reference so that a
-/// stopped server (tests start many) goes away.
-pub async fn run(services: Weak<Services>) {
-    let (mut signals, mut pushers) = {
-        let Some(svc) = services.upgrade() else { return };
-        let Some(signals) = svc.push.gateway.receiver.lock().unwrap_or_else(|e| e.into_inner()).take() else {
-            return;
-        };
-        match storage::push::queued_pushers(&svc.db).await {
-            Ok(ids) => {
-                let pushers: HashMap<i64, PusherState> =
-                    ids.into_iter().map(|id| (id, PusherState { pending: true, ..Default::default() })).collect();
-                (signals, pushers)
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "push gateway delivery: cannot load the queue; not pushing");
-                return;
-            }
-        }
-    };
-    let (done_tx, mut done) = mpsc::unbounded_channel::<(i64, bool)>();
-    loop {
-        let now = Instant::now();
-        for (id, pusher) in pushers.iter_mut().filter(|(_, p)| p.ready(now)) {
-            pusher.pending = false;
-            pusher.in_flight = true;
-            tokio::spawn(deliver(services.clone(), *id, done_tx.clone()));
-        }
-        let next_retry = pushers
-            .values()
-            .filter(|p| p.pending && !p.in_flight)
-            .filter_map(|p| p.retry_at)
-            .min()
-            .unwrap_or(now + Duration::from_secs(3600));
-        tokio::select! {
-            signal = signals.recv() => match signal {
-                None => return,
-                Some(id) => pushers.entry(id).or_default().pending = true,
-            },
-            Some((id, delivered)) = done.recv() => {
-                let pusher = pushers.entry(id).or_default();
-                pusher.in_flight = false;
-                if delivered {
-                    pusher.failures = 0;
-                    pusher.retry_at = None;
-                } else {
-                    pusher.failures += 1;
-                    let Some(svc) = services.upgrade() else { return };
-                    let wait = backoff(&svc.config.push, pusher.failures);
-                    pusher.retry_at = Some(Instant::now() + wait);
-                    pusher.pending = true;
-                    tracing::info!(pusher = id, failures = pusher.failures, retry_in_ms = wait.as_millis() as u64, "push not delivered");
-                }
-                if !pusher.pending && !pusher.in_flight {
-                    pushers.remove(&id);
-                }
-            }
-            _ = tokio::time::sleep_until(next_retry.into()) => {}
-        }
+impl Target for PusherId {
+    fn outbox(svc: &Services) -> &Outbox<Self> {
+        &svc.push.gateway.outbox
     }
-}
 
-/// Sends the pusher's queued pushes until none is left (true) or one fails (false).
-async fn deliver(services: Weak<Services>, id: i64, done: mpsc::UnboundedSender<(i64, bool)>) {
-    let Some(svc) = services.upgrade() else { return };
-    let delivered = loop {
-        match deliver_next(&svc, id).await {
-            Ok(true) => continue,
-            Ok(false) => break true,
-            Err(e) => {
-                tracing::warn!(pusher = id, error = %e, "push not delivered");
-                break false;
-            }
-        }
-    };
-    drop(svc);
-    let _ = done.send((id, delivered));
+    async fn queued(svc: &Services) -> anyhow::Result<Vec<Self>> {
+        Ok(storage::push::queued_pushers(&svc.db).await?.into_iter().map(PusherId).collect())
+    }
+
+    fn backoff(svc: &Services, failures: u32) -> Duration {
+        outbox::backoff(svc.config.push.initial_backoff_ms, svc.config.push.max_backoff_ms, failures)
+    }
+
+    async fn deliver_next(&self, svc: &Services) -> anyhow::Result<bool> {
+        deliver_next(svc, self.0).await
+    }
 }
 
 /// Sends the pusher's oldest queued push; false when there was none (or no pusher).
@@ -278,20 +200,4 @@ fn with_counts(note: Notification, unread: i64, prio: Option<NotificationPriorit
         note["prio"] = json!(prio.as_str());
     }
     Ok(json!({ "notification": note }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::PushConfig;
-
-    #[test]
-    fn backoff_doubles_up_to_the_limit() {
-        let config = PushConfig { initial_backoff_ms: 1000, max_backoff_ms: 60_000 };
-        assert_eq!(backoff(&config, 1), Duration::from_secs(1));
-        assert_eq!(backoff(&config, 2), Duration::from_secs(2));
-        assert_eq!(backoff(&config, 4), Duration::from_secs(8));
-        assert_eq!(backoff(&config, 10), Duration::from_secs(60));
-        assert_eq!(backoff(&config, u32::MAX), Duration::from_secs(60));
-    }
 }

@@ -834,7 +834,12 @@ pub async fn resolve_alias(svc: &Services, alias: &RoomAliasId) -> Result<(Owned
         let servers = answer.servers.iter().filter_map(|s| OwnedServerName::try_from(s.as_str()).ok()).collect();
         return Ok((answer.room_id, servers));
     }
-    let (room_id, _) = storage::rooms::resolve_alias(&svc.db, alias.as_str()).await?.ok_or_else(not_found)?;
+    let mut found = storage::rooms::resolve_alias(&svc.db, alias.as_str()).await?;
+    // An appservice may create the rooms of its alias namespace on demand.
+    if found.is_none() && crate::appservice::query_alias(svc, alias).await? {
+        found = storage::rooms::resolve_alias(&svc.db, alias.as_str()).await?;
+    }
+    let (room_id, _) = found.ok_or_else(not_found)?;
     let room_id = OwnedRoomId::try_from(room_id).map_err(|e| Error::Internal(e.into()))?;
     // This server first, then the other servers with joined members (as Synapse).
     let mut servers = vec![our_name(svc)?.to_owned()];

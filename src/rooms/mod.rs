@@ -694,8 +694,10 @@ pub(crate) async fn append(
         (TimelineEventType::RoomRedaction, Some(target)) => apply_redaction(svc, &mut tx, pdu, target, rules).await?,
         _ => None,
     };
+    let appservices = crate::appservice::queue_event(svc, &mut tx, pdu).await?;
     tx.commit().await?;
     pushes.wake(svc);
+    appservices.wake(svc);
 
     if let Some(g) = group {
         state::remember(svc, g, state_after);

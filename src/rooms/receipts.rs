@@ -45,11 +45,13 @@ pub async fn put(
         return Ok(());
     }
     super::wake_members(svc, room_id).await?;
+    let mut data = json!({ "ts": ts });
+    if let Some(thread) = thread_id {
+        data["thread_id"] = json!(thread);
+    }
+    let client_content = json!({ event: { receipt_type: { user: data } } });
+    crate::appservice::queue_ephemeral(svc, room_id, "m.receipt", client_content).await?;
     if local {
-        let mut data = json!({ "ts": ts });
-        if let Some(thread) = thread_id {
-            data["thread_id"] = json!(thread);
-        }
         let content = json!({ room_id: { receipt_type: { user: { "event_ids": [event], "data": data } } } });
         let servers = super::servers_in_room(svc, room_id).await?;
         crate::federation::sender::send_edu(svc, servers.iter().map(|s| &**s), "m.receipt", content).await?;

@@ -29,6 +29,7 @@ pub async fn set(state: &AppState, room: &RoomId, user: &UserId, typing: bool, t
     };
     if changed {
         super::wake_members(state, room).await?;
+        tell_appservices(state, room).await?;
     }
     // A repeated start keeps the notification alive on the other servers too.
     if typing || changed {
@@ -47,6 +48,12 @@ async fn tell_servers(state: &AppState, room: &RoomId, user: &UserId, typing: bo
     crate::federation::sender::send_edu(state, servers.iter().map(|s| &**s), "m.typing", content).await
 }
 
+/// Queues the room's typing list for the appservices that receive ephemeral events.
+async fn tell_appservices(state: &AppState, room: &RoomId) -> Result<()> {
+    let content = json!({ "user_ids": state.typing.typing_in(room) });
+    crate::appservice::queue_ephemeral(state, room, "m.typing", content).await
+}
+
 /// Drops the notifications expired after `delay`, wakes the rooms whose list changed and
 /// tells the other servers that our users there stopped (theirs last longer).
 async fn expire_after(state: AppState, delay: Duration) {
@@ -54,6 +61,9 @@ async fn expire_after(state: AppState, delay: Duration) {
     for (room, users) in state.typing.expire(Instant::now()) {
         if let Err(e) = super::wake_members(&state, &room).await {
             tracing::warn!(%room, error = %e, "cannot wake members after typing expired");
+        }
+        if let Err(e) = tell_appservices(&state, &room).await {
+            tracing::warn!(%room, error = %e, "cannot tell appservices that typing expired");
         }
         for user in &users {
             if let Err(e) = tell_servers(&state, &room, user, false).await {

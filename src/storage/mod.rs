@@ -2,6 +2,7 @@
 //! `Any` driver; queries use `$N` placeholders and SQL both dialects accept.
 
 pub mod account_data;
+pub mod appservice;
 pub mod cross_signing;
 pub mod dehydrated_devices;
 pub mod device_lists;

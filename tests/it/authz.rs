@@ -36,6 +36,7 @@ const ROUTES: &[(&str, &str, Access)] = &[
     ("GET", "/_matrix/client/v3/register/available", Public),
     ("GET", "/_matrix/client/v1/register/m.login.registration_token/validity", Public),
     ("GET", "/_matrix/client/v3/account/whoami", Token),
+    ("POST", "/_matrix/client/v1/appservice/{appservice_id}/ping", Token),
     ("POST", "/_matrix/client/v3/account/password", Token),
     ("POST", "/_matrix/client/v3/account/deactivate", Token),
     ("GET", "/_matrix/client/v3/account/3pid", Token),
@@ -283,7 +284,7 @@ impl Fixture<'_> {
     fn fill(&self, template: &str) -> String {
         let server = &self.server.server_name;
         let alias = format!("#nowhere:{server}");
-        let values: [(&str, String); 21] = [
+        let values: [(&str, String); 22] = [
             ("{room_id_or_alias}", enc(self.room_id)),
             ("{room_id}", enc(self.room_id)),
             ("{user_id}", enc(&self.owner.user_id)),
@@ -305,6 +306,7 @@ impl Fixture<'_> {
             ("{version}", "1".into()),
             ("{session_id}", "s".into()),
             ("{field}", "displayname".into()),
+            ("{appservice_id}", "bridge".into()),
         ];
         let mut path = template.to_owned();
         for (name, value) in &values {

@@ -6,6 +6,7 @@ mod harness;
 
 mod accounts;
 mod admin;
+mod appservice;
 mod authz;
 mod bench;
 mod cli;

@@ -21,7 +21,12 @@ pub fn router() -> Router<AppState> {
 }
 
 async fn whoami(Auth(me): Auth) -> Json<Value> {
-    Json(json!({ "user_id": me.user_id, "device_id": me.device_id, "is_guest": me.is_guest }))
+    let mut body = json!({ "user_id": me.user_id, "is_guest": me.is_guest });
+    // An appservice acting without a device has none to name.
+    if !me.device_id.is_empty() {
+        body["device_id"] = json!(me.device_id);
+    }
+    Json(body)
 }
 
 #[derive(Deserialize)]

@@ -69,6 +69,7 @@ async fn create_alias(
 ) -> Result<Json<Value>> {
     let alias = parse_alias(&alias)?;
     require_local(&state, &alias)?;
+    state.appservices.check_alias_free(&alias, me.appservice.as_deref())?;
     require_joined(&state, &body.room_id, &me.user_id).await?;
     let mut tx = state.db.begin().await?;
     let created =

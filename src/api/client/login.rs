@@ -6,13 +6,15 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::register::APPSERVICE_LOGIN;
 use super::v3;
 use crate::AppState;
 use crate::accounts::{self, Session};
 use crate::e2ee::device_lists;
 use crate::error::{Error, Result};
-use crate::http::extract::{self, Auth, ClientIp};
+use crate::http::extract::{self, Auth, ClientIp, Token};
 use crate::storage;
+use ruma::{OwnedUserId, UserId};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -23,7 +25,7 @@ pub fn router() -> Router<AppState> {
 }
 
 async fn login_flows() -> Json<Value> {
-    Json(json!({ "flows": [{ "type": "m.login.password" }] }))
+    Json(json!({ "flows": [{ "type": "m.login.password" }, { "type": APPSERVICE_LOGIN }] }))
 }
 
 #[derive(Deserialize)]
@@ -56,12 +58,47 @@ struct Identifier {
 async fn login(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
+    Token(token): Token,
     extract::Json(body): extract::Json<LoginBody>,
 ) -> Result<Json<Value>> {
-    state.rate_limiter.check("login", ip)?;
-    if body.kind != "m.login.password" {
+    let by_appservice = body.kind == APPSERVICE_LOGIN;
+    if !by_appservice {
+        state.rate_limiter.check("login", ip)?;
+    }
+    if body.kind != "m.login.password" && !by_appservice {
         return Err(Error::matrix(http::StatusCode::BAD_REQUEST, "M_UNKNOWN", "Unknown login type"));
     }
+    let user = login_user(&state, &body)?;
+    if by_appservice {
+        // The as_token proves the appservice; it may log in the users of its namespace.
+        let token = token.ok_or_else(Error::missing_token)?;
+        let appservice = state.appservices.by_token(&token).ok_or_else(|| Error::unknown_token(false))?;
+        if !appservice.is_user(&user) {
+            return Err(Error::forbidden("The user is not in the application service's namespace"));
+        }
+        if storage::users::get(&state.db, user.as_str()).await?.is_none_or(|u| u.deactivated) {
+            return Err(Error::forbidden("Unknown user"));
+        }
+        return open_session(&state, &user, body).await;
+    }
+    if let Some(row) = storage::users::get(&state.db, user.as_str()).await?
+        && row.deactivated
+    {
+        return Err(Error::matrix(
+            http::StatusCode::FORBIDDEN,
+            "M_USER_DEACTIVATED",
+            "This account has been deactivated",
+        ));
+    }
+    let password = body.password.as_deref().ok_or_else(|| Error::missing_param("Missing password"))?;
+    if !accounts::check_password(&state.db, &user, password).await? {
+        return Err(Error::forbidden("Invalid username or password"));
+    }
+    open_session(&state, &user, body).await
+}
+
+/// The user a login names (identifier `m.id.user`, or the deprecated `user`), of this server.
+fn login_user(state: &AppState, body: &LoginBody) -> Result<OwnedUserId> {
     let user = match &body.identifier {
         Some(id) if id.kind == "m.id.user" => id.user.clone(),
         Some(id) => {
@@ -74,33 +111,24 @@ async fn login(
         None => body.user.clone(),
     };
     let user = user.ok_or_else(|| Error::missing_param("Missing user identifier"))?;
-    let password = body.password.as_deref().ok_or_else(|| Error::missing_param("Missing password"))?;
     let invalid = || Error::forbidden("Invalid username or password");
     let user_id = accounts::parse_login_user(&user, &state.config.server_name).ok_or_else(invalid)?;
     if user_id.server_name() != state.config.server_name.as_str() {
         return Err(invalid());
     }
-    if let Some(row) = storage::users::get(&state.db, user_id.as_str()).await?
-        && row.deactivated
-    {
-        return Err(Error::matrix(
-            http::StatusCode::FORBIDDEN,
-            "M_USER_DEACTIVATED",
-            "This account has been deactivated",
-        ));
-    }
-    if !accounts::check_password(&state.db, &user_id, password).await? {
-        return Err(invalid());
-    }
+    Ok(user_id)
+}
+
+async fn open_session(state: &AppState, user_id: &UserId, body: LoginBody) -> Result<Json<Value>> {
     let session = accounts::open_session(
         &state.db,
-        &user_id,
+        user_id,
         body.device_id,
         body.initial_device_display_name.as_deref(),
         body.refresh_token,
     )
     .await?;
-    Ok(Json(session_json(&session, &state)))
+    Ok(Json(session_json(&session, state)))
 }
 
 /// The body of a login or registration answer.

@@ -3,6 +3,7 @@
 mod account;
 mod account_data;
 mod admin;
+mod appservice;
 mod dehydrated_device;
 mod devices;
 pub(crate) mod directory;
@@ -52,6 +53,7 @@ pub fn router() -> Router<AppState> {
         .merge(login::router())
         .merge(account::router())
         .merge(admin::router())
+        .merge(appservice::router())
         .merge(devices::router())
         .merge(profile::router())
         .merge(account_data::router())

@@ -11,7 +11,7 @@ use crate::AppState;
 use crate::accounts::{self, uia};
 use crate::config::RegistrationMode;
 use crate::error::{Error, Result};
-use crate::http::extract::{self, ClientIp, Query};
+use crate::http::extract::{self, ClientIp, Query, Token};
 use crate::storage;
 
 pub fn router() -> Router<AppState> {
@@ -43,14 +43,31 @@ struct RegisterBody {
     refresh_token: bool,
     #[serde(default)]
     auth: Option<Value>,
+    /// `m.login.application_service` for an appservice registering a user of its namespace.
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
 }
+
+impl RegisterBody {
+    fn by_appservice(&self) -> bool {
+        let auth_type = self.auth.as_ref().and_then(|a| a.get("type")).and_then(Value::as_str);
+        self.kind.as_deref().or(auth_type) == Some(APPSERVICE_LOGIN)
+    }
+}
+
+/// The registration and login type of appservices.
+pub const APPSERVICE_LOGIN: &str = "m.login.application_service";
 
 async fn register(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
+    Token(token): Token,
     Query(query): Query<RegisterQuery>,
     extract::Json(body): extract::Json<RegisterBody>,
 ) -> Result<Json<Value>> {
+    if body.by_appservice() {
+        return register_by_appservice(&state, token, body).await;
+    }
     state.rate_limiter.check("register", ip)?;
     let server_name = &state.config.server_name;
     let guest = match query.kind.as_deref() {
@@ -70,6 +87,7 @@ async fn register(
         Some(name) => accounts::validate_new_localpart(name, server_name)?,
         None => generated_user_id(&state).await?,
     };
+    state.appservices.check_user_free(&user_id, None)?;
     if storage::users::exists(&state.db, user_id.as_str()).await? {
         return Err(Error::user_in_use());
     }
@@ -91,18 +109,43 @@ async fn register(
     )
     .await?;
     tracing::info!(%user_id, guest, "registered");
+    login_unless_inhibited(&state, &user_id, body).await
+}
+
+/// Registration with an appservice's as_token, of a user in its namespace: no
+/// user-interactive authentication, no password, no rate limit.
+async fn register_by_appservice(state: &AppState, token: Option<String>, body: RegisterBody) -> Result<Json<Value>> {
+    let token = token.ok_or_else(Error::missing_token)?;
+    let appservice = state.appservices.by_token(&token).ok_or_else(|| Error::unknown_token(false))?;
+    let username = body.username.as_deref().ok_or_else(|| Error::missing_param("Missing username"))?;
+    let user_id = accounts::validate_new_localpart(username, &state.config.server_name)?;
+    if !appservice.is_user(&user_id) {
+        return Err(Error::matrix(
+            http::StatusCode::BAD_REQUEST,
+            "M_EXCLUSIVE",
+            "This user ID is not in the application service's namespace",
+        ));
+    }
+    state.appservices.check_user_free(&user_id, Some(appservice))?;
+    accounts::create_account(&state.db, &user_id, None, false, false, None).await?;
+    tracing::info!(%user_id, appservice = %appservice.id, "registered by an appservice");
+    login_unless_inhibited(state, &user_id, body).await
+}
+
+/// The answer to a registration: a new session unless the client asked for none.
+async fn login_unless_inhibited(state: &AppState, user_id: &ruma::UserId, body: RegisterBody) -> Result<Json<Value>> {
     if body.inhibit_login {
         return Ok(Json(json!({ "user_id": user_id })));
     }
     let session = accounts::open_session(
         &state.db,
-        &user_id,
+        user_id,
         body.device_id,
         body.initial_device_display_name.as_deref(),
         body.refresh_token,
     )
     .await?;
-    Ok(Json(super::login::session_json(&session, &state)))
+    Ok(Json(super::login::session_json(&session, state)))
 }
 
 /// A free numeric user ID, for registrations without a username (guests).
@@ -129,6 +172,7 @@ async fn available(
 ) -> Result<Json<Value>> {
     state.rate_limiter.check("register", ip)?;
     let user_id = accounts::validate_new_localpart(&query.username, &state.config.server_name)?;
+    state.appservices.check_user_free(&user_id, None)?;
     if storage::users::exists(&state.db, user_id.as_str()).await? {
         return Err(Error::user_in_use());
     }

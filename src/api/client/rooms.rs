@@ -82,6 +82,13 @@ async fn create_room(
     extract::Json(req): extract::Json<CreateRoomRequest>,
 ) -> Result<Json<Value>> {
     me.ensure_not_suspended()?;
+    if let Some(alias) = req
+        .room_alias_name
+        .as_ref()
+        .and_then(|name| ruma::OwnedRoomAliasId::try_from(format!("#{name}:{}", state.config.server_name)).ok())
+    {
+        state.appservices.check_alias_free(&alias, me.appservice.as_deref())?;
+    }
     let room_id = rooms::create::create_room(&state, &me.user_id, req).await?;
     Ok(Json(json!({ "room_id": room_id })))
 }
