@@ -716,6 +716,10 @@ pub(crate) async fn append(
     if pdu.kind == TimelineEventType::RoomMember
         && let Some(target) = pdu.state_key.as_deref().and_then(|k| OwnedUserId::try_from(k).ok())
     {
+        // Whoever is no longer in the room is no longer typing there.
+        if pdu.content_str("membership").as_deref() != Some("join") {
+            svc.typing.stop(&pdu.room_id, &target);
+        }
         wake.push(target);
     }
     svc.notifier.notify(wake.iter().map(|u| &**u));
