@@ -15,6 +15,7 @@ pub mod http;
 pub mod media;
 pub mod push;
 pub mod rooms;
+pub mod sso;
 pub mod storage;
 pub mod sync;
 
@@ -53,6 +54,7 @@ pub struct Services {
     pub registration_nonces: admin::register::Nonces,
     pub room_deletions: admin::rooms::Deletions,
     pub erased_users: rooms::visibility::ErasedUsers,
+    pub sso: sso::Sso,
 }
 
 /// Shared state of the HTTP handlers.
@@ -86,6 +88,7 @@ impl AppState {
             registration_nonces: Default::default(),
             room_deletions: Default::default(),
             erased_users: rooms::visibility::ErasedUsers::load(&db).await?,
+            sso: sso::Sso::new(&config)?,
             config,
             db,
             server_key,
@@ -93,6 +96,7 @@ impl AppState {
         }));
         tokio::spawn(federation::sender::run(Arc::downgrade(&state.0)));
         tokio::spawn(push::gateway::run(Arc::downgrade(&state.0)));
+        tokio::spawn(sso::Sso::preload(Arc::downgrade(&state.0)));
         Ok(state)
     }
 }

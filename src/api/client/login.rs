@@ -3,6 +3,7 @@
 use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use ruma::{OwnedUserId, UserId};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -22,8 +23,13 @@ pub fn router() -> Router<AppState> {
         .route(v3!("/logout/all"), post(logout_all))
 }
 
-async fn login_flows() -> Json<Value> {
-    Json(json!({ "flows": [{ "type": "m.login.password" }] }))
+async fn login_flows(State(state): State<AppState>) -> Json<Value> {
+    let mut flows = Vec::new();
+    if state.config.password_login_enabled {
+        flows.push(json!({ "type": "m.login.password" }));
+    }
+    flows.extend(super::sso::login_flows(&state));
+    Json(json!({ "flows": flows }))
 }
 
 #[derive(Deserialize)]
@@ -37,6 +43,9 @@ struct LoginBody {
     user: Option<String>,
     #[serde(default)]
     password: Option<String>,
+    /// The login token of `m.login.token`.
+    #[serde(default)]
+    token: Option<String>,
     #[serde(default)]
     device_id: Option<String>,
     #[serde(default)]
@@ -59,9 +68,29 @@ async fn login(
     extract::Json(body): extract::Json<LoginBody>,
 ) -> Result<Json<Value>> {
     state.rate_limiter.check("login", ip)?;
-    if body.kind != "m.login.password" {
-        return Err(Error::matrix(http::StatusCode::BAD_REQUEST, "M_UNKNOWN", "Unknown login type"));
-    }
+    let user_id = match body.kind.as_str() {
+        "m.login.password" if state.config.password_login_enabled => password_user(&state, &body).await?,
+        "m.login.token" => {
+            let token = body.token.as_deref().ok_or_else(|| Error::missing_param("Missing token"))?;
+            let user_id = accounts::login_tokens::redeem(&state.db, token).await?;
+            ensure_active(&state, &user_id).await?;
+            user_id
+        }
+        _ => return Err(Error::matrix(http::StatusCode::BAD_REQUEST, "M_UNKNOWN", "Unknown login type")),
+    };
+    let session = accounts::open_session(
+        &state.db,
+        &user_id,
+        body.device_id,
+        body.initial_device_display_name.as_deref(),
+        body.refresh_token,
+    )
+    .await?;
+    Ok(Json(session_json(&session, &state)))
+}
+
+/// The user an `m.login.password` login proves to be.
+async fn password_user(state: &AppState, body: &LoginBody) -> Result<OwnedUserId> {
     let user = match &body.identifier {
         Some(id) if id.kind == "m.id.user" => id.user.clone(),
         Some(id) => {
@@ -80,6 +109,15 @@ async fn login(
     if user_id.server_name() != state.config.server_name.as_str() {
         return Err(invalid());
     }
+    ensure_active(state, &user_id).await?;
+    if !accounts::check_password(&state.db, &user_id, password).await? {
+        return Err(invalid());
+    }
+    Ok(user_id)
+}
+
+/// Refuses a login to a deactivated account.
+async fn ensure_active(state: &AppState, user_id: &UserId) -> Result<()> {
     if let Some(row) = storage::users::get(&state.db, user_id.as_str()).await?
         && row.deactivated
     {
@@ -89,18 +127,7 @@ async fn login(
             "This account has been deactivated",
         ));
     }
-    if !accounts::check_password(&state.db, &user_id, password).await? {
-        return Err(invalid());
-    }
-    let session = accounts::open_session(
-        &state.db,
-        &user_id,
-        body.device_id,
-        body.initial_device_display_name.as_deref(),
-        body.refresh_token,
-    )
-    .await?;
-    Ok(Json(session_json(&session, &state)))
+    Ok(())
 }
 
 /// The body of a login or registration answer.
