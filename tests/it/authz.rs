@@ -29,6 +29,9 @@ const ROUTES: &[(&str, &str, Access)] = &[
     ("GET", "/_matrix/client/v3/capabilities", Token),
     ("GET", "/_matrix/client/v3/login", Public),
     ("POST", "/_matrix/client/v3/login", Public),
+    ("GET", "/_matrix/client/v3/login/sso/redirect", Public),
+    ("GET", "/_matrix/client/v3/login/sso/redirect/{idp_id}", Public),
+    ("GET", "/_synapse/client/oidc/callback", Public),
     ("POST", "/_matrix/client/v3/refresh", Public),
     ("POST", "/_matrix/client/v3/logout", Token),
     ("POST", "/_matrix/client/v3/logout/all", Token),
@@ -279,7 +282,7 @@ impl Fixture<'_> {
     fn fill(&self, template: &str) -> String {
         let server = &self.server.server_name;
         let alias = format!("#nowhere:{server}");
-        let values: [(&str, String); 21] = [
+        let values: [(&str, String); 22] = [
             ("{room_id_or_alias}", enc(self.room_id)),
             ("{room_id}", enc(self.room_id)),
             ("{user_id}", enc(&self.owner.user_id)),
@@ -301,6 +304,7 @@ impl Fixture<'_> {
             ("{version}", "1".into()),
             ("{session_id}", "s".into()),
             ("{field}", "displayname".into()),
+            ("{idp_id}", "oidc".into()),
         ];
         let mut path = template.to_owned();
         for (name, value) in &values {
