@@ -3,12 +3,15 @@
 
 -- Logins in progress: one row per redirect to a provider, taken (deleted) by its callback.
 -- `state` is the OAuth2 state parameter, also set as a cookie on the browser that started.
+-- A login for a client has its `redirect_url`; a re-authentication for user-interactive
+-- authentication has its `ui_auth_session` instead.
 CREATE TABLE sso_sessions (
     state TEXT PRIMARY KEY,
     provider_id TEXT NOT NULL,
     nonce TEXT NOT NULL,
     pkce_verifier TEXT NOT NULL,
-    redirect_url TEXT NOT NULL,
+    redirect_url TEXT,
+    ui_auth_session TEXT,
     expires_ts BIGINT NOT NULL
 );
 CREATE INDEX sso_sessions_expiry ON sso_sessions (expires_ts);

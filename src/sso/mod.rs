@@ -21,7 +21,7 @@ use openidconnect::{
     EndpointNotSet, EndpointSet, IssuerUrl, Nonce, OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier,
     RedirectUrl, RequestTokenError, Scope, TokenResponse,
 };
-use ruma::OwnedUserId;
+use ruma::{OwnedUserId, UserId};
 use serde_json::{Map, Value};
 use tokio::sync::Mutex;
 use url::Url;
@@ -30,6 +30,7 @@ use crate::Services;
 use crate::accounts::{self, login_tokens};
 use crate::config::{Config, OidcProviderConfig};
 use crate::error::{Error, Result};
+use crate::storage::sso::Purpose;
 use crate::storage::{self, now_ms};
 use template::Template;
 
@@ -76,11 +77,13 @@ pub struct CallbackParams {
     pub error_description: Option<String>,
 }
 
-/// A finished login: the client's redirect URL with `loginToken` added, and whether it may be
-/// redirected to without asking the user.
-pub struct Completed {
-    pub redirect_url: Url,
-    pub whitelisted: bool,
+/// What a finished login at a provider did.
+pub enum Completed {
+    /// A client login: the client's redirect URL with `loginToken` added, and whether it may
+    /// be redirected to without asking the user.
+    Login { redirect_url: Url, whitelisted: bool },
+    /// The SSO stage of a user-interactive authentication session is done.
+    Reauthenticated,
 }
 
 impl Sso {
@@ -178,8 +181,10 @@ fn unavailable() -> Error {
 
 /// Starts a login at a provider: stores the state, nonce and PKCE verifier (until the
 /// callback takes them) and answers the provider's authorization URL.
-pub async fn start(svc: &Services, provider_id: &str, redirect_url: &str) -> Result<Redirect> {
-    Url::parse(redirect_url).map_err(|_| Error::invalid_param("redirectUrl must be an absolute URL"))?;
+pub async fn start(svc: &Services, provider_id: &str, purpose: Purpose) -> Result<Redirect> {
+    if let Purpose::Login { redirect_url } = &purpose {
+        Url::parse(redirect_url).map_err(|_| Error::invalid_param("redirectUrl must be an absolute URL"))?;
+    }
     let provider = svc.sso.provider(provider_id)?;
     let client = svc.sso.client(provider).await?;
     let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
@@ -195,7 +200,7 @@ pub async fn start(svc: &Services, provider_id: &str, redirect_url: &str) -> Res
         provider_id: provider_id.to_owned(),
         nonce: nonce.secret().clone(),
         pkce_verifier: verifier.secret().clone(),
-        redirect_url: redirect_url.to_owned(),
+        purpose,
         expires_ts: now + PENDING_LIFETIME_MS,
     };
     let mut tx = svc.db.begin().await?;
@@ -260,12 +265,35 @@ pub async fn complete(svc: &Services, params: CallbackParams, browser_state: Opt
             claims.entry(k).or_insert(v);
         }
     }
-    let user = local_user(svc, provider, &subject, &claims).await?;
-    let login_token = login_tokens::issue(&svc.db, &user).await?;
-    let mut redirect_url = Url::parse(&pending.redirect_url).map_err(|e| Error::Internal(e.into()))?;
-    redirect_url.query_pairs_mut().append_pair("loginToken", &login_token);
-    let whitelisted = svc.config.sso.client_whitelist.iter().any(|prefix| pending.redirect_url.starts_with(prefix));
-    Ok(Completed { redirect_url, whitelisted })
+    match pending.purpose {
+        Purpose::Login { redirect_url: client_url } => {
+            let user = local_user(svc, provider, &subject, &claims).await?;
+            let login_token = login_tokens::issue(&svc.db, &user).await?;
+            let mut redirect_url = Url::parse(&client_url).map_err(|e| Error::Internal(e.into()))?;
+            redirect_url.query_pairs_mut().append_pair("loginToken", &login_token);
+            let whitelisted = svc.config.sso.client_whitelist.iter().any(|prefix| client_url.starts_with(prefix));
+            Ok(Completed::Login { redirect_url, whitelisted })
+        }
+        Purpose::Reauthenticate { ui_auth_session } => {
+            // Only an existing link proves who this is; nothing is created.
+            let linked = storage::sso::linked_user(&svc.db, &provider.config.id, &subject).await?;
+            let user = linked.map(OwnedUserId::try_from).transpose().map_err(|e| Error::Internal(e.into()))?;
+            if user.is_some_and(|user| svc.uia.complete_sso(&ui_auth_session, &user)) {
+                Ok(Completed::Reauthenticated)
+            } else {
+                Err(Error::forbidden("You signed in as someone else than the user to authenticate"))
+            }
+        }
+    }
+}
+
+/// The configured providers a user is linked to, in config order.
+pub async fn linked_providers<'a>(svc: &'a Services, user: &UserId) -> Result<Vec<&'a OidcProviderConfig>> {
+    if svc.sso.providers.is_empty() {
+        return Ok(Vec::new());
+    }
+    let linked = storage::sso::providers_of_user(&svc.db, user.as_str()).await?;
+    Ok(svc.sso.providers().filter(|p| linked.contains(&p.id)).collect())
 }
 
 /// Every claim of a JWT already verified by `openidconnect` (which types only the standard

@@ -32,6 +32,7 @@ const ROUTES: &[(&str, &str, Access)] = &[
     ("GET", "/_matrix/client/v3/login/sso/redirect", Public),
     ("GET", "/_matrix/client/v3/login/sso/redirect/{idp_id}", Public),
     ("GET", "/_synapse/client/oidc/callback", Public),
+    ("GET", "/_matrix/client/v3/auth/m.login.sso/fallback/web", Public),
     ("POST", "/_matrix/client/v3/refresh", Public),
     ("POST", "/_matrix/client/v3/logout", Token),
     ("POST", "/_matrix/client/v3/logout/all", Token),

@@ -382,3 +382,51 @@ async fn password_login_can_be_turned_off() {
     assert!(flows["flows"].as_array().unwrap().iter().all(|f| f["type"] != "m.login.password"), "{flows}");
     server.login("carol", "password").await.assert_error(400, "M_UNKNOWN");
 }
+
+#[tokio::test]
+async fn sso_users_confirm_sensitive_actions_by_signing_in_again() {
+    let idp = Idp::start().await;
+    let server = server_for(&idp.issuer, |_| {}).await;
+    let first = token_login(&server, &sso_login_token(&server, REDIRECT).await).await.ok();
+    let second = token_login(&server, &sso_login_token(&server, REDIRECT).await).await.ok();
+    let at = first["access_token"].as_str().unwrap();
+    let path = format!("/_matrix/client/v3/devices/{}", enc(second["device_id"].as_str().unwrap()));
+
+    // No password: the only flow is SSO.
+    let r = server.request(Method::DELETE, &path, Some(at), Some(&json!({}))).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{r:?}");
+    assert_eq!(r.body["flows"], json!([{ "stages": ["m.login.sso"] }]));
+    let session = r.body["session"].as_str().unwrap().to_owned();
+    // Claiming the stage without the browser proves nothing.
+    let claim = json!({ "auth": { "type": "m.login.sso", "session": session } });
+    let r = server.request(Method::DELETE, &path, Some(at), Some(&claim)).await;
+    assert_eq!((r.status, &r.body["completed"]), (StatusCode::UNAUTHORIZED, &json!([])), "{r:?}");
+
+    // The fallback page offers the linked provider; signing in there completes the stage.
+    let b = browser();
+    let fallback = format!("{}/_matrix/client/v3/auth/m.login.sso/fallback/web?session={session}", server.base);
+    let page = b.get(&fallback).send().await.unwrap().text().await.unwrap();
+    let href = page.split("href=\"").nth(1).unwrap().split('"').next().unwrap().replace("&amp;", "&");
+    assert!(page.contains("Test IdP") && href.contains("idp_id=test-idp"), "{page}");
+    let r = b.get(format!("{fallback}&idp_id=test-idp")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FOUND);
+    let cookie = r.headers()[header::SET_COOKIE].to_str().unwrap().split(';').next().unwrap().to_owned();
+    let r = b.get(location(&r)).send().await.unwrap();
+    let r = b.get(location(&r)).header(header::COOKIE, cookie).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.text().await.unwrap().contains("authDone"));
+
+    let resume = json!({ "auth": { "session": session } });
+    server.request(Method::DELETE, &path, Some(at), Some(&resume)).await.ok();
+    let devices = server.request(Method::GET, "/_matrix/client/v3/devices", Some(at), None).await.ok();
+    assert_eq!(devices["devices"].as_array().unwrap().len(), 1);
+
+    // A session of another user cannot be completed by this one's provider login.
+    let bob = server.register("bob").await;
+    let r = bob.delete(&format!("/_matrix/client/v3/devices/{}", enc(&bob.device_id)), json!({})).await;
+    assert_eq!(r.body["flows"], json!([{ "stages": ["m.login.password"] }]));
+    let bob_session = r.body["session"].as_str().unwrap();
+    let fallback = format!("{}/_matrix/client/v3/auth/m.login.sso/fallback/web?session={bob_session}", server.base);
+    let r = b.get(format!("{fallback}&idp_id=test-idp")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND, "bob has no link to the provider");
+}

@@ -7,14 +7,17 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
+use base64::Engine;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 
 use super::v3;
 use crate::AppState;
 use crate::error::{Error, Result};
 use crate::http::extract::{Path, Query};
-use crate::sso::{self, CALLBACK_PATH, CallbackParams};
+use crate::sso::{self, CALLBACK_PATH, CallbackParams, Completed};
+use crate::storage::sso::Purpose;
 
 /// Binds a login in progress to the browser that started it (against login CSRF).
 const COOKIE: &str = "plexus_oidc_session";
@@ -23,6 +26,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route(v3!("/login/sso/redirect"), get(redirect))
         .route(v3!("/login/sso/redirect/{idp_id}"), get(redirect_to))
+        .route(v3!("/auth/m.login.sso/fallback/web"), get(reauth_fallback))
         // The literal `sso::CALLBACK_PATH` (written out for the route table check in tests/it/authz.rs).
         .route("/_synapse/client/oidc/callback", get(callback))
 }
@@ -49,7 +53,7 @@ async fn redirect(State(state): State<AppState>, Query(q): Query<RedirectQuery>)
         [] => Err(Error::unrecognized()),
         [only] => {
             let id = only.id.clone();
-            start(&state, &id, &redirect_url).await
+            start(&state, &id, Purpose::Login { redirect_url }).await
         }
         // More than one: the user chooses.
         many => {
@@ -75,11 +79,47 @@ async fn redirect_to(
     Query(q): Query<RedirectQuery>,
 ) -> Result<Response> {
     let redirect_url = q.redirect_url.ok_or_else(|| Error::missing_param("Missing redirectUrl"))?;
-    start(&state, &idp_id, &redirect_url).await
+    start(&state, &idp_id, Purpose::Login { redirect_url }).await
 }
 
-async fn start(state: &AppState, idp_id: &str, redirect_url: &str) -> Result<Response> {
-    let started = sso::start(state, idp_id, redirect_url).await?;
+#[derive(Deserialize)]
+struct FallbackQuery {
+    session: String,
+    idp_id: Option<String>,
+}
+
+/// The fallback page of the `m.login.sso` UIA stage: the user signs in again at a provider
+/// their account is linked to (chosen on this page, then `?idp_id=` starts the login).
+async fn reauth_fallback(State(state): State<AppState>, Query(q): Query<FallbackQuery>) -> Result<Response> {
+    let Some(user) = state.uia.user_of(&q.session) else {
+        return Ok(page(StatusCode::BAD_REQUEST, "Unknown session", "This authentication session has expired."));
+    };
+    let providers = sso::linked_providers(&state, &user).await?;
+    if let Some(idp_id) = &q.idp_id {
+        if !providers.iter().any(|p| &p.id == idp_id) {
+            return Err(Error::not_found("Your account is not linked to that identity provider"));
+        }
+        return start(&state, idp_id, Purpose::Reauthenticate { ui_auth_session: q.session }).await;
+    }
+    let items: String = providers
+        .iter()
+        .map(|p| {
+            let query = url::form_urlencoded::Serializer::new(String::new())
+                .append_pair("session", &q.session)
+                .append_pair("idp_id", &p.id)
+                .finish();
+            format!("<li><a href=\"?{}\">{}</a></li>", escape(&query), escape(&p.name))
+        })
+        .collect();
+    let body = format!(
+        "<p>To continue, confirm who you are ({}) by signing in again with:</p><ul>{items}</ul>",
+        escape(user.as_str())
+    );
+    Ok(page(StatusCode::OK, "Confirm your identity", &body))
+}
+
+async fn start(state: &AppState, idp_id: &str, purpose: Purpose) -> Result<Response> {
+    let started = sso::start(state, idp_id, purpose).await?;
     let secure = if state.config.base_url().starts_with("https://") { "; Secure" } else { "" };
     let cookie = format!(
         "{COOKIE}={}; Path={CALLBACK_PATH}; Max-Age={}; HttpOnly; SameSite=Lax{secure}",
@@ -98,25 +138,46 @@ async fn callback(State(state): State<AppState>, headers: HeaderMap, Query(param
         Err(Error::Matrix { status, message, .. }) => return page(status, "Sign-in failed", &escape(&message)),
         Err(other) => return other.into_response(),
     };
-    // The cookie has done its job.
-    let expire = format!("{COOKIE}=; Path={CALLBACK_PATH}; Max-Age=0; HttpOnly; SameSite=Lax");
-    let mut response = if done.whitelisted {
-        match found(done.redirect_url.as_str()) {
+    let mut response = match done {
+        Completed::Login { redirect_url, whitelisted: true } => match found(redirect_url.as_str()) {
             Ok(r) => r,
             Err(e) => return e.into_response(),
+        },
+        Completed::Login { redirect_url, whitelisted: false } => {
+            let host = redirect_url.host_str().unwrap_or(redirect_url.scheme()).to_owned();
+            let body = format!(
+                "<p>You are signed in. Continue to <b>{}</b> only if you started this sign-in there: it will get \
+                 access to your account.</p><p><a href=\"{}\">Continue</a></p>",
+                escape(&host),
+                escape(redirect_url.as_str())
+            );
+            page(StatusCode::OK, "Continue to your client", &body)
         }
-    } else {
-        let host = done.redirect_url.host_str().unwrap_or(done.redirect_url.scheme()).to_owned();
-        let body = format!(
-            "<p>You are signed in. Continue to <b>{}</b> only if you started this sign-in there: it will get \
-             access to your account.</p><p><a href=\"{}\">Continue</a></p>",
-            escape(&host),
-            escape(done.redirect_url.as_str())
-        );
-        page(StatusCode::OK, "Continue to your client", &body)
+        Completed::Reauthenticated => auth_done_page(),
     };
+    // The cookie has done its job.
+    let expire = format!("{COOKIE}=; Path={CALLBACK_PATH}; Max-Age=0; HttpOnly; SameSite=Lax");
     if let Ok(v) = HeaderValue::from_str(&expire) {
         response.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    response
+}
+
+/// The end of a UIA fallback: tells the client (the spec's `onAuthDone` or an `authDone`
+/// message to the opener), which then retries its request with the session.
+fn auth_done_page() -> Response {
+    const SCRIPT: &str = "if (window.onAuthDone) { window.onAuthDone(); } \
+        else if (window.opener && window.opener.postMessage) { window.opener.postMessage(\"authDone\", \"*\"); }";
+    let hash = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(SCRIPT));
+    let html = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Authentication done</title></head>\
+         <body><h1>Authentication done</h1><p>You can close this window and go back to your client.</p>\
+         <script>{SCRIPT}</script></body></html>"
+    );
+    let csp = format!("default-src 'none'; script-src 'sha256-{hash}'; frame-ancestors 'none'");
+    let mut response = (StatusCode::OK, Html(html)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&csp) {
+        response.headers_mut().insert(header::CONTENT_SECURITY_POLICY, v);
     }
     response
 }
