@@ -48,6 +48,10 @@ pub struct Config {
     pub password_login_enabled: bool,
     #[serde(default)]
     pub sso: SsoConfig,
+    /// Let a logged-in client make a login token for another device
+    /// (`POST /_matrix/client/v1/login/get_token`, always behind user-interactive authentication).
+    #[serde(default)]
+    pub login_via_existing_session: bool,
 }
 
 /// Single sign-on through OpenID Connect providers (see docs/sso.md).
@@ -368,6 +372,7 @@ impl Config {
             push: PushConfig::default(),
             password_login_enabled: true,
             sso: SsoConfig::default(),
+            login_via_existing_session: false,
         }
     }
 
@@ -476,6 +481,13 @@ impl Config {
                 "on" => true,
                 "off" => false,
                 _ => bail!("PLEXUS_PASSWORD_LOGIN must be on or off, not {v:?}"),
+            };
+        }
+        if let Some(v) = env("PLEXUS_LOGIN_VIA_EXISTING_SESSION") {
+            self.login_via_existing_session = match v.as_str() {
+                "on" => true,
+                "off" => false,
+                _ => bail!("PLEXUS_LOGIN_VIA_EXISTING_SESSION must be on or off, not {v:?}"),
             };
         }
         if let Some(v) = env("PLEXUS_SSO_CLIENT_WHITELIST") {

@@ -29,6 +29,7 @@ const ROUTES: &[(&str, &str, Access)] = &[
     ("GET", "/_matrix/client/v3/capabilities", Token),
     ("GET", "/_matrix/client/v3/login", Public),
     ("POST", "/_matrix/client/v3/login", Public),
+    ("POST", "/_matrix/client/v1/login/get_token", Token),
     ("GET", "/_matrix/client/v3/login/sso/redirect", Public),
     ("GET", "/_matrix/client/v3/login/sso/redirect/{idp_id}", Public),
     ("GET", "/_synapse/client/oidc/callback", Public),

@@ -430,3 +430,35 @@ async fn sso_users_confirm_sensitive_actions_by_signing_in_again() {
     let r = b.get(format!("{fallback}&idp_id=test-idp")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND, "bob has no link to the provider");
 }
+
+#[tokio::test]
+async fn a_session_can_make_a_login_token_for_another_device_when_enabled() {
+    let server = TestServer::start_with(|c| c.login_via_existing_session = true).await;
+    let flows = server.get("/_matrix/client/v3/login").await.ok();
+    assert_eq!(flows["flows"][1], json!({ "type": "m.login.token", "get_login_token": true }));
+    let dave = server.register("dave").await;
+    let caps = dave.get("/_matrix/client/v3/capabilities").await.ok();
+    assert_eq!(caps["capabilities"]["m.get_login_token"]["enabled"], true);
+
+    // Always behind UIA.
+    let r = dave.post("/_matrix/client/v1/login/get_token", json!({})).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{r:?}");
+    let auth = json!({ "auth": {
+        "type": "m.login.password", "session": r.body["session"],
+        "identifier": { "type": "m.id.user", "user": "dave" }, "password": "password",
+    }});
+    let answer = dave.post("/_matrix/client/v1/login/get_token", auth).await.ok();
+    assert_eq!(answer["expires_in_ms"], 120_000);
+    let token = answer["login_token"].as_str().unwrap();
+    let login = token_login(&server, token).await.ok();
+    assert_eq!(login["user_id"], dave.user_id.as_str());
+    assert_ne!(login["device_id"], dave.device_id.as_str());
+    token_login(&server, token).await.assert_error(403, "M_FORBIDDEN");
+
+    // Off by default.
+    let server = TestServer::start().await;
+    let erin = server.register("erin").await;
+    erin.post("/_matrix/client/v1/login/get_token", json!({})).await.assert_error(404, "M_UNRECOGNIZED");
+    let flows = server.get("/_matrix/client/v3/login").await.ok();
+    assert_eq!(flows["flows"], json!([{ "type": "m.login.password" }]));
+}

@@ -18,6 +18,7 @@ use crate::storage;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route(v3!("/login"), get(login_flows).post(login))
+        .route("/_matrix/client/v1/login/get_token", post(get_token))
         .route(v3!("/refresh"), post(refresh))
         .route(v3!("/logout"), post(logout))
         .route(v3!("/logout/all"), post(logout_all))
@@ -28,8 +29,37 @@ async fn login_flows(State(state): State<AppState>) -> Json<Value> {
     if state.config.password_login_enabled {
         flows.push(json!({ "type": "m.login.password" }));
     }
-    flows.extend(super::sso::login_flows(&state));
+    let sso = super::sso::login_flow(&state);
+    let has_sso = sso.is_some();
+    flows.extend(sso);
+    let get_token = state.config.login_via_existing_session;
+    if has_sso || get_token {
+        flows.push(json!({ "type": "m.login.token", "get_login_token": get_token }));
+    }
     Json(json!({ "flows": flows }))
+}
+
+#[derive(Deserialize)]
+struct GetTokenBody {
+    #[serde(default)]
+    auth: Option<Value>,
+}
+
+/// A login token for another device of the same user (spec v1.7), after proving again who the
+/// user is: UIA every time, as the spec requires, and the login rate limit.
+async fn get_token(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    Auth(me): Auth,
+    extract::Json(body): extract::Json<GetTokenBody>,
+) -> Result<Json<Value>> {
+    if !state.config.login_via_existing_session {
+        return Err(Error::unrecognized());
+    }
+    state.rate_limiter.check("login", ip)?;
+    super::account::require_reauth(&state, &me, body.auth.as_ref()).await?;
+    let token = accounts::login_tokens::issue(&state.db, &me.user_id).await?;
+    Ok(Json(json!({ "login_token": token, "expires_in_ms": accounts::login_tokens::LIFETIME_MS })))
 }
 
 #[derive(Deserialize)]

@@ -31,13 +31,10 @@ pub fn router() -> Router<AppState> {
         .route("/_synapse/client/oidc/callback", get(callback))
 }
 
-/// The `flows` entries of `GET /login` for single sign-on (none without providers).
-pub fn login_flows(state: &AppState) -> Vec<Value> {
+/// The `m.login.sso` entry of `GET /login` (none without providers).
+pub fn login_flow(state: &AppState) -> Option<Value> {
     let providers: Vec<Value> = state.sso.providers().map(|p| json!({ "id": p.id, "name": p.name })).collect();
-    if providers.is_empty() {
-        return Vec::new();
-    }
-    vec![json!({ "type": "m.login.sso", "identity_providers": providers }), json!({ "type": "m.login.token" })]
+    (!providers.is_empty()).then(|| json!({ "type": "m.login.sso", "identity_providers": providers }))
 }
 
 #[derive(Deserialize)]
