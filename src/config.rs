@@ -45,6 +45,15 @@ pub struct Config {
     pub push: PushConfig,
     #[serde(default)]
     pub appservice: AppserviceConfig,
+    /// Whether `m.login.password` logins are accepted (turn off when everyone signs in by SSO).
+    #[serde(default = "default_true")]
+    pub password_login_enabled: bool,
+    #[serde(default)]
+    pub sso: SsoConfig,
+    /// Let a logged-in client make a login token for another device
+    /// (`POST /_matrix/client/v1/login/get_token`, always behind user-interactive authentication).
+    #[serde(default)]
+    pub login_via_existing_session: bool,
 }
 
 /// Application services (bridges), see docs/appservices.md.
@@ -65,6 +74,64 @@ impl Default for AppserviceConfig {
         // Synapse retries appservices after 2^n seconds, up to about 8.5 minutes.
         Self { config_files: Vec::new(), initial_backoff_ms: 1000, max_backoff_ms: 512_000 }
     }
+}
+
+/// Single sign-on through OpenID Connect providers (see docs/sso.md).
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SsoConfig {
+    #[serde(default)]
+    pub providers: Vec<OidcProviderConfig>,
+    /// Prefixes of client `redirectUrl`s that get the login token by a direct redirect. Any other
+    /// URL gets a page asking the user to confirm first, so that a link crafted by someone else
+    /// cannot silently hand them the user's login. Empty by default.
+    #[serde(default)]
+    pub client_whitelist: Vec<String>,
+}
+
+/// One OpenID Connect provider.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcProviderConfig {
+    /// Identifier clients see in `identity_providers` and use in `/login/sso/redirect/{idpId}`.
+    pub id: String,
+    /// Name shown to users.
+    pub name: String,
+    /// The issuer, exactly as in the provider's discovery document.
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret: String,
+    #[serde(default = "default_oidc_scopes")]
+    pub scopes: Vec<String>,
+    /// How the Matrix localpart is made from the claims (lowercased afterwards).
+    #[serde(default = "default_localpart_template")]
+    pub localpart_template: String,
+    /// The display name of an account created at first login.
+    #[serde(default = "default_display_name_template")]
+    pub display_name_template: String,
+    /// Let a login whose localpart is an existing account that no provider subject is linked to
+    /// take that account (only for providers trusted to vouch for those users).
+    #[serde(default)]
+    pub allow_existing_users: bool,
+}
+
+/// The id of the provider configured by `PLEXUS_OIDC_*`.
+pub const ENV_OIDC_PROVIDER_ID: &str = "oidc";
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_oidc_scopes() -> Vec<String> {
+    vec!["openid".into(), "profile".into()]
+}
+
+fn default_localpart_template() -> String {
+    "{{ user.preferred_username }}".into()
+}
+
+fn default_display_name_template() -> String {
+    "{{ user.name }}".into()
 }
 
 /// Server administration.
@@ -331,6 +398,9 @@ impl Config {
             admin: AdminConfig::default(),
             push: PushConfig::default(),
             appservice: AppserviceConfig::default(),
+            password_login_enabled: true,
+            sso: SsoConfig::default(),
+            login_via_existing_session: false,
         }
     }
 
@@ -434,6 +504,43 @@ impl Config {
                 _ => bail!("PLEXUS_FEDERATION_INSECURE_TLS must be true or false, not {v:?}"),
             };
         }
+        if let Some(v) = env("PLEXUS_PASSWORD_LOGIN") {
+            self.password_login_enabled = match v.as_str() {
+                "on" => true,
+                "off" => false,
+                _ => bail!("PLEXUS_PASSWORD_LOGIN must be on or off, not {v:?}"),
+            };
+        }
+        if let Some(v) = env("PLEXUS_LOGIN_VIA_EXISTING_SESSION") {
+            self.login_via_existing_session = match v.as_str() {
+                "on" => true,
+                "off" => false,
+                _ => bail!("PLEXUS_LOGIN_VIA_EXISTING_SESSION must be on or off, not {v:?}"),
+            };
+        }
+        if let Some(v) = env("PLEXUS_SSO_CLIENT_WHITELIST") {
+            self.sso.client_whitelist = v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(Into::into).collect();
+        }
+        let oidc = ["PLEXUS_OIDC_ISSUER", "PLEXUS_OIDC_CLIENT_ID", "PLEXUS_OIDC_CLIENT_SECRET"]
+            .map(|k| env(k).filter(|v| !v.is_empty()));
+        match oidc {
+            [Some(issuer), Some(client_id), Some(client_secret)] => {
+                self.sso.providers.retain(|p| p.id != ENV_OIDC_PROVIDER_ID);
+                self.sso.providers.push(OidcProviderConfig {
+                    id: ENV_OIDC_PROVIDER_ID.into(),
+                    name: env("PLEXUS_OIDC_NAME").filter(|v| !v.is_empty()).unwrap_or_else(|| "OpenID Connect".into()),
+                    issuer,
+                    client_id,
+                    client_secret,
+                    scopes: default_oidc_scopes(),
+                    localpart_template: default_localpart_template(),
+                    display_name_template: default_display_name_template(),
+                    allow_existing_users: false,
+                });
+            }
+            [None, None, None] => {}
+            _ => bail!("PLEXUS_OIDC_ISSUER, PLEXUS_OIDC_CLIENT_ID and PLEXUS_OIDC_CLIENT_SECRET go together"),
+        }
         if let Some(v) = env("PLEXUS_FEDERATION_NOTARY_SERVERS") {
             self.federation.notary_servers = comma_list(&v).map(Into::into).collect();
         }
@@ -474,6 +581,32 @@ impl Config {
         for notary in &federation.notary_servers {
             ruma::ServerName::parse(notary)
                 .map_err(|e| anyhow::anyhow!("federation.notary_servers: {notary:?} is not a server name: {e}"))?;
+        }
+        self.validate_sso()
+    }
+
+    fn validate_sso(&self) -> anyhow::Result<()> {
+        let mut seen = std::collections::HashSet::new();
+        for p in &self.sso.providers {
+            // The spec's grammar for identity provider IDs.
+            let id_ok = !p.id.is_empty()
+                && p.id.len() <= 255
+                && p.id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b'-'));
+            if !id_ok {
+                bail!("sso.providers: id {:?} must be 1 to 255 characters from A-Z a-z 0-9 . _ ~ -", p.id);
+            }
+            if !seen.insert(p.id.as_str()) {
+                bail!("sso.providers: id {:?} is used twice", p.id);
+            }
+            url::Url::parse(&p.issuer)
+                .with_context(|| format!("sso.providers {}: issuer {:?} is not a URL", p.id, p.issuer))?;
+            if !p.scopes.iter().any(|s| s == "openid") {
+                bail!("sso.providers {}: scopes must include openid", p.id);
+            }
+            for template in [&p.localpart_template, &p.display_name_template] {
+                crate::sso::template::Template::parse(template)
+                    .map_err(|e| anyhow::anyhow!("sso.providers {}: template {template:?}: {e}", p.id))?;
+            }
         }
         Ok(())
     }
@@ -599,5 +732,38 @@ mod tests {
         let env = env_of(&[("PLEXUS_SERVER_NAME", "ok.org"), ("PLEXUS_APPSERVICE_CONFIG_FILES", "/a.yaml, ,/b.yaml")]);
         let c = Config::load_from(None, &env).unwrap();
         assert_eq!(c.appservice.config_files, [Path::new("/a.yaml"), Path::new("/b.yaml")]);
+    }
+
+    #[test]
+    fn sso_settings_from_the_environment() {
+        let env = env_of(&[
+            ("PLEXUS_SERVER_NAME", "ok.org"),
+            ("PLEXUS_OIDC_ISSUER", "http://127.0.0.1:18650"),
+            ("PLEXUS_OIDC_CLIENT_ID", "plexus"),
+            ("PLEXUS_OIDC_CLIENT_SECRET", "s"),
+            ("PLEXUS_PASSWORD_LOGIN", "off"),
+            ("PLEXUS_SSO_CLIENT_WHITELIST", "https://app.example/, io.element:/"),
+        ]);
+        let c = Config::load_from(None, &env).unwrap();
+        let p = &c.sso.providers[0];
+        assert_eq!(
+            (p.id.as_str(), p.issuer.as_str(), p.client_id.as_str()),
+            ("oidc", "http://127.0.0.1:18650", "plexus")
+        );
+        assert_eq!(p.scopes, ["openid", "profile"]);
+        assert!(!c.password_login_enabled);
+        assert_eq!(c.sso.client_whitelist, ["https://app.example/", "io.element:/"]);
+
+        // All three or none; a template must parse.
+        let env = env_of(&[("PLEXUS_SERVER_NAME", "ok.org"), ("PLEXUS_OIDC_ISSUER", "http://127.0.0.1:1")]);
+        assert!(Config::load_from(None, &env).is_err());
+        let mut c = Config::with_server_name("ok.org");
+        c.sso.providers.push(p.clone());
+        c.validate().unwrap();
+        c.sso.providers[0].localpart_template = "{{ preferred_username }}".into();
+        assert!(c.validate().is_err());
+        c.sso.providers[0].localpart_template = "{{ user.preferred_username }}".into();
+        c.sso.providers[0].id = "bad id".into();
+        assert!(c.validate().is_err());
     }
 }

@@ -17,6 +17,7 @@ pub mod media;
 pub mod outbox;
 pub mod push;
 pub mod rooms;
+pub mod sso;
 pub mod storage;
 pub mod sync;
 
@@ -56,6 +57,7 @@ pub struct Services {
     pub room_deletions: admin::rooms::Deletions,
     pub erased_users: rooms::visibility::ErasedUsers,
     pub appservices: appservice::Appservices,
+    pub sso: sso::Sso,
 }
 
 /// Shared state of the HTTP handlers.
@@ -92,6 +94,7 @@ impl AppState {
             room_deletions: Default::default(),
             erased_users: rooms::visibility::ErasedUsers::load(&db).await?,
             appservices,
+            sso: sso::Sso::new(&config)?,
             config,
             db,
             server_key,
@@ -100,6 +103,7 @@ impl AppState {
         tokio::spawn(federation::sender::run(Arc::downgrade(&state.0)));
         tokio::spawn(outbox::run::<push::gateway::PusherId>(Arc::downgrade(&state.0)));
         tokio::spawn(outbox::run::<appservice::AppserviceId>(Arc::downgrade(&state.0)));
+        tokio::spawn(sso::Sso::preload(Arc::downgrade(&state.0)));
         Ok(state)
     }
 }

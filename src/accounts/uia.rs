@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 use rand::distributions::Alphanumeric;
-use ruma::UserId;
+use ruma::{OwnedUserId, UserId};
 use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
@@ -16,6 +16,8 @@ use crate::storage::{self, Db};
 pub const DUMMY: &str = "m.login.dummy";
 pub const PASSWORD: &str = "m.login.password";
 pub const REGISTRATION_TOKEN: &str = "m.login.registration_token";
+/// Completed in the browser (the fallback page and a provider), never by the request itself.
+pub const SSO: &str = "m.login.sso";
 
 const SESSION_LIFETIME: Duration = Duration::from_secs(15 * 60);
 
@@ -28,6 +30,8 @@ struct Session {
     completed: Vec<&'static str>,
     created: Instant,
     registration_token: Option<String>,
+    /// The user the session authenticates (none for registration).
+    user: Option<OwnedUserId>,
 }
 
 /// What a completed UIA proved.
@@ -48,17 +52,19 @@ impl UiaSessions {
     /// 401 challenge (with an errcode when the submitted stage failed).
     pub async fn check(&self, db: &Db, auth: Option<&Value>, req: Requirement<'_>) -> Result<Completed> {
         let Some(auth) = auth.filter(|a| a.is_object()) else {
-            let session = self.new_session();
+            let session = self.new_session(req.user);
             return Err(self.challenge(&req, &session, None));
         };
         let session_id = match auth.get("session").and_then(Value::as_str) {
-            Some(id) if self.lock().contains_key(id) => id.to_owned(),
+            // A session belongs to the user it was started for.
+            Some(id) if self.lock().get(id).is_some_and(|s| s.user.as_deref() == req.user) => id.to_owned(),
             Some(_) => return Err(Error::matrix(http::StatusCode::BAD_REQUEST, "M_UNKNOWN", "Unknown UIA session")),
-            None => self.new_session(),
+            None => self.new_session(req.user),
         };
         let Some(stage_type) = auth.get("type").and_then(Value::as_str) else {
-            // Only a session: report where it stands.
-            return Err(self.challenge(&req, &session_id, None));
+            // Only a session: done if a stage completed elsewhere (SSO) finished a flow,
+            // otherwise report where it stands.
+            return self.finish(&req, &session_id);
         };
         let Some(stage) = req.flows.iter().flat_map(|f| f.iter()).find(|s| **s == stage_type).copied() else {
             let failure = ("M_UNRECOGNIZED", format!("Unsupported authentication type {stage_type}"));
@@ -67,6 +73,8 @@ impl UiaSessions {
         let mut token_used = None;
         match stage {
             DUMMY => {}
+            // Submitting the SSO stage proves nothing: the fallback page must have completed it.
+            SSO => return self.finish(&req, &session_id),
             PASSWORD => {
                 if !check_password_stage(db, auth, req.user).await? {
                     let failure = ("M_FORBIDDEN", "Invalid username or password".to_owned());
@@ -94,24 +102,61 @@ impl UiaSessions {
         if token_used.is_some() {
             session.registration_token = token_used;
         }
-        let done = req.flows.iter().any(|flow| flow.iter().all(|s| session.completed.contains(s)));
-        if done {
-            let session = sessions.remove(&session_id).expect("present");
+        drop(sessions);
+        self.finish(&req, &session_id)
+    }
+
+    /// Ok when the session's completed stages make up one of the flows (the session ends),
+    /// otherwise the challenge.
+    fn finish(&self, req: &Requirement<'_>, session_id: &str) -> Result<Completed> {
+        let mut sessions = self.lock();
+        let done = sessions
+            .get(session_id)
+            .is_some_and(|s| req.flows.iter().any(|flow| flow.iter().all(|stage| s.completed.contains(stage))));
+        if done && let Some(session) = sessions.remove(session_id) {
             return Ok(Completed { registration_token: session.registration_token });
         }
         drop(sessions);
-        Err(self.challenge(&req, &session_id, None))
+        Err(self.challenge(req, session_id, None))
+    }
+
+    /// The user a live session authenticates.
+    pub fn user_of(&self, session_id: &str) -> Option<OwnedUserId> {
+        let sessions = self.lock();
+        let session = sessions.get(session_id).filter(|s| s.created.elapsed() < SESSION_LIFETIME)?;
+        session.user.clone()
+    }
+
+    /// Marks the SSO stage of a session done, once the user proved at a provider that they
+    /// are the session's user; false if they are not, or the session is gone.
+    pub fn complete_sso(&self, session_id: &str, user: &UserId) -> bool {
+        let mut sessions = self.lock();
+        match sessions.get_mut(session_id) {
+            Some(s) if s.user.as_deref() == Some(user) && s.created.elapsed() < SESSION_LIFETIME => {
+                if !s.completed.contains(&SSO) {
+                    s.completed.push(SSO);
+                }
+                true
+            }
+            _ => false,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn new_session(&self) -> String {
+    fn new_session(&self, user: Option<&UserId>) -> String {
         let id: String = rand::thread_rng().sample_iter(&Alphanumeric).take(24).map(char::from).collect();
         let mut sessions = self.lock();
         sessions.retain(|_, s| s.created.elapsed() < SESSION_LIFETIME);
-        sessions.insert(id.clone(), Session { completed: vec![], created: Instant::now(), registration_token: None });
+        let session = Session {
+            completed: vec![],
+            created: Instant::now(),
+            registration_token: None,
+            user: user.map(Into::into),
+        };
+        sessions.insert(id.clone(), session);
         id
     }
 

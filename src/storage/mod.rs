@@ -22,6 +22,7 @@ pub mod reports;
 pub mod rooms;
 pub mod search;
 pub mod sliding_sync;
+pub mod sso;
 pub mod state;
 pub mod to_device;
 pub mod users;

@@ -29,6 +29,11 @@ const ROUTES: &[(&str, &str, Access)] = &[
     ("GET", "/_matrix/client/v3/capabilities", Token),
     ("GET", "/_matrix/client/v3/login", Public),
     ("POST", "/_matrix/client/v3/login", Public),
+    ("POST", "/_matrix/client/v1/login/get_token", Token),
+    ("GET", "/_matrix/client/v3/login/sso/redirect", Public),
+    ("GET", "/_matrix/client/v3/login/sso/redirect/{idp_id}", Public),
+    ("GET", "/_synapse/client/oidc/callback", Public),
+    ("GET", "/_matrix/client/v3/auth/m.login.sso/fallback/web", Public),
     ("POST", "/_matrix/client/v3/refresh", Public),
     ("POST", "/_matrix/client/v3/logout", Token),
     ("POST", "/_matrix/client/v3/logout/all", Token),
@@ -307,6 +312,7 @@ impl Fixture<'_> {
             ("{session_id}", "s".into()),
             ("{field}", "displayname".into()),
             ("{appservice_id}", "bridge".into()),
+            ("{idp_id}", "oidc".into()),
         ];
         let mut path = template.to_owned();
         for (name, value) in &values {

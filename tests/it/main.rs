@@ -33,6 +33,7 @@ mod rooms;
 mod search;
 mod sliding_sync;
 mod spaces;
+mod sso;
 mod sync;
 mod timestamp;
 mod typing;

@@ -11,6 +11,7 @@ use crate::AppState;
 use crate::accounts::{self, uia};
 use crate::error::Result;
 use crate::http::extract::{self, Auth};
+use crate::storage;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -42,9 +43,20 @@ fn yes() -> bool {
     true
 }
 
-/// Password UIA for a request by the authenticated user.
-pub async fn require_password(state: &AppState, me: &accounts::Identity, auth: Option<&Value>) -> Result<()> {
-    let req = uia::Requirement { flows: &[&[uia::PASSWORD]], user: Some(&me.user_id) };
+/// UIA proving again who the authenticated user is: by password, or by single sign-on at a
+/// provider they are linked to (the only way for accounts SSO created, which have no password).
+pub async fn require_reauth(state: &AppState, me: &accounts::Identity, auth: Option<&Value>) -> Result<()> {
+    let has_password =
+        storage::users::get(&state.db, me.user_id.as_str()).await?.is_some_and(|u| u.password_hash.is_some());
+    let has_sso = !crate::sso::linked_providers(state, &me.user_id).await?.is_empty();
+    let mut flows: Vec<&[&str]> = Vec::new();
+    if has_password || !has_sso {
+        flows.push(&[uia::PASSWORD]);
+    }
+    if has_sso {
+        flows.push(&[uia::SSO]);
+    }
+    let req = uia::Requirement { flows: &flows, user: Some(&me.user_id) };
     state.uia.check(&state.db, auth, req).await.map(|_| ())
 }
 
@@ -53,7 +65,7 @@ async fn change_password(
     Auth(me): Auth,
     extract::Json(body): extract::Json<PasswordBody>,
 ) -> Result<Json<Value>> {
-    require_password(&state, &me, body.auth.as_ref()).await?;
+    require_reauth(&state, &me, body.auth.as_ref()).await?;
     let keep = body.logout_devices.then_some(me.device_id.as_str());
     accounts::change_password(&state, &me.user_id, &body.new_password, keep).await?;
     Ok(Json(json!({})))
@@ -72,7 +84,7 @@ async fn deactivate(
     Auth(me): Auth,
     extract::Json(body): extract::Json<DeactivateBody>,
 ) -> Result<Json<Value>> {
-    require_password(&state, &me, body.auth.as_ref()).await?;
+    require_reauth(&state, &me, body.auth.as_ref()).await?;
     accounts::deactivate(&state, &me.user_id, body.erase).await?;
     tracing::info!(user_id = %me.user_id, "deactivated");
     Ok(Json(json!({ "id_server_unbind_result": "no-support" })))

@@ -6,7 +6,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::account::require_password;
+use super::account::require_reauth;
 use super::v3;
 use crate::AppState;
 use crate::e2ee::device_lists;
@@ -99,7 +99,7 @@ async fn delete_one(
     if storage::devices::get(&state.db, me.user_id.as_str(), &device_id).await?.is_none() {
         return Err(Error::not_found("Device not found"));
     }
-    require_password(&state, &me, body.auth.as_ref()).await?;
+    require_reauth(&state, &me, body.auth.as_ref()).await?;
     let mut tx = state.db.begin().await?;
     storage::devices::delete(&mut tx, me.user_id.as_str(), &device_id).await?;
     tx.commit().await?;
@@ -119,7 +119,7 @@ async fn delete_many(
     Auth(me): Auth,
     extract::Json(body): extract::Json<DeleteManyBody>,
 ) -> Result<Json<Value>> {
-    require_password(&state, &me, body.auth.as_ref()).await?;
+    require_reauth(&state, &me, body.auth.as_ref()).await?;
     let mut tx = state.db.begin().await?;
     for device_id in &body.devices {
         storage::devices::delete(&mut tx, me.user_id.as_str(), device_id).await?;

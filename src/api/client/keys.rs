@@ -10,7 +10,7 @@ use ruma::OwnedUserId;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::account::require_password;
+use super::account::require_reauth;
 use super::v3;
 use crate::AppState;
 use crate::e2ee::{cross_signing, keys, remote};
@@ -104,7 +104,7 @@ async fn upload_signing_keys(
     extract::Json(body): extract::Json<SigningKeysBody>,
 ) -> Result<Json<Value>> {
     if cross_signing::upload_needs_auth(&state, &me, &body.keys).await? {
-        require_password(&state, &me, body.auth.as_ref()).await?;
+        require_reauth(&state, &me, body.auth.as_ref()).await?;
     }
     cross_signing::upload(&state, &me, body.keys).await?;
     Ok(Json(json!({})))

@@ -25,6 +25,7 @@ pub(crate) mod rooms;
 mod search;
 mod sliding_sync;
 mod spaces;
+mod sso;
 mod sync;
 mod timestamp;
 mod to_device;
@@ -51,6 +52,7 @@ pub fn router() -> Router<AppState> {
         .merge(versions::router())
         .merge(register::router())
         .merge(login::router())
+        .merge(sso::router())
         .merge(account::router())
         .merge(admin::router())
         .merge(appservice::router())

@@ -37,14 +37,14 @@ async fn well_known_server(State(state): State<AppState>) -> Json<Value> {
     Json(json!({ "m.server": crate::federation::delegated_server_name(&state.config) }))
 }
 
-async fn capabilities(State(_state): State<AppState>, Auth(_): Auth) -> Json<Value> {
+async fn capabilities(State(state): State<AppState>, Auth(_): Auth) -> Json<Value> {
     Json(json!({
         "capabilities": {
             "m.change_password": { "enabled": true },
             "m.set_displayname": { "enabled": true },
             "m.set_avatar_url": { "enabled": true },
             "m.3pid_changes": { "enabled": false },
-            "m.get_login_token": { "enabled": false },
+            "m.get_login_token": { "enabled": state.config.login_via_existing_session },
             "m.room_versions": crate::rooms::versions::capability(),
         }
     }))
