@@ -272,3 +272,39 @@ async fn bad_pdus_are_refused() {
     assert!(answer["error"].as_str().unwrap_or("").contains("ACL"), "{answer}");
     assert!(stored(&event_id_of(&denied)).await.is_none());
 }
+
+fn key_map(server: &TestServer) -> ruma::signatures::PublicKeyMap {
+    let key = &server.state.server_key;
+    let public = ruma::serde::Base64::parse(&key.public_key_b64).expect("base64");
+    let set = ruma::signatures::PublicKeySet::from([(key.key_id.clone(), public)]);
+    ruma::signatures::PublicKeyMap::from([(server.state.config.server_name.clone(), set)])
+}
+
+#[tokio::test]
+async fn a_gap_longer_than_get_missing_events_is_bridged_with_the_state_at_it() {
+    let Three { b, c, bob, carol, room_id, .. } = three_in_a_room().await;
+    let room = RoomId::parse(&room_id).unwrap();
+    // B has many events nobody else heard of (more than one get_missing_events gives), a
+    // topic change first; C is sent only the last.
+    let topic = ("m.room.topic", Some(""), json!({ "topic": "missed" }));
+    let mut events = vec![signed_event(&b, &b, &room, &bob.user_id, topic).await];
+    for i in 0..30 {
+        let previous = events.last().unwrap().clone();
+        let outcome = plexus::rooms::inbound::receive(&b.state, &room, previous, &key_map(&b)).await.unwrap();
+        assert!(matches!(outcome, plexus::rooms::inbound::Outcome::Accepted(_)), "{outcome:?}");
+        events.push(signed_event(&b, &b, &room, &bob.user_id, message(&format!("m{i}"))).await);
+    }
+    let last = events.pop().unwrap();
+    let outcome = plexus::rooms::inbound::receive(&b.state, &room, last.clone(), &key_map(&b)).await.unwrap();
+    assert!(matches!(outcome, plexus::rooms::inbound::Outcome::Accepted(_)), "{outcome:?}");
+
+    let answer = send_one(&b, &c, "long-gap", &last).await;
+    assert_eq!(answer, json!({}), "{answer}");
+    // C judged it on the state B had then: the topic it never received is C's now.
+    assert_eq!(topic_event(&c, &room_id).await, Some(event_id_of(&events[0])));
+    assert!(bodies(&carol, &room_id).await.contains(&"m29".to_owned()));
+    // The missing prev event is kept (outside the timeline) with the state after it.
+    let prev =
+        plexus::storage::events::get(&c.state.db, &event_id_of(events.last().unwrap())).await.unwrap().expect("prev");
+    assert!(prev.stream_pos.is_none() && prev.state_group.is_some(), "{prev:?}");
+}
