@@ -213,6 +213,7 @@ pub async fn make_membership(
         return Err(Error::forbidden("The user is not a user of the requesting server"));
     }
     resident_version(svc, room_id).await?;
+    super::require_server_allowed(svc, room_id, origin).await?;
     let head = Head::load(svc, room_id).await?;
     if kind != Handshake::Leave && !supported.iter().any(|v| v == head.version.as_str()) {
         return Err(incompatible(head.version.as_str()));
@@ -305,6 +306,7 @@ pub async fn accept_membership(
     mut object: CanonicalJsonObject,
 ) -> Result<Arc<Pdu>> {
     let rules = versions::rules(&resident_version(svc, room_id).await?)?;
+    super::require_server_allowed(svc, room_id, origin).await?;
     let id = inbound::well_formed(&mut object, &rules)?.map_err(Error::bad_json)?;
     if id != event_id {
         return Err(Error::bad_json("The event ID does not match the event"));
@@ -415,6 +417,10 @@ pub async fn receive_invite(
     }
     if storage::rooms::blocked_by(&svc.db, room_id.as_str()).await?.is_some() {
         return Err(Error::forbidden("This room has been blocked on this server"));
+    }
+    // A room we know: its server ACL may deny the inviting server.
+    if storage::rooms::get(&svc.db, room_id.as_str()).await?.is_some() {
+        super::require_server_allowed(svc, room_id, origin).await?;
     }
     let keys = keys::keys_for_pdu(svc, &object, &rules).await?;
     let pdu = inbound::verified(object.clone(), &keys, &rules, id, room_id)?.map_err(Error::forbidden)?;

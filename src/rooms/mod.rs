@@ -195,6 +195,14 @@ pub async fn server_allowed(svc: &Services, room_id: &RoomId, server: &ServerNam
         .map_or(true, |content| content.is_allowed(server)))
 }
 
+/// 403 `M_FORBIDDEN` when the room's server ACL denies `server`.
+pub async fn require_server_allowed(svc: &Services, room_id: &RoomId, server: &ServerName) -> Result<()> {
+    if !server_allowed(svc, room_id, server).await? {
+        return Err(Error::forbidden("Your server is denied by the room's server ACL"));
+    }
+    Ok(())
+}
+
 /// A user's membership in a state map ("leave" when absent).
 pub async fn membership_in(svc: &Services, state: &StateMap, user: &UserId) -> Result<String> {
     Ok(state_pdu(svc, state, &StateEventType::RoomMember, user.as_str())

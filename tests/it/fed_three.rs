@@ -271,6 +271,44 @@ async fn bad_pdus_are_refused() {
     let answer = send_one(&c, &a, "denied", &denied).await;
     assert!(answer["error"].as_str().unwrap_or("").contains("ACL"), "{answer}");
     assert!(stored(&event_id_of(&denied)).await.is_none());
+    // Nor may it use the membership handshakes or read the room's events.
+    let dave = format!("@dave:{}", c.server_name);
+    let prev = plexus::storage::rooms::extremities(&a.state.db, &room_id).await.unwrap();
+    for path in [
+        format!("/_matrix/federation/v1/make_join/{}/{}?ver=11", enc(&room_id), enc(&dave)),
+        format!("/_matrix/federation/v1/make_leave/{}/{}", enc(&room_id), enc(&carol.user_id)),
+        format!("/_matrix/federation/v1/make_knock/{}/{}?ver=11", enc(&room_id), enc(&dave)),
+        format!("/_matrix/federation/v1/event/{}", enc(&prev[0])),
+        format!("/_matrix/federation/v1/state_ids/{}?event_id={}", enc(&room_id), enc(&prev[0])),
+    ] {
+        let refused = client::request::<Value>(&c.state, &name_of(&a), Method::GET, &path, None).await;
+        assert!(
+            matches!(refused, Err(client::FederationError::Remote { ref errcode, .. }) if errcode == "M_FORBIDDEN"),
+            "{path}: {refused:?}"
+        );
+    }
+    let leave = signed_event(
+        &c,
+        &a,
+        &room,
+        &carol.user_id,
+        ("m.room.member", Some(&carol.user_id), json!({ "membership": "leave" })),
+    )
+    .await;
+    let path = format!("/_matrix/federation/v2/send_leave/{}/{}", enc(&room_id), enc(&event_id_of(&leave)));
+    let refused = client::request::<Value>(
+        &c.state,
+        &name_of(&a),
+        Method::PUT,
+        &path,
+        Some(&serde_json::to_value(&leave).unwrap()),
+    )
+    .await;
+    assert!(
+        matches!(refused, Err(client::FederationError::Remote { ref errcode, .. }) if errcode == "M_FORBIDDEN"),
+        "{refused:?}"
+    );
+    assert_eq!(membership(&a, &room_id, &carol.user_id).await.as_deref(), Some("join"));
 }
 
 fn key_map(server: &TestServer) -> ruma::signatures::PublicKeyMap {
