@@ -2,6 +2,7 @@
 
 pub mod openid;
 pub mod password;
+pub mod presence;
 pub mod profile;
 pub mod sessions;
 pub mod tokens;

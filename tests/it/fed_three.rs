@@ -139,7 +139,7 @@ async fn topic_event(server: &TestServer, room_id: &str) -> Option<String> {
 
 #[tokio::test]
 async fn concurrent_state_changes_resolve_alike_everywhere() {
-    let Three { a, b, c, alice, bob, room_id, .. } = three_in_a_room().await;
+    let Three { a, b, c, alice, bob, room_id, carol: _ } = three_in_a_room().await;
     let topic = format!("/_matrix/client/v3/rooms/{}/state/m.room.topic", enc(&room_id));
     let (from_a, from_b) =
         tokio::join!(alice.put(&topic, json!({ "topic": "by A" })), bob.put(&topic, json!({ "topic": "by B" })));
@@ -231,7 +231,7 @@ fn message(body: &str) -> (&'static str, Option<&'static str>, Value) {
 
 #[tokio::test]
 async fn bad_pdus_are_refused() {
-    let Three { a, c, alice, carol, room_id, .. } = three_in_a_room().await;
+    let Three { a, b: _b, c, alice, carol, room_id, .. } = three_in_a_room().await;
     let room = RoomId::parse(&room_id).unwrap();
     let stored = async |id: &str| plexus::storage::events::get(&a.state.db, id).await.unwrap();
 
@@ -320,7 +320,7 @@ fn key_map(server: &TestServer) -> ruma::signatures::PublicKeyMap {
 
 #[tokio::test]
 async fn a_gap_longer_than_get_missing_events_is_bridged_with_the_state_at_it() {
-    let Three { b, c, bob, carol, room_id, .. } = three_in_a_room().await;
+    let Three { a: _a, b, c, bob, carol, room_id, .. } = three_in_a_room().await;
     let room = RoomId::parse(&room_id).unwrap();
     // B has many events nobody else heard of (more than one get_missing_events gives), a
     // topic change first; C is sent only the last.
@@ -345,4 +345,19 @@ async fn a_gap_longer_than_get_missing_events_is_bridged_with_the_state_at_it() 
     let prev =
         plexus::storage::events::get(&c.state.db, &event_id_of(events.last().unwrap())).await.unwrap().expect("prev");
     assert!(prev.stream_pos.is_none() && prev.state_group.is_some(), "{prev:?}");
+}
+
+#[tokio::test]
+async fn presence_of_local_users_reaches_the_servers_sharing_a_room() {
+    let Three { a, b, c, alice, bob, carol, .. } = three_in_a_room().await;
+    let path = format!("/_matrix/client/v3/presence/{}/status", enc(&alice.user_id));
+    alice.put(&path, json!({ "presence": "unavailable", "status_msg": "lunch" })).await.ok();
+    for user in [&bob, &carol] {
+        wait_for(&format!("alice's presence at {}", user.user_id), async || {
+            let seen = user.get(&path).await.ok();
+            seen["presence"] == "unavailable" && seen["status_msg"] == "lunch"
+        })
+        .await;
+    }
+    drop((a, b, c));
 }
