@@ -118,12 +118,52 @@ fn prometheus_handle() -> anyhow::Result<PrometheusHandle> {
     Ok(HANDLE.get_or_init(|| handle).clone())
 }
 
+/// How long requests still running get to finish once shutdown is asked for.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Serves the HTTP API on `listener` until `shutdown` completes.
 pub async fn run(
     state: AppState,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let shutdown = stopping(&state, shutdown);
     let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("HTTP server failed")
+    let serve = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone()).into_future();
+    within_grace(serve, shutdown).await.context("HTTP server failed")
+}
+
+/// `shutdown`, after which long-polls answer at once (they would hold the graceful
+/// shutdown for their whole timeout).
+pub(crate) fn stopping(
+    state: &AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> futures::future::Shared<futures::future::BoxFuture<'static, ()>> {
+    use futures::FutureExt;
+    let state = state.clone();
+    async move {
+        shutdown.await;
+        state.notifier.shut_down();
+    }
+    .boxed()
+    .shared()
+}
+
+/// Runs a server with graceful shutdown; once `shutdown` completes, requests still running
+/// get `SHUTDOWN_GRACE` before they are dropped. What they committed stays committed (an
+/// open transaction is rolled back), and their clients retry.
+pub(crate) async fn within_grace(
+    serve: impl Future<Output = std::io::Result<()>>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    tokio::select! {
+        done = serve => done,
+        () = async {
+            shutdown.await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            tracing::warn!("requests still running after the shutdown grace are dropped");
+            Ok(())
+        }
+    }
 }

@@ -3,6 +3,7 @@
 pub mod login_tokens;
 pub mod openid;
 pub mod password;
+pub mod presence;
 pub mod profile;
 pub mod sessions;
 pub mod tokens;

@@ -2,32 +2,21 @@
 //! (`m.device_list_update`, `m.signing_key_update`), so that their users fetch the keys
 //! again. Called after the change is committed.
 
-use std::collections::BTreeSet;
-
-use ruma::{OwnedServerName, UserId};
+use ruma::UserId;
 use serde_json::{Value, json};
 
 use crate::Services;
 use crate::error::{Error, Result};
 use crate::federation::sender;
+use crate::rooms;
 use crate::storage::{self, cross_signing, e2ee_keys};
-
-/// The other servers with a user joined to a room `user` is joined to.
-async fn servers_sharing(svc: &Services, user: &UserId) -> Result<BTreeSet<OwnedServerName>> {
-    Ok(storage::rooms::users_sharing_rooms(&svc.db, user.as_str())
-        .await?
-        .iter()
-        .filter_map(|u| UserId::parse(u.as_str()).ok().map(|u| u.server_name().to_owned()))
-        .filter(|s| s.as_str() != svc.config.server_name)
-        .collect())
-}
 
 /// Some devices of our `user` were added, renamed, got new keys or were deleted: one
 /// `m.device_list_update` per device with its state now (`deleted` when gone). `stream_id`
 /// is the user's last device-list change (what `/user/devices` answers as `stream_id`),
 /// `prev_id` the one before: a server that missed it fetches the whole list.
 pub async fn devices_changed(svc: &Services, user: &UserId, device_ids: &[String]) -> Result<()> {
-    let servers = servers_sharing(svc, user).await?;
+    let servers = rooms::servers_sharing_rooms_with(svc, user).await?;
     if servers.is_empty() || device_ids.is_empty() {
         return Ok(());
     }
@@ -60,7 +49,7 @@ pub async fn devices_changed(svc: &Services, user: &UserId, device_ids: &[String
 /// Our `user`'s cross-signing keys changed: `m.signing_key_update` with the master and
 /// self-signing keys (the user-signing key is never shared).
 pub async fn signing_keys_changed(svc: &Services, user: &UserId) -> Result<()> {
-    let servers = servers_sharing(svc, user).await?;
+    let servers = rooms::servers_sharing_rooms_with(svc, user).await?;
     if servers.is_empty() {
         return Ok(());
     }

@@ -23,14 +23,6 @@ pub fn transaction(svc: &Services, pdus: Vec<Value>) -> Value {
     json!({ "origin": svc.config.server_name, "origin_server_ts": storage::now_ms(), "pdus": pdus })
 }
 
-/// 403 `M_FORBIDDEN` when the room's server ACL denies `server`.
-async fn require_acl(svc: &Services, room_id: &RoomId, server: &ServerName) -> Result<()> {
-    if !rooms::server_allowed(svc, room_id, server).await? {
-        return Err(Error::forbidden("Your server is denied by the room's server ACL"));
-    }
-    Ok(())
-}
-
 /// Whether one of the server's users is joined to the room now.
 async fn in_room_now(svc: &Services, room_id: &RoomId, server: &ServerName) -> Result<bool> {
     Ok(rooms::servers_in_room(svc, room_id).await?.iter().any(|s| **s == *server))
@@ -90,7 +82,7 @@ pub async fn visible_event(
     if pdu.rejected || room_id.is_some_and(|r| r != pdu.room_id) {
         return Err(not_found());
     }
-    require_acl(svc, &pdu.room_id, server).await?;
+    rooms::require_server_allowed(svc, &pdu.room_id, server).await?;
     if !Visibility::new(svc, &pdu.room_id, server).await?.allows(event_id).await? {
         return Err(Error::forbidden("Your server may not see this event"));
     }
@@ -162,7 +154,7 @@ pub async fn backfill(
     from: &[OwnedEventId],
     limit: usize,
 ) -> Result<Vec<Value>> {
-    require_acl(svc, room_id, server).await?;
+    rooms::require_server_allowed(svc, room_id, server).await?;
     let mut visibility = Visibility::new(svc, room_id, server).await?;
     let walked = walk_back(svc, room_id, from.iter().cloned(), &HashSet::new(), limit.min(MAX_EVENTS), 0).await?;
     // A server that could see none of these events was not in the room then.
@@ -191,7 +183,7 @@ pub async fn missing_events(
     limit: usize,
     min_depth: u64,
 ) -> Result<Vec<Value>> {
-    require_acl(svc, room_id, server).await?;
+    rooms::require_server_allowed(svc, room_id, server).await?;
     rooms::room_version(svc, room_id).await?;
     if !in_room_now(svc, room_id, server).await? {
         return Err(Error::forbidden("Your server is not in the room"));

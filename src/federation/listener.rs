@@ -29,8 +29,10 @@ pub async fn serve_tls(
         // Small JSON requests and answers: do not wait to fill packets.
         let _ = stream.get_ref().0.set_nodelay(true);
     });
+    let shutdown = crate::stopping(&state, shutdown);
     let app = crate::http::router(state).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("HTTPS server failed")
+    let serve = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone()).into_future();
+    crate::within_grace(serve, shutdown).await.context("HTTPS server failed")
 }
 
 /// TCP connections after a completed TLS handshake.

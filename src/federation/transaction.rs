@@ -141,7 +141,8 @@ async fn receive_pdu(
 
 /// Receives a PDU; when it refers to unknown events, asks the origin for the gap between
 /// our forward extremities and it (`get_missing_events`, before `deadline`), receives those
-/// oldest first and tries once more.
+/// oldest first and tries once more; prev events still unknown then are fetched with the
+/// state at them (`rooms::federation::fetch_state_at`) and the PDU is tried a last time.
 async fn receive_filling_gap(
     svc: &Services,
     origin: &ServerName,
@@ -170,6 +171,25 @@ async fn receive_filling_gap(
         if !matches!(earlier_outcome, Outcome::Accepted(_) | Outcome::Duplicate(_)) {
             tracing::info!(%origin, %event_id, outcome = ?earlier_outcome, "event of a gap not accepted");
         }
+    }
+    let outcome = inbound::receive(svc, room_id, object.clone(), &keys).await?;
+    let Outcome::MissingEvents(missing) = &outcome else { return Ok(outcome) };
+    // Still missing prev events (a gap longer than we asked for): their state, from the
+    // origin, lets the PDU be judged without the events in between.
+    let prevs = match object.get("prev_events") {
+        Some(CanonicalJsonValue::Array(prevs)) => prevs.clone(),
+        _ => Vec::new(),
+    };
+    for prev in missing.iter().filter(|id| prevs.contains(&CanonicalJsonValue::String(id.to_string()))) {
+        let time_left = deadline.saturating_duration_since(Instant::now());
+        let fetch = rooms::federation::fetch_state_at(svc, origin, room_id, prev, time_left.min(GAP_TIMEOUT));
+        let error = match tokio::time::timeout(time_left, fetch).await {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "out of time".to_owned(),
+        };
+        tracing::info!(%origin, %event_id, %prev, %error, "cannot fetch the state at a missing prev event");
+        return Ok(outcome);
     }
     inbound::receive(svc, room_id, object, &keys).await
 }

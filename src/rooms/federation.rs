@@ -110,7 +110,7 @@ async fn resident_version(svc: &Services, room_id: &RoomId) -> Result<RoomVersio
 }
 
 /// Stores an event outside the timeline (unless already known).
-async fn insert_outlier(tx: &mut storage::Tx, pdu: &Pdu) -> Result<()> {
+async fn insert_outlier(tx: &mut storage::Tx, pdu: &Pdu, state_group: Option<i64>) -> Result<()> {
     let prev_ids: Vec<String> = pdu.prev_events.iter().map(ToString::to_string).collect();
     let auth_ids: Vec<String> = pdu.auth_events.iter().map(ToString::to_string).collect();
     let relation = pdu.relation();
@@ -124,7 +124,7 @@ async fn insert_outlier(tx: &mut storage::Tx, pdu: &Pdu) -> Result<()> {
         sender: pdu.sender.as_str(),
         origin_server_ts: i64::from(pdu.origin_server_ts.0),
         json: &pdu.json,
-        state_group: None,
+        state_group,
         prev_events: &prev_ids,
         auth_events: &auth_ids,
         relation: relation.as_ref().map(|(t, e)| (t.as_str(), e.as_str())),
@@ -213,6 +213,7 @@ pub async fn make_membership(
         return Err(Error::forbidden("The user is not a user of the requesting server"));
     }
     resident_version(svc, room_id).await?;
+    super::require_server_allowed(svc, room_id, origin).await?;
     let head = Head::load(svc, room_id).await?;
     if kind != Handshake::Leave && !supported.iter().any(|v| v == head.version.as_str()) {
         return Err(incompatible(head.version.as_str()));
@@ -305,6 +306,7 @@ pub async fn accept_membership(
     mut object: CanonicalJsonObject,
 ) -> Result<Arc<Pdu>> {
     let rules = versions::rules(&resident_version(svc, room_id).await?)?;
+    super::require_server_allowed(svc, room_id, origin).await?;
     let id = inbound::well_formed(&mut object, &rules)?.map_err(Error::bad_json)?;
     if id != event_id {
         return Err(Error::bad_json("The event ID does not match the event"));
@@ -415,6 +417,10 @@ pub async fn receive_invite(
     }
     if storage::rooms::blocked_by(&svc.db, room_id.as_str()).await?.is_some() {
         return Err(Error::forbidden("This room has been blocked on this server"));
+    }
+    // A room we know: its server ACL may deny the inviting server.
+    if storage::rooms::get(&svc.db, room_id.as_str()).await?.is_some() {
+        super::require_server_allowed(svc, room_id, origin).await?;
     }
     let keys = keys::keys_for_pdu(svc, &object, &rules).await?;
     let pdu = inbound::verified(object.clone(), &keys, &rules, id, room_id)?.map_err(Error::forbidden)?;
@@ -668,6 +674,134 @@ fn check_auth(
     .map_err(|e| format!("{} fails auth: {e}", pdu.event_id))
 }
 
+/// The auth rules for an event received among `batch`, against its auth events (from the
+/// batch or stored) and the room's create event.
+async fn check_auth_in(
+    svc: &Services,
+    rules: &RoomVersionRules,
+    pdu: &Pdu,
+    batch: &HashMap<OwnedEventId, Arc<Pdu>>,
+    create: &Arc<Pdu>,
+) -> Result<std::result::Result<(), String>> {
+    let mut auth: HashMap<OwnedEventId, Arc<Pdu>> = HashMap::new();
+    for id in &pdu.auth_events {
+        let found = match batch.get(id) {
+            Some(p) => Some(p.clone()),
+            None => get_pdu(svc, id).await?,
+        };
+        if let Some(found) = found {
+            auth.insert(id.clone(), found);
+        }
+    }
+    auth.insert(create.event_id.clone(), create.clone());
+    let mut by_key: HashMap<(StateEventType, String), Arc<Pdu>> = auth
+        .values()
+        .filter(|a| pdu.auth_events.contains(&a.event_id))
+        .filter_map(|a| a.state_key.clone().map(|k| ((a.kind.to_string().into(), k), a.clone())))
+        .collect();
+    by_key.entry((StateEventType::RoomCreate, String::new())).or_insert_with(|| create.clone());
+    Ok(check_auth(rules, pdu, &auth, &by_key))
+}
+
+/// Most events fetched to learn the state at one missing prev event.
+const STATE_FETCH_LIMIT: usize = 500;
+
+#[derive(Deserialize)]
+struct StateIds {
+    pdu_ids: Vec<OwnedEventId>,
+    auth_chain_ids: Vec<OwnedEventId>,
+}
+
+#[derive(Deserialize)]
+struct EventAnswer {
+    pdus: Vec<CanonicalJsonObject>,
+}
+
+/// For a received PDU whose prev event `prev` is still unknown after asking for the gap (the
+/// spec's checks on receipt, as Synapse does): asks `server` for the state at `prev`
+/// (`/state_ids`, then each event we lack and `prev` itself with `/event`, at most
+/// `STATE_FETCH_LIMIT`), checks every event (format, signatures, hash, auth against its auth
+/// events; `prev` against that state too) and stores them as outliers, `prev` carrying the
+/// state after it. The PDU is then authorised against that state like any other.
+/// `timeout` bounds each request.
+pub async fn fetch_state_at(
+    svc: &Services,
+    server: &ServerName,
+    room_id: &RoomId,
+    prev: &EventId,
+    timeout: std::time::Duration,
+) -> Result<()> {
+    let version = super::room_version(svc, room_id).await?;
+    let rules = versions::rules(&version)?;
+    let path = format!("/_matrix/federation/v1/state_ids/{}?event_id={}", enc(room_id.as_str()), enc(prev.as_str()));
+    let ids: StateIds = client::request_with_timeout(svc, server, Method::GET, &path, None, timeout).await?;
+    let mut wanted: Vec<&EventId> = vec![prev];
+    wanted.extend(ids.pdu_ids.iter().chain(&ids.auth_chain_ids).map(|id| &**id));
+    let mut unknown = Vec::new();
+    for id in wanted {
+        if !unknown.contains(&id) && storage::events::get(&svc.db, id.as_str()).await?.is_none() {
+            unknown.push(id);
+        }
+    }
+    if unknown.len() > STATE_FETCH_LIMIT {
+        return Err(invalid_answer(server, format!("the state at {prev} needs {} events", unknown.len())));
+    }
+    let mut batch: HashMap<OwnedEventId, Arc<Pdu>> = HashMap::new();
+    for id in unknown {
+        let path = format!("/_matrix/federation/v1/event/{}", enc(id.as_str()));
+        let answer: EventAnswer = client::request_with_timeout(svc, server, Method::GET, &path, None, timeout).await?;
+        let object = answer.pdus.into_iter().next().ok_or_else(|| invalid_answer(server, "no PDU"))?;
+        let pdu = verify_pdu(svc, server, room_id, &rules, object).await?;
+        if pdu.event_id != id {
+            return Err(invalid_answer(server, format!("asked for {id}, got {}", pdu.event_id)));
+        }
+        batch.insert(pdu.event_id.clone(), Arc::new(pdu));
+    }
+    let current = super::current_state(svc, room_id).await?;
+    let create = super::state_pdu(svc, &current, &StateEventType::RoomCreate, "")
+        .await?
+        .ok_or_else(|| Error::Internal(anyhow::anyhow!("room {room_id} has no create event")))?;
+    for pdu in batch.values() {
+        check_auth_in(svc, &rules, pdu, &batch, &create).await?.map_err(|e| invalid_answer(server, e))?;
+    }
+    // The state before `prev`, then after it.
+    let mut state_before: HashMap<(StateEventType, String), Arc<Pdu>> = HashMap::new();
+    for id in &ids.pdu_ids {
+        let pdu = match batch.get(id) {
+            Some(p) => p.clone(),
+            None => get_pdu(svc, id).await?.ok_or_else(|| invalid_answer(server, format!("{id} is unknown")))?,
+        };
+        let key = pdu.state_key.clone().ok_or_else(|| invalid_answer(server, "a state event has no state key"))?;
+        state_before.insert((pdu.kind.to_string().into(), key), pdu);
+    }
+    let prev_pdu = batch.get(prev).ok_or_else(|| invalid_answer(server, format!("{prev} was not given")))?.clone();
+    state_before.entry((StateEventType::RoomCreate, String::new())).or_insert_with(|| create.clone());
+    let mut known = batch.clone();
+    for id in &prev_pdu.auth_events {
+        if !known.contains_key(id)
+            && let Some(p) = get_pdu(svc, id).await?
+        {
+            known.insert(id.clone(), p);
+        }
+    }
+    check_auth(&rules, &prev_pdu, &known, &state_before).map_err(|e| invalid_answer(server, e))?;
+    let mut state_after: StateMap = state_before.iter().map(|(k, p)| (k.clone(), p.event_id.clone())).collect();
+    if let Some(key) = &prev_pdu.state_key {
+        state_after.insert((prev_pdu.kind.to_string().into(), key.clone()), prev_pdu.event_id.clone());
+    }
+    let rows = state::to_rows(&state_after);
+    let mut tx = svc.db.begin().await?;
+    for pdu in batch.values().filter(|p| p.event_id != prev) {
+        insert_outlier(&mut tx, pdu, None).await?;
+    }
+    let group = storage::state::create_group(&mut tx, room_id.as_str(), None, &rows, &rows).await?;
+    insert_outlier(&mut tx, &prev_pdu, Some(group)).await?;
+    tx.commit().await?;
+    state::remember(svc, group, Arc::new(state_after));
+    tracing::info!(%room_id, %server, %prev, fetched = batch.len(), "state at a missing prev event fetched");
+    Ok(())
+}
+
 /// Checks the format, signatures and hash of a PDU another server sent about `room_id`.
 async fn verify_pdu(
     svc: &Services,
@@ -700,7 +834,7 @@ async fn store_joined_room(
     let mut tx = svc.db.begin().await?;
     storage::rooms::create(&mut tx, room, version.as_str(), create.sender.as_str()).await?;
     for pdu in events.values() {
-        insert_outlier(&mut tx, pdu).await?;
+        insert_outlier(&mut tx, pdu, None).await?;
     }
     let group = storage::state::create_group(&mut tx, room, None, &rows, &rows).await?;
     storage::rooms::set_base_state_group(&mut tx, room, group).await?;
@@ -912,24 +1046,7 @@ pub async fn backfill(svc: &Services, room_id: &RoomId, limit: usize) -> Result<
         if storage::events::get(&svc.db, pdu.event_id.as_str()).await?.is_some_and(|e| e.stream_pos.is_some()) {
             continue;
         }
-        let mut auth: HashMap<OwnedEventId, Arc<Pdu>> = HashMap::new();
-        for id in &pdu.auth_events {
-            let found = match batch.get(id) {
-                Some(p) => Some(p.clone()),
-                None => get_pdu(svc, id).await?,
-            };
-            if let Some(found) = found {
-                auth.insert(id.clone(), found);
-            }
-        }
-        auth.insert(create.event_id.clone(), create.clone());
-        let mut by_key: HashMap<(StateEventType, String), Arc<Pdu>> = auth
-            .values()
-            .filter(|a| pdu.auth_events.contains(&a.event_id))
-            .filter_map(|a| a.state_key.clone().map(|k| ((a.kind.to_string().into(), k), a.clone())))
-            .collect();
-        by_key.entry((StateEventType::RoomCreate, String::new())).or_insert_with(|| create.clone());
-        match check_auth(&rules, pdu, &auth, &by_key) {
+        match check_auth_in(svc, &rules, pdu, &batch, &create).await? {
             Ok(()) => accepted.push(pdu.clone()),
             Err(e) => tracing::info!(%room_id, error = %e, "backfilled event refused"),
         }
@@ -939,7 +1056,7 @@ pub async fn backfill(svc: &Services, room_id: &RoomId, limit: usize) -> Result<
     }
     let mut tx = svc.db.begin().await?;
     for pdu in &accepted {
-        insert_outlier(&mut tx, pdu).await?;
+        insert_outlier(&mut tx, pdu, None).await?;
         let pos = storage::next_backfill_pos(&mut tx).await?;
         storage::events::place_in_timeline(&mut tx, pdu.event_id.as_str(), pos, base_group).await?;
     }

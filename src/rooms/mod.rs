@@ -195,6 +195,25 @@ pub async fn server_allowed(svc: &Services, room_id: &RoomId, server: &ServerNam
         .map_or(true, |content| content.is_allowed(server)))
 }
 
+/// The other servers with a user joined to a room `user` is joined to (those told of the
+/// user's device-list and presence changes).
+pub async fn servers_sharing_rooms_with(svc: &Services, user: &UserId) -> Result<BTreeSet<OwnedServerName>> {
+    Ok(storage::rooms::users_sharing_rooms(&svc.db, user.as_str())
+        .await?
+        .iter()
+        .filter_map(|u| UserId::parse(u.as_str()).ok().map(|u| u.server_name().to_owned()))
+        .filter(|s| s.as_str() != svc.config.server_name)
+        .collect())
+}
+
+/// 403 `M_FORBIDDEN` when the room's server ACL denies `server`.
+pub async fn require_server_allowed(svc: &Services, room_id: &RoomId, server: &ServerName) -> Result<()> {
+    if !server_allowed(svc, room_id, server).await? {
+        return Err(Error::forbidden("Your server is denied by the room's server ACL"));
+    }
+    Ok(())
+}
+
 /// A user's membership in a state map ("leave" when absent).
 pub async fn membership_in(svc: &Services, state: &StateMap, user: &UserId) -> Result<String> {
     Ok(state_pdu(svc, state, &StateEventType::RoomMember, user.as_str())

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use ruma::{OwnedUserId, UserId};
 use tokio::sync::watch;
@@ -11,6 +12,8 @@ use tokio::sync::watch;
 #[derive(Default)]
 pub struct Notifier {
     users: Mutex<HashMap<OwnedUserId, watch::Sender<u64>>>,
+    /// The server is stopping: long-polls answer at once rather than hold the shutdown.
+    stopping: AtomicBool,
 }
 
 impl Notifier {
@@ -18,6 +21,19 @@ impl Notifier {
     pub fn subscribe(&self, user: &UserId) -> watch::Receiver<u64> {
         let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
         users.entry(user.to_owned()).or_insert_with(|| watch::channel(0).0).subscribe()
+    }
+
+    /// The server is stopping: wakes every long-poll, and none waits from now on.
+    pub fn shut_down(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let map = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        for tx in map.values() {
+            tx.send_modify(|v| *v = v.wrapping_add(1));
+        }
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
     }
 
     /// Wakes every pending long-poll of these users. Call after the change is committed.

@@ -71,7 +71,7 @@ pub async fn sync(svc: &Services, me: &Identity, req: SyncRequest) -> Result<Val
         let typing = svc.typing.serial();
         let now = SyncToken { stream: storage::current_stream_pos(&svc.db).await?, typing, to_device: None };
         let (body, has_news) = compute(svc, me, &req, now).await?;
-        if has_news || req.since.is_none() || req.full_state {
+        if has_news || req.since.is_none() || req.full_state || svc.notifier.stopping() {
             return Ok(body);
         }
         match tokio::time::timeout_at(deadline, wake.changed()).await {

@@ -323,3 +323,54 @@ async fn acknowledged_events_survive_sigkill() {
     eprintln!("{kills} kills, {total} acknowledged events all present, in order, after each restart");
     drop(process);
 }
+
+/// SIGTERM with a sync long-poll open: the server answers it and exits within about a
+/// second (the long-poll no longer holds the graceful shutdown for its timeout), and what it
+/// acknowledged is there after a restart.
+#[tokio::test]
+async fn sigterm_stops_promptly_without_losing_acknowledged_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = fresh_database(dir.path()).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let setup = Setup { dir, port, database };
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
+    let mut process = setup.start().await;
+    let alice = register(&http, &setup.base(), "alice").await;
+    let room = alice.ok(reqwest::Method::POST, "/_matrix/client/v3/createRoom", Some(json!({}))).await["room_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/t1", enc(&room));
+    let sent = alice.ok(reqwest::Method::PUT, &path, Some(json!({ "msgtype": "m.text", "body": "kept" }))).await;
+    let since = alice.ok(reqwest::Method::GET, "/_matrix/client/v3/sync", None).await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let poller = alice.clone();
+    let long_poll = tokio::spawn(async move {
+        poller.call(reqwest::Method::GET, &format!("/_matrix/client/v3/sync?timeout=50000&since={since}"), None).await
+    });
+    // The long-poll reaches the server and waits (nothing new is coming).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!long_poll.is_finished());
+
+    let asked = Instant::now();
+    let pid = libc::pid_t::try_from(process.0.id()).unwrap();
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = loop {
+        if let Some(status) = process.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(asked.elapsed() < Duration::from_secs(5), "still running 5 s after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let took = asked.elapsed();
+    assert!(status.success(), "{status}");
+    assert!(took < Duration::from_millis(1500), "stopped in {took:?}");
+    let (code, _) = long_poll.await.unwrap().expect("the long-poll was answered");
+    assert_eq!(code, 200);
+
+    let _process = setup.start().await;
+    let event = format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&room), enc(sent["event_id"].as_str().unwrap()));
+    assert_eq!(alice.ok(reqwest::Method::GET, &event, None).await["content"]["body"], "kept");
+}

@@ -269,88 +269,9 @@ async fn remote_users_knock() {
     assert_eq!(membership_seen_by(&alice, &room, &bob.user_id).await.as_deref(), Some("leave"));
 }
 
-/// The state of the fake standing in front of server A.
-#[derive(Clone)]
-struct Front {
-    a_base: String,
-    a_state: plexus::AppState,
-    name: String,
-    http: reqwest::Client,
-}
-
-/// Starts server A behind a fake that takes A's server name: it forwards every request to A
-/// except `GET /backfill`, which it answers from A's database (serving /backfill is another
-/// branch's work; this lets the asking side be tested end to end before that merges).
-async fn start_fronted_server() -> TestServer {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let name = listener.local_addr().expect("addr").to_string();
-    let a = TestServer::start_on("127.0.0.1", |c| {
-        c.federation.insecure_plain_http = true;
-        c.server_name = name.clone();
-    })
-    .await;
-    let front = Front { a_base: a.base.clone(), a_state: a.state.clone(), name, http: reqwest::Client::new() };
-    let app = axum::Router::new()
-        .route("/_matrix/federation/v1/backfill/{room_id}", axum::routing::get(fake_backfill))
-        .fallback(forward)
-        .with_state(front);
-    tokio::spawn(async move { axum::serve(listener, app).await.expect("front serves") });
-    a
-}
-
-async fn forward(
-    axum::extract::State(front): axum::extract::State<Front>,
-    request: axum::extract::Request,
-) -> axum::response::Response {
-    let (parts, body) = request.into_parts();
-    let body = axum::body::to_bytes(body, usize::MAX).await.expect("body");
-    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let mut headers = parts.headers.clone();
-    headers.remove(axum::http::header::HOST);
-    let answer = front
-        .http
-        .request(parts.method, format!("{}{target}", front.a_base))
-        .headers(headers)
-        .body(body)
-        .send()
-        .await
-        .expect("A answers");
-    let status = answer.status();
-    let headers = answer.headers().clone();
-    let bytes = answer.bytes().await.expect("A's body");
-    let mut response = axum::response::Response::new(axum::body::Body::from(bytes));
-    *response.status_mut() = status;
-    *response.headers_mut() = headers;
-    response
-}
-
-/// `/backfill` as the spec describes it: the events `v` and their ancestors along
-/// prev_events, newest first, at most `limit`.
-async fn fake_backfill(
-    axum::extract::State(front): axum::extract::State<Front>,
-    axum::extract::RawQuery(query): axum::extract::RawQuery,
-) -> axum::Json<Value> {
-    let pairs: Vec<(String, String)> =
-        url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()).into_owned().collect();
-    let limit: usize = pairs.iter().find(|(k, _)| k == "limit").map_or(10, |(_, v)| v.parse().expect("limit"));
-    let mut queue: std::collections::VecDeque<ruma::OwnedEventId> =
-        pairs.iter().filter(|(k, _)| k == "v").map(|(_, v)| v.as_str().try_into().expect("event ID")).collect();
-    let mut seen = std::collections::HashSet::new();
-    let mut pdus = Vec::new();
-    while let Some(id) = queue.pop_front() {
-        if pdus.len() >= limit || !seen.insert(id.clone()) {
-            continue;
-        }
-        let pdu = plexus::rooms::get_pdu(&front.a_state, &id).await.expect("read").expect("known event");
-        pdus.push(plexus::rooms::federation::federation_form(&pdu).expect("PDU"));
-        queue.extend(pdu.prev_events.iter().cloned());
-    }
-    axum::Json(json!({ "origin": front.name, "origin_server_ts": 0, "pdus": pdus }))
-}
-
 #[tokio::test]
 async fn history_from_before_a_remote_join_is_backfilled() {
-    let a = start_fronted_server().await;
+    let a = fed_server("127.0.0.1").await;
     let b = fed_server("127.0.0.2").await;
     let a_name = a.state.config.server_name.clone();
     let alice = a.register("alice").await;

@@ -72,6 +72,11 @@ impl TestServer {
         config.registration.mode = RegistrationMode::Open;
         config.rate_limits.enabled = false;
         adjust(&mut config);
+        Self::launch(listener, config, dir).await
+    }
+
+    async fn launch(listener: tokio::net::TcpListener, config: Config, dir: tempfile::TempDir) -> Self {
+        let addr = listener.local_addr().expect("local addr");
         let state = plexus::AppState::build(config.clone()).await.expect("server builds");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let app_state = state.clone();
@@ -85,7 +90,7 @@ impl TestServer {
         TestServer {
             addr,
             base: format!("http://{addr}"),
-            server_name,
+            server_name: addr.to_string(),
             config,
             client: reqwest::Client::new(),
             state: app_state,
@@ -95,14 +100,25 @@ impl TestServer {
         }
     }
 
-    /// Stops the server and waits until it has stopped.
-    pub async fn stop(mut self) {
+    /// Stops the server, keeping its data (and address) for `Stopped::start`.
+    pub async fn stop_keeping_data(mut self) -> Stopped {
+        self.halt().await;
+        let dir = std::mem::replace(&mut self._dir, tempfile::tempdir().expect("temp dir"));
+        Stopped { addr: self.addr, config: self.config.clone(), dir }
+    }
+
+    async fn halt(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
+    }
+
+    /// Stops the server and waits until it has stopped.
+    pub async fn stop(mut self) {
+        self.halt().await;
     }
 
     /// A raw request: method, path (from the root), optional token and JSON body.
@@ -166,6 +182,21 @@ impl Drop for TestServer {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+    }
+}
+
+/// A stopped server's data and address.
+pub struct Stopped {
+    addr: SocketAddr,
+    config: Config,
+    dir: tempfile::TempDir,
+}
+
+impl Stopped {
+    /// Starts the server again on the same address, database and data directory.
+    pub async fn start(self) -> TestServer {
+        let listener = tokio::net::TcpListener::bind(self.addr).await.expect("bind the same address");
+        TestServer::launch(listener, self.config, self.dir).await
     }
 }
 

@@ -18,6 +18,7 @@ mod errors;
 mod fed_events;
 mod fed_join;
 mod fed_lookups;
+mod fed_three;
 mod federation;
 mod limits;
 mod media;

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use super::v3;
 use crate::AppState;
+use crate::accounts::presence;
 use crate::error::{Error, Result};
 use crate::http::extract::{self, Auth, Path};
 use crate::storage;
@@ -43,18 +44,7 @@ async fn set_presence(
     if !STATES.contains(&body.presence.as_str()) {
         return Err(Error::invalid_param(format!("Invalid presence state {:?}", body.presence)));
     }
-    let mut tx = state.db.begin().await?;
-    let now = storage::now_ms();
-    storage::presence::set(&mut tx, me.user_id.as_str(), &body.presence, body.status_msg.as_deref(), now).await?;
-    tx.commit().await?;
-    // Those who share a room see the change in their sync.
-    let watchers: Vec<OwnedUserId> = storage::rooms::users_sharing_rooms(&state.db, me.user_id.as_str())
-        .await?
-        .into_iter()
-        .filter_map(|u| OwnedUserId::try_from(u).ok())
-        .chain([me.user_id.clone()])
-        .collect();
-    state.notifier.notify(watchers.iter().map(|u| &**u));
+    presence::set(&state, &me.user_id, &body.presence, body.status_msg.as_deref()).await?;
     Ok(Json(json!({})))
 }
 

@@ -94,7 +94,8 @@ pub async fn sync(svc: &Services, me: &Identity, req: Request) -> Result<Value> 
         let typing = svc.typing.serial();
         let stream = storage::current_stream_pos(&svc.db).await?;
         let (mut body, sent, news) = compute(svc, me, &req.body, &conn, stream, typing).await?;
-        if news || last_look || conn.since.is_none() || tokio::time::Instant::now() >= deadline {
+        let stopping = svc.notifier.stopping();
+        if news || last_look || stopping || conn.since.is_none() || tokio::time::Instant::now() >= deadline {
             body["pos"] = json!(conn.record(svc, &sent, stream, typing).await?);
             return Ok(body);
         }
