@@ -289,7 +289,7 @@ impl Fixture<'_> {
     fn fill(&self, template: &str) -> String {
         let server = &self.server.server_name;
         let alias = format!("#nowhere:{server}");
-        let values: [(&str, String); 22] = [
+        let values: [(&str, String); 23] = [
             ("{room_id_or_alias}", enc(self.room_id)),
             ("{room_id}", enc(self.room_id)),
             ("{user_id}", enc(&self.owner.user_id)),
