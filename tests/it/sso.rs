@@ -254,7 +254,7 @@ async fn sso_login_creates_the_user_and_maps_it_again() {
 
     let flows = server.get("/_matrix/client/v3/login").await.ok();
     let types: Vec<&str> = flows["flows"].as_array().unwrap().iter().map(|f| f["type"].as_str().unwrap()).collect();
-    assert_eq!(types, ["m.login.password", "m.login.sso", "m.login.token"]);
+    assert_eq!(types, ["m.login.password", "m.login.sso", "m.login.token", "m.login.application_service"]);
     assert_eq!(flows["flows"][1]["identity_providers"], json!([{ "id": "test-idp", "name": "Test IdP" }]));
 
     let token = sso_login_token(&server, REDIRECT).await;
@@ -460,5 +460,5 @@ async fn a_session_can_make_a_login_token_for_another_device_when_enabled() {
     let erin = server.register("erin").await;
     erin.post("/_matrix/client/v1/login/get_token", json!({})).await.assert_error(404, "M_UNRECOGNIZED");
     let flows = server.get("/_matrix/client/v3/login").await.ok();
-    assert_eq!(flows["flows"], json!([{ "type": "m.login.password" }]));
+    assert_eq!(flows["flows"], json!([{ "type": "m.login.password" }, { "type": "m.login.application_service" }]));
 }

@@ -44,7 +44,7 @@ async fn leaving_a_room_stops_typing_there() {
     let path = format!("{C}/rooms/{}/typing/{}", enc(&room), enc(&bob.user_id));
     bob.put(&path, json!({ "typing": true, "timeout": 30000 })).await.ok();
     let first = alice.sync("?timeout=0").await;
-    assert_eq!(typing_users(&first), [bob.user_id.clone()]);
+    assert_eq!(typing_users(&first), std::slice::from_ref(&bob.user_id));
 
     bob.post(&format!("{C}/rooms/{}/leave", enc(&room)), json!({})).await.ok();
     let since = first["next_batch"].as_str().unwrap();
