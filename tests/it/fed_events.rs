@@ -7,40 +7,20 @@
 //! events of a room of server A to server B's inbound pipeline (what a join would fetch),
 //! after which B's user joins locally and everything else goes over the wire.
 
-use std::time::Duration;
-
 use axum::http::Method;
 use plexus::federation::client;
 use plexus::rooms::inbound::{self, Outcome};
 use ruma::serde::Base64;
 use ruma::signatures::{PublicKeyMap, PublicKeySet};
-use ruma::{CanonicalJsonObject, CanonicalJsonValue, OwnedServerName, RoomId, RoomVersionId};
+use ruma::{CanonicalJsonObject, CanonicalJsonValue, RoomId, RoomVersionId};
 use serde_json::{Value, json};
 
-use crate::harness::{TestServer, TestUser, enc};
-
-async fn fed_server(ip: &str) -> TestServer {
-    TestServer::start_on(ip, |c| c.federation.insecure_plain_http = true).await
-}
-
-fn name_of(server: &TestServer) -> OwnedServerName {
-    server.state.config.server_name.as_str().try_into().expect("server name")
-}
+use crate::harness::{TestServer, TestUser, enc, fed_server, name_of, wait_for};
 
 fn key_map(server: &TestServer) -> PublicKeyMap {
     let key = &server.state.server_key;
     let set = PublicKeySet::from([(key.key_id.clone(), Base64::parse(&key.public_key_b64).expect("base64"))]);
     PublicKeyMap::from([(server.state.config.server_name.clone(), set)])
-}
-
-async fn wait_for(what: &str, mut done: impl AsyncFnMut() -> bool) {
-    for _ in 0..200 {
-        if done().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 /// Gives `to` every event of a room of `from`, in order, through its inbound pipeline.

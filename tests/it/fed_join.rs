@@ -4,18 +4,10 @@
 
 use axum::http::{Method, StatusCode};
 use plexus::federation::client::{self, FederationError};
-use ruma::{CanonicalJsonObject, CanonicalJsonValue, OwnedServerName, RoomVersionId};
+use ruma::{CanonicalJsonObject, CanonicalJsonValue, RoomVersionId};
 use serde_json::{Value, json};
 
-use crate::harness::{TestServer, TestUser, enc};
-
-async fn fed_server(ip: &str) -> TestServer {
-    TestServer::start_on(ip, |c| c.federation.insecure_plain_http = true).await
-}
-
-fn name_of(server: &TestServer) -> OwnedServerName {
-    server.state.config.server_name.as_str().try_into().expect("server name")
-}
+use crate::harness::{TestServer, TestUser, enc, fed_server, name_of};
 
 /// A user's membership in a room as the room's members list of `viewer`'s server says.
 async fn membership_seen_by(viewer: &TestUser, room_id: &str, user_id: &str) -> Option<String> {

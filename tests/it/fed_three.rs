@@ -2,32 +2,12 @@
 //! everything over the wire: joins by room ID, messages every way, a server down and back,
 //! concurrent state changes resolved alike everywhere, and bad PDUs refused.
 
-use std::time::Duration;
-
 use axum::http::Method;
 use plexus::federation::client;
-use ruma::{CanonicalJsonObject, CanonicalJsonValue, OwnedServerName, RoomId, RoomVersionId};
+use ruma::{CanonicalJsonObject, CanonicalJsonValue, RoomId, RoomVersionId};
 use serde_json::{Value, json};
 
-use crate::harness::{TestServer, TestUser, enc};
-
-async fn fed_server(ip: &str) -> TestServer {
-    TestServer::start_on(ip, |c| c.federation.insecure_plain_http = true).await
-}
-
-fn name_of(server: &TestServer) -> OwnedServerName {
-    server.state.config.server_name.as_str().try_into().expect("server name")
-}
-
-async fn wait_for(what: &str, mut done: impl AsyncFnMut() -> bool) {
-    for _ in 0..300 {
-        if done().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
+use crate::harness::{TestServer, TestUser, enc, fed_server, name_of, wait_for};
 
 /// The message bodies of a room in a user's initial sync, in timeline order.
 async fn bodies(user: &TestUser, room_id: &str) -> Vec<String> {

@@ -18,15 +18,7 @@ use ruma::signatures::{PublicKeyMap, PublicKeySet};
 use ruma::{EventId, OwnedServerName, ServerName};
 use serde_json::{Value, json};
 
-use crate::harness::{TestServer, enc};
-
-async fn fed_server(ip: &str) -> TestServer {
-    TestServer::start_on(ip, |c| c.federation.insecure_plain_http = true).await
-}
-
-fn name_of(server: &TestServer) -> OwnedServerName {
-    server.state.config.server_name.as_str().try_into().expect("server name")
-}
+use crate::harness::{TestServer, enc, fed_server, name_of, wait_for};
 
 /// The public key set a server publishes (read from its own state, not over the network).
 fn key_map(server: &TestServer) -> PublicKeyMap {
@@ -336,16 +328,6 @@ impl FakeDestination {
 /// A free port on `ip`, left unbound: the destination starts down.
 async fn free_addr(ip: &str) -> std::net::SocketAddr {
     tokio::net::TcpListener::bind(format!("{ip}:0")).await.unwrap().local_addr().unwrap()
-}
-
-async fn wait_for(what: &str, mut done: impl AsyncFnMut() -> bool) {
-    for _ in 0..300 {
-        if done().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 async fn queue_len(server: &TestServer, destination: &ServerName) -> usize {

@@ -314,3 +314,24 @@ impl TestUser {
 pub fn enc(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>().replace('+', "%20")
 }
+
+/// A server on `ip` that speaks plain HTTP to other test servers (federation tests).
+pub async fn fed_server(ip: &str) -> TestServer {
+    TestServer::start_on(ip, |c| c.federation.insecure_plain_http = true).await
+}
+
+/// A test server's name as a ruma server name.
+pub fn name_of(server: &TestServer) -> ruma::OwnedServerName {
+    server.state.config.server_name.as_str().try_into().expect("server name")
+}
+
+/// Polls `done` every 100 ms until it holds; panics after 30 s.
+pub async fn wait_for(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    for _ in 0..300 {
+        if done().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}

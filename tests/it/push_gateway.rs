@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::harness::{TestServer, TestUser, enc};
+use crate::harness::{TestServer, TestUser, enc, wait_for};
 
 const PUSHERS: &str = "/_matrix/client/v3/pushers";
 const APP_ID: &str = "org.plexus.test";
@@ -75,16 +75,6 @@ impl FakeGateway {
     fn delivered_events(&self) -> Vec<Value> {
         self.delivered().into_iter().filter(|n| n.get("event_id").is_some()).collect()
     }
-}
-
-async fn wait_for(what: &str, mut done: impl AsyncFnMut() -> bool) {
-    for _ in 0..200 {
-        if done().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 fn gateway_url(addr: SocketAddr) -> String {
