@@ -5,7 +5,7 @@ use ruma::events::StateEventType;
 use ruma::{OwnedRoomId, RoomId, ServerName, UserId};
 use serde_json::{Map, Value, json};
 
-use super::{current_state, room_version, state_pdu};
+use super::state_pdu;
 use crate::Services;
 use crate::error::Result;
 use crate::storage;
@@ -20,11 +20,14 @@ pub struct Summary {
 
 /// The summary of a room this server knows, `None` for an unknown room.
 pub async fn load(svc: &Services, room_id: &RoomId) -> Result<Option<Summary>> {
-    if storage::rooms::get(&svc.db, room_id.as_str()).await?.is_none() {
+    // One read of the room row gives both its version and its current state group.
+    let Some((version, group)) = storage::rooms::get(&svc.db, room_id.as_str()).await? else {
         return Ok(None);
-    }
-    let version = room_version(svc, room_id).await?;
-    let state = current_state(svc, room_id).await?;
+    };
+    let state = match group {
+        Some(group) => super::state::load(svc, group).await?,
+        None => Default::default(),
+    };
     // The fields are read from these state events, by index.
     let mut contents = Vec::new();
     for kind in [
