@@ -44,6 +44,7 @@ pub struct Services {
     pub server_key: ServerKey,
     pub uia: UiaSessions,
     pub sessions: accounts::sessions::SessionTracker,
+    pub token_cache: accounts::token_cache::TokenCache,
     pub rate_limiter: RateLimiter,
     pub metrics: Option<PrometheusHandle>,
     pub notifier: Notifier,
@@ -81,6 +82,7 @@ impl AppState {
         appservice::create_senders(&db, &appservices).await?;
         let state = AppState(Arc::new(Services {
             sessions: Default::default(),
+            token_cache: Default::default(),
             rate_limiter: RateLimiter::new(config.rate_limits.clone()),
             uia: UiaSessions::default(),
             notifier: Notifier::default(),

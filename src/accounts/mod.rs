@@ -6,6 +6,7 @@ pub mod password;
 pub mod presence;
 pub mod profile;
 pub mod sessions;
+pub mod token_cache;
 pub mod tokens;
 pub mod uia;
 
@@ -21,7 +22,6 @@ use crate::appservice::Appservice;
 use crate::error::{Error, Result};
 use crate::rooms;
 use crate::storage::{self, Db};
-use sessions::SessionTracker;
 
 /// Who is making an authenticated request.
 #[derive(Debug, Clone)]
@@ -136,7 +136,7 @@ pub async fn create_account(
 
 /// Opens a login session: the device (new or existing) and its tokens.
 pub async fn open_session(
-    db: &Db,
+    svc: &Services,
     user_id: &UserId,
     device_id: Option<String>,
     device_display_name: Option<&str>,
@@ -146,7 +146,7 @@ pub async fn open_session(
     let access_token = tokens::generate();
     let refresh_token = with_refresh_token.then(tokens::generate);
     let expires_in_ms = with_refresh_token.then_some(REFRESHABLE_TOKEN_LIFETIME_MS);
-    let mut tx = db.begin().await?;
+    let mut tx = svc.db.begin().await?;
     storage::devices::upsert(&mut tx, user_id.as_str(), &device_id, device_display_name).await?;
     // A login that reuses a device ID replaces that device's session.
     storage::devices::delete_tokens(&mut tx, user_id.as_str(), &device_id).await?;
@@ -162,6 +162,7 @@ pub async fn open_session(
         storage::devices::add_refresh_token(&mut tx, &tokens::hash(rt), user_id.as_str(), &device_id).await?;
     }
     tx.commit().await?;
+    svc.token_cache.forget_user(user_id);
     Ok(Session { user_id: user_id.to_owned(), device_id, access_token, refresh_token, expires_in_ms })
 }
 
@@ -183,9 +184,9 @@ pub async fn open_session_until(db: &Db, user_id: &UserId, expires_ts: Option<i6
 /// tokens end (the previous access token, and whatever an earlier answer to this same refresh
 /// handed out if the client never received it); the used refresh token stays valid until the
 /// new access token or refresh token is used, so that a lost answer can be fetched again.
-pub async fn refresh(db: &Db, sessions: &SessionTracker, refresh_token: &str) -> Result<Session> {
+pub async fn refresh(svc: &Services, refresh_token: &str) -> Result<Session> {
     let used_hash = tokens::hash(refresh_token);
-    let mut tx = db.begin().await?;
+    let mut tx = svc.db.begin().await?;
     let Some((user_id, device_id)) = storage::devices::take_refresh_token(&mut tx, &used_hash).await? else {
         return Err(Error::unknown_token(false));
     };
@@ -205,8 +206,9 @@ pub async fn refresh(db: &Db, sessions: &SessionTracker, refresh_token: &str) ->
     .await?;
     storage::devices::add_refresh_token(&mut tx, &tokens::hash(&new_refresh), user_id.as_str(), &device_id).await?;
     // Recorded before the commit, so that even the first use of the new token revokes the old one.
-    sessions.supersede(&user_id, &device_id, access_hash, used_hash);
+    svc.sessions.supersede(&user_id, &device_id, access_hash, used_hash);
     tx.commit().await?;
+    svc.token_cache.forget_user(&user_id);
     Ok(Session {
         user_id,
         device_id,
@@ -216,11 +218,37 @@ pub async fn refresh(db: &Db, sessions: &SessionTracker, refresh_token: &str) ->
     })
 }
 
-/// Resolves an access token to its owner. The first use of a refreshed access token revokes
-/// the refresh token it was obtained with.
-pub async fn authenticate(db: &Db, sessions: &SessionTracker, access_token: &str) -> Result<Identity> {
+/// Resolves an access token to its owner (from `token_cache`, else the database). The first
+/// use of a refreshed access token revokes the refresh token it was obtained with.
+pub async fn authenticate(svc: &Services, access_token: &str) -> Result<Identity> {
     let access_hash = tokens::hash(access_token);
-    let Some(owner) = storage::devices::access_token_owner(db, &access_hash).await? else {
+    let resolved = match svc.token_cache.get(&access_hash) {
+        Some(resolved) => resolved,
+        None => {
+            let epoch = svc.token_cache.epoch();
+            let resolved = resolve(&svc.db, &access_hash).await?;
+            svc.token_cache.remember(&access_hash, resolved.clone(), epoch);
+            resolved
+        }
+    };
+    if resolved.expires_ts.is_some_and(|e| e <= storage::now_ms()) {
+        return Err(Error::unknown_token(true));
+    }
+    let identity = resolved.identity;
+    if resolved.expires_ts.is_some()
+        && let Some(superseded) = svc.sessions.take_superseded(&identity.user_id, &identity.device_id, &access_hash)
+    {
+        let mut tx = svc.db.begin().await?;
+        storage::devices::take_refresh_token(&mut tx, &superseded).await?;
+        tx.commit().await?;
+    }
+    Ok(identity)
+}
+
+/// Reads a token's owner and their account: 401 `M_UNKNOWN_TOKEN` for an unknown token or a
+/// deactivated account.
+async fn resolve(db: &Db, access_hash: &str) -> Result<token_cache::Resolved> {
+    let Some(owner) = storage::devices::access_token_owner(db, access_hash).await? else {
         return Err(Error::unknown_token(false));
     };
     if owner.expires_ts.is_some_and(|e| e <= storage::now_ms()) {
@@ -233,14 +261,7 @@ pub async fn authenticate(db: &Db, sessions: &SessionTracker, access_token: &str
         return Err(Error::unknown_token(false));
     }
     let user_id = OwnedUserId::try_from(owner.user_id).map_err(|e| Error::Internal(e.into()))?;
-    if owner.expires_ts.is_some()
-        && let Some(superseded) = sessions.take_superseded(&user_id, &owner.device_id, &access_hash)
-    {
-        let mut tx = db.begin().await?;
-        storage::devices::take_refresh_token(&mut tx, &superseded).await?;
-        tx.commit().await?;
-    }
-    Ok(Identity {
+    let identity = Identity {
         user_id,
         device_id: owner.device_id,
         is_admin: user.is_admin,
@@ -249,7 +270,8 @@ pub async fn authenticate(db: &Db, sessions: &SessionTracker, access_token: &str
         locked: user.locked,
         suspended: user.suspended,
         appservice: None,
-    })
+    };
+    Ok(token_cache::Resolved { identity, expires_ts: owner.expires_ts })
 }
 
 /// The identity of a request made with an appservice's as_token: its own user, or the user
@@ -328,6 +350,7 @@ pub async fn change_password(
         storage::devices::delete_all(&mut tx, user_id.as_str(), Some(keep)).await?;
     }
     tx.commit().await?;
+    svc.token_cache.forget_user(user_id);
     crate::e2ee::device_lists::devices_changed(svc, user_id, &gone).await
 }
 
@@ -346,6 +369,7 @@ pub async fn deactivate(svc: &Services, user_id: &UserId, erase: bool) -> Result
         storage::users::set_erased(&mut tx, user_id.as_str()).await?;
     }
     tx.commit().await?;
+    svc.token_cache.forget_user(user_id);
     if erase {
         svc.erased_users.insert(user_id);
     }

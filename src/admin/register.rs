@@ -98,7 +98,7 @@ pub async fn register(svc: &Services, req: Request<'_>) -> Result<Session> {
         tx.commit().await?;
     }
     tracing::info!(%user_id, admin = req.admin, "registered with the shared secret");
-    accounts::open_session(&svc.db, &user_id, None, None, false).await
+    accounts::open_session(svc, &user_id, None, None, false).await
 }
 
 fn decode_hex(hex: &str) -> Option<Vec<u8>> {

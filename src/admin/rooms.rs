@@ -222,6 +222,9 @@ pub async fn shutdown(svc: &Services, room_id: &RoomId, how: Shutdown<'_>) -> Re
         storage::rooms::purge(&mut tx, room_id.as_str()).await?;
     }
     tx.commit().await?;
+    if how.purge {
+        rooms::head::forget(svc, room_id);
+    }
     tracing::info!(%room_id, by = %how.requester, block = how.block, purge = how.purge, "room shut down");
     Ok(report)
 }

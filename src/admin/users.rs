@@ -57,6 +57,7 @@ pub async fn create_or_modify(svc: &Services, user_id: &UserId, changes: Changes
                 let mut tx = svc.db.begin().await?;
                 storage::users::reactivate(&mut tx, user_id.as_str()).await?;
                 tx.commit().await?;
+                svc.token_cache.forget_user(user_id);
                 svc.erased_users.remove(user_id);
                 accounts::change_password(svc, user_id, password, None).await?;
             } else if let Some(password) = &changes.password {
@@ -81,6 +82,7 @@ pub async fn create_or_modify(svc: &Services, user_id: &UserId, changes: Changes
         storage::users::set_flag(&mut tx, user_id.as_str(), Flag::Locked, locked).await?;
     }
     tx.commit().await?;
+    svc.token_cache.forget_user(user_id);
     let was_active = existing.as_ref().is_none_or(|u| !u.deactivated);
     if changes.deactivated == Some(true) && was_active {
         accounts::deactivate(svc, user_id, false).await?;
@@ -94,6 +96,7 @@ pub async fn set_flag(svc: &Services, user_id: &UserId, flag: Flag, on: bool) ->
     let mut tx = svc.db.begin().await?;
     storage::users::set_flag(&mut tx, user_id.as_str(), flag, on).await?;
     tx.commit().await?;
+    svc.token_cache.forget_user(user_id);
     Ok(())
 }
 

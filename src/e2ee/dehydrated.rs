@@ -45,6 +45,7 @@ pub async fn put(state: &AppState, me: &Identity, new: NewDevice) -> Result<Stri
     storage::devices::upsert(&mut tx, user, &new.device_id, new.initial_device_display_name.as_deref()).await?;
     storage::dehydrated_devices::set(&mut tx, user, &new.device_id, &data).await?;
     tx.commit().await?;
+    state.token_cache.forget_user(&me.user_id);
     let device = Identity { device_id: new.device_id.clone(), ..me.clone() };
     keys::upload(state, &device, new.keys).await?;
     let changed: Vec<String> = previous.into_iter().chain([new.device_id.clone()]).collect();
@@ -70,6 +71,7 @@ pub async fn delete(state: &AppState, me: &Identity) -> Result<String> {
     let mut tx = state.db.begin().await?;
     storage::devices::delete(&mut tx, user, &device_id).await?;
     tx.commit().await?;
+    state.token_cache.forget_user(&me.user_id);
     device_lists::devices_changed(state, &me.user_id, std::slice::from_ref(&device_id)).await?;
     Ok(device_id)
 }

@@ -118,7 +118,7 @@ async fn authenticate(parts: &Parts, state: &AppState, token: &str) -> Result<Id
             let (user_id, device_id) = (query_param(parts, "user_id"), query_param(parts, "device_id"));
             accounts::authenticate_appservice(&state.db, appservice, user_id.as_deref(), device_id.as_deref()).await?
         }
-        None => accounts::authenticate(&state.db, &state.sessions, token).await?,
+        None => accounts::authenticate(state, token).await?,
     };
     // A locked account may only log out (spec "Account locking").
     let path = parts.uri.path();

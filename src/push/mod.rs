@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 
 use crate::Services;
 use crate::error::{Error, Result};
+use crate::rooms::head::Head;
 use crate::rooms::pdu::Pdu;
 use crate::rooms::state::StateMap;
 use crate::rooms::{self, versions};
@@ -109,20 +110,22 @@ pub async fn update(svc: &Services, user: &UserId, change: impl FnOnce(&mut Rule
     Ok(())
 }
 
-/// Evaluates an event about to be appended against the push rules of every local member it
-/// may concern (joined members but the sender, and the target of an invite): those it notifies.
-pub async fn evaluate(svc: &Services, pdu: &Pdu) -> Result<Evaluation> {
-    let members = storage::rooms::members(&svc.db, pdu.room_id.as_str()).await?;
+/// Evaluates an event about to be appended to a room (of head `head`) against the push rules
+/// of every local member it may concern (joined members but the sender, and the target of an
+/// invite): those it notifies.
+pub async fn evaluate(svc: &Services, pdu: &Pdu, head: &Head) -> Result<Evaluation> {
     let invited = (pdu.kind == TimelineEventType::RoomMember
         && pdu.content_str("membership").as_deref() == Some("invite"))
     .then_some(pdu.state_key.as_deref())
     .flatten();
-    let targets: Vec<(OwnedUserId, &str)> = members
+    let targets: Vec<(OwnedUserId, &str)> = head
+        .members
         .iter()
-        .filter(|(user, membership, _)| {
-            user != pdu.sender.as_str() && (membership == "join" || (membership == "invite" && invited == Some(user)))
+        .filter(|(user, member)| {
+            *user != pdu.sender.as_str()
+                && (member.membership == "join" || (member.membership == "invite" && invited == Some(user)))
         })
-        .filter_map(|(user, _, member_event)| Some((OwnedUserId::try_from(user.as_str()).ok()?, member_event.as_str())))
+        .filter_map(|(user, member)| Some((OwnedUserId::try_from(user.as_str()).ok()?, member.event_id.as_str())))
         .filter(|(user, _)| user.server_name().as_str() == svc.config.server_name)
         .collect();
     if targets.is_empty() {
@@ -130,15 +133,14 @@ pub async fn evaluate(svc: &Services, pdu: &Pdu) -> Result<Evaluation> {
     }
 
     // What every member's evaluation shares, built once for the event.
-    let joined = members.iter().filter(|(_, membership, _)| membership == "join").count();
-    let state = rooms::current_state(svc, &pdu.room_id).await?;
+    let joined = head.members.values().filter(|member| member.membership == "join").count();
     let base = PushConditionRoomCtx::new(
         pdu.room_id.clone(),
         UInt::try_from(joined).unwrap_or(UInt::MAX),
         pdu.sender.clone(),
         String::new(),
     );
-    let base = match power_levels(svc, &state).await? {
+    let base = match power_levels(svc, &head.state).await? {
         Some(levels) => base.with_power_levels(levels),
         None => base,
     };

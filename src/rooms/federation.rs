@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use super::inbound::{self, Outcome};
 use super::pdu::Pdu;
 use super::state::{self, StateMap};
-use super::{Arrival, Built, Draft, Head, append, append_local, authorise, build, create, get_pdu, resolve, versions};
+use super::{Arrival, Built, Draft, append, append_local, authorise, build, create, get_pdu, resolve, versions};
 use crate::Services;
 use crate::error::{Error, Result};
 use crate::federation::client;
@@ -214,7 +214,7 @@ pub async fn make_membership(
     }
     resident_version(svc, room_id).await?;
     super::require_server_allowed(svc, room_id, origin).await?;
-    let head = Head::load(svc, room_id).await?;
+    let head = super::head::to_build_on(svc, room_id).await?;
     if kind != Handshake::Leave && !supported.iter().any(|v| v == head.version.as_str()) {
         return Err(incompatible(head.version.as_str()));
     }
@@ -237,7 +237,7 @@ pub async fn make_membership(
     let pdu =
         Pdu::parse(provisional, &json.to_string(), Some(room_id)).map_err(|e| Error::Internal(anyhow::anyhow!(e)))?;
     authorise(&proto.rules, &pdu, &proto.auth_state)?;
-    Ok((head.version, proto.object))
+    Ok((head.version.clone(), proto.object))
 }
 
 /// For a restricted room a user may join through membership of an allowed room: a local
@@ -665,11 +665,11 @@ fn check_auth(
         return Err(format!("{} has an unknown auth event {missing}", pdu.event_id));
     }
     ruma::state_res::check_state_independent_auth_rules(&rules.authorization, pdu, |id: &EventId| {
-        events.get(id).map(|p| p.as_ref().clone())
+        events.get(id).cloned()
     })
     .map_err(|e| format!("{} fails auth: {e}", pdu.event_id))?;
     ruma::state_res::check_state_dependent_auth_rules(&rules.authorization, pdu, |kind: &StateEventType, key: &str| {
-        by_key.get(&(kind.clone(), key.to_owned())).map(|p| p.as_ref().clone())
+        by_key.get(&(kind.clone(), key.to_owned())).cloned()
     })
     .map_err(|e| format!("{} fails auth: {e}", pdu.event_id))
 }
@@ -840,6 +840,8 @@ async fn store_joined_room(
     storage::rooms::set_base_state_group(&mut tx, room, group).await?;
     storage::rooms::clear_extremities(&mut tx, room).await?;
     tx.commit().await?;
+    // The room may have had a head here before (a room left and joined again).
+    super::head::forget(svc, &join.room_id);
     let state = Arc::new(state);
     state::remember(svc, group, state.clone());
     append(svc, &join, rules, &state, Some(group), Arrival { txn: None, soft_failed: false }).await?;
@@ -893,7 +895,7 @@ pub async fn invite(
 ) -> Result<OwnedEventId> {
     let lock = svc.rooms.lock_for(room_id);
     let _guard = lock.lock().await;
-    let head = Head::load(svc, room_id).await?;
+    let head = super::head::to_build_on(svc, room_id).await?;
     let built = build(svc, &head.version, Some(room_id), sender, &draft, &head.prevs, &head.state).await?;
     let server = invitee.server_name();
     let body = json!({

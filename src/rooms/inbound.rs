@@ -143,7 +143,7 @@ pub async fn receive(
     let _guard = lock.lock().await;
     // 4. Auth against its auth events.
     if let Err(e) = ruma::state_res::check_state_independent_auth_rules(&rules.authorization, &pdu, |id: &EventId| {
-        auth_events.get(id).map(|p| p.as_ref().clone())
+        auth_events.get(id).cloned()
     }) {
         return Ok(Outcome::Rejected(format!("fails auth against its auth events: {e}")));
     }
@@ -207,6 +207,6 @@ pub(crate) async fn check_against(
     Ok(ruma::state_res::check_state_dependent_auth_rules(
         &rules.authorization,
         pdu,
-        |kind: &StateEventType, key: &str| loaded.get(&(kind.clone(), key.to_owned())).map(|p| p.as_ref().clone()),
+        |kind: &StateEventType, key: &str| loaded.get(&(kind.clone(), key.to_owned())).cloned(),
     ))
 }

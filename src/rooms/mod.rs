@@ -4,6 +4,7 @@
 pub mod create;
 pub mod federation;
 pub mod format;
+pub mod head;
 pub mod hierarchy;
 pub mod inbound;
 pub mod membership;
@@ -35,7 +36,7 @@ use self::pdu::Pdu;
 use self::state::StateMap;
 use crate::Services;
 use crate::error::{Error, Result};
-use crate::storage::{self, events::NewEvent, rooms::StateChange};
+use crate::storage::{self, events::NewEvent, events::TimelineEntry, rooms::StateChange};
 
 /// Largest PDU, in bytes of canonical JSON (spec).
 pub const MAX_PDU_BYTES: usize = 65_536;
@@ -51,8 +52,8 @@ impl RoomLocks {
     }
 }
 
-/// Caches of immutable data (state groups, events), the per-room write locks, and the
-/// per-room locks of joins over federation.
+/// Caches of immutable data (state groups, events), the rooms' heads (`head.rs`), the
+/// per-room write locks, and the per-room locks of joins over federation.
 #[derive(Default)]
 pub struct Rooms {
     locks: RoomLocks,
@@ -61,6 +62,7 @@ pub struct Rooms {
     remote_joins: RoomLocks,
     pub(crate) state_cache: Mutex<HashMap<i64, Arc<StateMap>>>,
     event_cache: Mutex<HashMap<OwnedEventId, Arc<Pdu>>>,
+    heads: head::Heads,
 }
 
 const CACHE_LIMIT: usize = 20_000;
@@ -165,24 +167,23 @@ pub async fn state_pdu(svc: &Services, state: &StateMap, kind: &StateEventType, 
 }
 
 /// The servers with at least one user joined to the room (ours included when it has one):
-/// where the room's events and EDUs go.
+/// where the room's events and EDUs go; none for a room this server does not know.
 pub async fn servers_in_room(svc: &Services, room_id: &RoomId) -> Result<BTreeSet<OwnedServerName>> {
-    Ok(storage::rooms::joined_users(&svc.db, room_id.as_str())
-        .await?
-        .iter()
-        .filter_map(|user| UserId::parse(user.as_str()).ok().map(|u| u.server_name().to_owned()))
-        .collect())
+    Ok(head::find(svc, room_id).await?.map(|head| head.servers()).unwrap_or_default())
 }
 
 /// Wakes the long-polls of a room's members (for news that is not a room event).
 pub async fn wake_members(svc: &Services, room_id: &RoomId) -> Result<()> {
-    let users: Vec<OwnedUserId> = storage::rooms::interested_users(&svc.db, room_id.as_str())
-        .await?
-        .into_iter()
-        .filter_map(|u| OwnedUserId::try_from(u).ok())
-        .collect();
-    svc.notifier.notify(users.iter().map(|u| &**u));
+    if let Some(head) = head::find(svc, room_id).await? {
+        wake_interested(svc, &head);
+    }
     Ok(())
+}
+
+/// Wakes the long-polls of the room's members joined, invited or knocking.
+fn wake_interested(svc: &Services, head: &head::Head) {
+    let users: Vec<OwnedUserId> = head.interested_users().filter_map(|u| OwnedUserId::try_from(u).ok()).collect();
+    svc.notifier.notify(users.iter().map(|u| &**u));
 }
 
 /// Whether the room's server ACL (`m.room.server_acl` of the current state) lets `server`
@@ -262,38 +263,9 @@ pub async fn send(
     {
         return OwnedEventId::try_from(existing).map_err(|e| Error::Internal(e.into()));
     }
-    let head = Head::load(svc, room_id).await?;
+    let head = head::to_build_on(svc, room_id).await?;
     let built = build(svc, &head.version, Some(room_id), sender, &draft, &head.prevs, &head.state).await?;
     append_local(svc, built, &head.state, head.group, txn.map(|(d, t)| (sender, d, t))).await
-}
-
-/// What a new event of a room is built on: the room's version, current state (and its
-/// group) and forward extremities.
-pub(crate) struct Head {
-    pub version: RoomVersionId,
-    pub state: Arc<StateMap>,
-    pub group: Option<i64>,
-    pub prevs: Vec<Arc<Pdu>>,
-}
-
-impl Head {
-    pub(crate) async fn load(svc: &Services, room_id: &RoomId) -> Result<Head> {
-        let (version, group) =
-            storage::rooms::get(&svc.db, room_id.as_str()).await?.ok_or_else(|| Error::not_found("Unknown room"))?;
-        let version = RoomVersionId::try_from(version).map_err(|e| Error::Internal(e.into()))?;
-        let state = match group {
-            Some(g) => state::load(svc, g).await?,
-            None => return Err(Error::Internal(anyhow::anyhow!("room {room_id} has no state"))),
-        };
-        let mut prevs = Vec::new();
-        for id in storage::rooms::extremities(&svc.db, room_id.as_str()).await? {
-            let id = OwnedEventId::try_from(id).map_err(|e| Error::Internal(e.into()))?;
-            prevs.push(
-                get_pdu(svc, &id).await?.ok_or_else(|| Error::Internal(anyhow::anyhow!("missing extremity {id}")))?,
-            );
-        }
-        Ok(Head { version, state, group, prevs })
-    }
 }
 
 /// Creates a room by sending its `m.room.create` event; returns the room ID (derived from
@@ -498,11 +470,11 @@ fn authorise(rules: &RoomVersionRules, pdu: &Pdu, auth_state: &AuthState) -> Res
     // The create event is fetched by ID too (room version 12 derives it from the room ID).
     let by_id: HashMap<&EventId, &Arc<Pdu>> = auth_state.values().map(|p| (&*p.event_id, p)).collect();
     ruma::state_res::check_state_independent_auth_rules(&rules.authorization, pdu, |id: &EventId| {
-        by_id.get(id).map(|p| p.as_ref().clone())
+        by_id.get(id).map(|p| Arc::clone(p))
     })
     .map_err(|e| Error::forbidden(format!("Event not allowed: {e}")))?;
     ruma::state_res::check_state_dependent_auth_rules(&rules.authorization, pdu, |kind: &StateEventType, key: &str| {
-        auth_state.get(&(kind.clone(), key.to_owned())).map(|p| p.as_ref().clone())
+        auth_state.get(&(kind.clone(), key.to_owned())).cloned()
     })
     .map_err(|e| Error::forbidden(format!("Event not allowed: {e}")))
 }
@@ -561,30 +533,35 @@ pub(crate) async fn append(
     arrival: Arrival<'_>,
 ) -> Result<OwnedEventId> {
     let room = pdu.room_id.as_str();
-    let mut json = pdu.json.to_string();
+    let head = head::load(svc, &pdu.room_id).await?;
     // Record what a state event replaces (prev_content for clients), outside the signed part.
     let replaced = match &pdu.state_key {
         Some(key) => state_pdu(svc, state_before, &pdu.kind.to_string().into(), key).await?,
         None => None,
     };
-    if let Some(old) = &replaced {
-        let mut value: Value = serde_json::from_str(&json).map_err(|e| Error::Internal(e.into()))?;
-        value["unsigned"] = json!({
-            "replaces_state": old.event_id,
-            "prev_content": old.content_value(),
-            "prev_sender": old.sender,
-        });
-        json = value.to_string();
-    }
+    // The event as stored (and as `get_pdu` reads it back).
+    let stored = match &replaced {
+        Some(old) => {
+            let mut value: Value = serde_json::from_str(&pdu.json).map_err(|e| Error::Internal(e.into()))?;
+            value["unsigned"] = json!({
+                "replaces_state": old.event_id,
+                "prev_content": old.content_value(),
+                "prev_sender": old.sender,
+            });
+            Arc::new(
+                Pdu::parse(pdu.event_id.clone(), &value.to_string(), Some(&pdu.room_id))
+                    .map_err(|e| Error::Internal(anyhow::anyhow!(e)))?,
+            )
+        }
+        None => Arc::new(pdu.clone()),
+    };
     // Push rules are evaluated before the transaction (rulesets may be created on first use);
     // the counts are written with the event.
-    let notified = if arrival.soft_failed { Default::default() } else { crate::push::evaluate(svc, pdu).await? };
-    let (old_current_group, old_extremities) = match storage::rooms::get(&svc.db, room).await? {
-        Some((_, g)) => (g, storage::rooms::extremities(&svc.db, room).await?),
-        None => return Err(Error::not_found("Unknown room")),
-    };
+    let notified =
+        if arrival.soft_failed { Default::default() } else { crate::push::evaluate(svc, pdu, &head).await? };
 
-    let mut tx = svc.db.begin().await?;
+    // Appends of all rooms share transactions (group commit, `storage::batch`).
+    let mut tx = svc.db.join_batch().await?;
     let (group, state_after) = match &pdu.state_key {
         Some(key) => {
             let entry = ((pdu.kind.to_string(), key.clone()), pdu.event_id.to_string());
@@ -598,33 +575,38 @@ pub(crate) async fn append(
         }
         None => (group_before, Arc::new(state_before.clone())),
     };
-    let pos = storage::next_stream_pos(&mut tx).await?;
     let prev_ids: Vec<String> = pdu.prev_events.iter().map(ToString::to_string).collect();
     let auth_ids: Vec<String> = pdu.auth_events.iter().map(ToString::to_string).collect();
     let relation = pdu.relation();
-    storage::events::insert(
+    let searchable = search::searchable(pdu).filter(|_| !arrival.soft_failed);
+    let event_type = pdu.kind.to_string();
+    let pos = storage::events::append(
         &mut tx,
-        &NewEvent {
-            event_id: pdu.event_id.as_str(),
-            room_id: room,
-            stream_pos: Some(pos),
-            depth: pdu.depth as i64,
-            event_type: &pdu.kind.to_string(),
-            state_key: pdu.state_key.as_deref(),
-            sender: pdu.sender.as_str(),
-            origin_server_ts: i64::from(pdu.origin_server_ts.0),
-            json: &json,
-            state_group: group,
-            prev_events: &prev_ids,
-            auth_events: &auth_ids,
-            relation: relation.as_ref().map(|(t, e)| (t.as_str(), e.as_str())),
-            soft_failed: arrival.soft_failed,
+        svc.db.kind,
+        &TimelineEntry {
+            event: NewEvent {
+                event_id: pdu.event_id.as_str(),
+                room_id: room,
+                stream_pos: None,
+                depth: pdu.depth as i64,
+                event_type: &event_type,
+                state_key: pdu.state_key.as_deref(),
+                sender: pdu.sender.as_str(),
+                origin_server_ts: i64::from(pdu.origin_server_ts.0),
+                json: &stored.json,
+                state_group: group,
+                prev_events: &prev_ids,
+                auth_events: &auth_ids,
+                relation: relation.as_ref().map(|(t, e)| (t.as_str(), e.as_str())),
+                soft_failed: arrival.soft_failed,
+            },
+            txn: arrival.txn.map(|(user, device, txn_id)| (user.as_str(), device, txn_id)),
+            search: searchable.as_ref().map(|(key, text)| (*key, text.as_str())),
+            bump: !arrival.soft_failed && crate::sync::sliding::lists::bumps(&pdu.kind),
+            extremity: !arrival.soft_failed,
         },
     )
     .await?;
-    if let Some((user, device, txn_id)) = arrival.txn {
-        storage::events::put_txn(&mut tx, user.as_str(), device, room, txn_id, pdu.event_id.as_str()).await?;
-    }
     if arrival.soft_failed {
         tx.commit().await?;
         return Ok(pdu.event_id.clone());
@@ -637,48 +619,35 @@ pub(crate) async fn append(
         storage::rooms::delete_remote_membership(&mut tx, member, room).await?;
     }
     let pushes = crate::push::store(&mut tx, pdu, pos, &notified).await?;
-    if let Some((key, text)) = search::searchable(pdu) {
-        storage::search::index(&mut tx, svc.db.kind, pdu.event_id.as_str(), room, key, &text).await?;
-    }
-    if crate::sync::sliding::lists::bumps(&pdu.kind) {
-        storage::sliding_sync::bump(&mut tx, room, pos).await?;
-    }
-    storage::rooms::advance_extremities(&mut tx, room, &prev_ids, pdu.event_id.as_str()).await?;
 
     // The room's new current state: the state after this event when it is the only forward
     // extremity, else the resolution of the states after every extremity.
-    let remaining: Vec<&String> = old_extremities.iter().filter(|e| !prev_ids.contains(e)).collect();
+    let remaining: Vec<&Arc<Pdu>> = head.prevs.iter().filter(|p| !pdu.prev_events.contains(&p.event_id)).collect();
     let (new_group, new_state) = if remaining.is_empty() {
         (group, state_after.clone())
     } else {
         // Resolution may need this event, which is not committed yet.
-        svc.rooms.cache_event(Arc::new(pdu.clone()));
+        svc.rooms.cache_event(stored.clone());
         let mut states = vec![state_after.clone()];
-        for id in &remaining {
-            let g = storage::events::get(&svc.db, id).await?.and_then(|e| e.state_group);
+        for extremity in &remaining {
+            let g = storage::events::get(&svc.db, extremity.event_id.as_str()).await?.and_then(|e| e.state_group);
             if let Some(g) = g {
                 states.push(state::load(svc, g).await?);
             }
         }
-        let version =
-            RoomVersionId::try_from(storage::rooms::get(&svc.db, room).await?.map(|(v, _)| v).unwrap_or_default())
-                .map_err(|e| Error::Internal(e.into()))?;
-        let resolved = resolve::resolve(svc, &version, &states).await?;
+        let resolved = resolve::resolve(svc, &head.version, &states).await?;
         let rows = state::to_rows(&resolved);
         let id = storage::state::create_group(&mut tx, room, None, &rows, &rows).await?;
         (Some(id), Arc::new(resolved))
     };
-    if new_group != old_current_group
+    let mut members = head.members.clone();
+    if new_group != head.group
         && let Some(new_group) = new_group
     {
-        let old_state = match old_current_group {
-            Some(g) => state::load(svc, g).await?,
-            None => Arc::default(),
-        };
         let mut memberships = Vec::new();
         let mut changed = Vec::new();
         for (key, id) in new_state.iter() {
-            if old_state.get(key) != Some(id) {
+            if head.state.get(key) != Some(id) {
                 let membership = match key.0 {
                     // This event is not committed yet: read it from memory.
                     StateEventType::RoomMember if *id == pdu.event_id => pdu.content_str("membership"),
@@ -689,7 +658,7 @@ pub(crate) async fn append(
                 changed.push((key, Some(id)));
             }
         }
-        for key in old_state.keys() {
+        for key in head.state.keys() {
             if !new_state.contains_key(key) {
                 memberships.push(None);
                 changed.push((key, None));
@@ -708,30 +677,42 @@ pub(crate) async fn append(
             })
             .collect();
         storage::rooms::set_current_state(&mut tx, room, new_group, &changes).await?;
+        members = Arc::new(head::apply_member_changes(&head.members, &changes));
     }
     let redacted = match (&pdu.kind, &pdu.redacts) {
         (TimelineEventType::RoomRedaction, Some(target)) => apply_redaction(svc, &mut tx, pdu, target, rules).await?,
         _ => None,
     };
     let appservices = crate::appservice::queue_event(svc, &mut tx, pdu).await?;
-    tx.commit().await?;
-    pushes.wake(svc);
-    appservices.wake(svc);
-
+    let mut prevs: Vec<Arc<Pdu>> = remaining.into_iter().cloned().collect();
+    prevs.push(stored.clone());
+    prevs.sort_by(|a, b| a.event_id.cmp(&b.event_id));
+    let (current_group, current_state) = match new_group {
+        Some(g) => (Some(g), new_state.clone()),
+        None => (head.group, head.state.clone()),
+    };
+    let new_head =
+        head::Head { version: head.version.clone(), group: current_group, state: current_state, prevs, members };
+    if let Err(e) = tx.commit().await {
+        // Whether a failed commit wrote anything is not known here: read the head again.
+        head::forget(svc, &pdu.room_id);
+        return Err(e.into());
+    }
+    svc.rooms.cache_event(stored);
+    if let Some(target) = &redacted {
+        svc.rooms.forget_event(target);
+    }
     if let Some(g) = group {
         state::remember(svc, g, state_after);
     }
     if let Some(g) = new_group {
         state::remember(svc, g, new_state);
     }
-    if let Some(target) = redacted {
-        svc.rooms.forget_event(&target);
-    }
-    let mut wake: Vec<OwnedUserId> = storage::rooms::interested_users(&svc.db, room)
-        .await?
-        .into_iter()
-        .filter_map(|u| OwnedUserId::try_from(u).ok())
-        .collect();
+    let mut wake: Vec<OwnedUserId> =
+        new_head.interested_users().filter_map(|u| OwnedUserId::try_from(u).ok()).collect();
+    head::advance(svc, &pdu.room_id, new_head);
+    pushes.wake(svc);
+    appservices.wake(svc);
     if pdu.kind == TimelineEventType::RoomMember
         && let Some(target) = pdu.state_key.as_deref().and_then(|k| OwnedUserId::try_from(k).ok())
     {

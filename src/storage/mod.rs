@@ -3,6 +3,7 @@
 
 pub mod account_data;
 pub mod appservice;
+pub mod batch;
 pub mod cross_signing;
 pub mod dehydrated_devices;
 pub mod device_lists;
@@ -28,6 +29,7 @@ pub mod to_device;
 pub mod users;
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -47,6 +49,7 @@ pub struct Db {
     pub kind: DbKind,
     read: AnyPool,
     write: AnyPool,
+    batches: Arc<batch::Batches>,
 }
 
 pub type Tx = sqlx::Transaction<'static, sqlx::Any>;
@@ -80,7 +83,12 @@ impl Db {
                     .connect_with(options.clone())
             };
             let write = pool(1).await.with_context(|| format!("cannot open database {url}"))?;
-            let db = Db { kind: DbKind::Sqlite, read: pool(max_connections).await?, write };
+            let db = Db {
+                kind: DbKind::Sqlite,
+                read: pool(max_connections).await?,
+                write,
+                batches: batch::Batches::start(),
+            };
             sqlx::migrate!("migrations/sqlite").run(&db.write).await.context("database migration failed")?;
             Ok(db)
         } else {
@@ -92,7 +100,7 @@ impl Db {
                 .await
                 .with_context(|| format!("cannot connect to database {url}"))?;
             sqlx::migrate!("migrations/postgres").run(&pool).await.context("database migration failed")?;
-            Ok(Db { kind: DbKind::Postgres, read: pool.clone(), write: pool })
+            Ok(Db { kind: DbKind::Postgres, read: pool.clone(), write: pool, batches: batch::Batches::start() })
         }
     }
 
@@ -104,6 +112,12 @@ impl Db {
     /// Starts a transaction for writes.
     pub async fn begin(&self) -> sqlx::Result<Tx> {
         self.write.begin().await
+    }
+
+    /// Joins the open batch of writes that commit together (group commit, see `batch`),
+    /// starting one when none is open. For appends to rooms, whose rate is what matters.
+    pub async fn join_batch(&self) -> sqlx::Result<batch::BatchTx<'_>> {
+        batch::BatchTx::join(&self.batches, &self.write).await
     }
 }
 

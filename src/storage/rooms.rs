@@ -121,21 +121,20 @@ pub async fn delete_remote_membership(tx: &mut Tx, user_id: &str, room_id: &str)
     Ok(())
 }
 
-/// Replaces the forward extremities `referenced` by a new event with that event.
-pub async fn advance_extremities(tx: &mut Tx, room_id: &str, referenced: &[String], new: &str) -> sqlx::Result<()> {
-    for prev in referenced {
-        sqlx::query("DELETE FROM room_extremities WHERE room_id = $1 AND event_id = $2")
-            .bind(room_id)
-            .bind(prev)
-            .execute(&mut **tx)
-            .await?;
+/// The statements that replace the forward extremities `referenced` by a new event (run by
+/// `storage::events::append`); the arguments are placeholders.
+pub(super) fn advance_extremities_statements(room_id: &str, referenced: &[String], new: &str) -> Vec<String> {
+    let mut statements = Vec::with_capacity(2);
+    if !referenced.is_empty() {
+        statements.push(format!(
+            "DELETE FROM room_extremities WHERE room_id = {room_id} AND event_id IN ({})",
+            referenced.join(", ")
+        ));
     }
-    sqlx::query("INSERT INTO room_extremities (room_id, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-        .bind(room_id)
-        .bind(new)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
+    statements.push(format!(
+        "INSERT INTO room_extremities (room_id, event_id) VALUES ({room_id}, {new}) ON CONFLICT DO NOTHING"
+    ));
+    statements
 }
 
 /// One change of the current state: `event_id` None removes the entry.

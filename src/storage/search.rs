@@ -5,24 +5,20 @@ use sqlx::Row;
 
 use super::{Db, DbKind, Tx};
 
-/// Indexes one field of an event, in the transaction that appends it.
-pub async fn index(
-    tx: &mut Tx,
-    kind: DbKind,
-    event_id: &str,
-    room_id: &str,
-    key: &str,
-    text: &str,
-) -> sqlx::Result<()> {
-    let sql = match kind {
-        DbKind::Sqlite => "INSERT INTO event_search (event_id, room_id, key, text) VALUES ($1, $2, $3, $4)",
-        DbKind::Postgres => {
-            "INSERT INTO event_search (event_id, room_id, key, vector) VALUES ($1, $2, $3, to_tsvector('english', $4))
-             ON CONFLICT (event_id) DO NOTHING"
+/// The statement that indexes one field of an event (`storage::events::append` runs it in the
+/// round trip that appends the event); the arguments are placeholders.
+pub(super) fn index_statement(kind: DbKind, event_id: &str, room_id: &str, key: &str, text: &str) -> String {
+    match kind {
+        DbKind::Sqlite => {
+            format!(
+                "INSERT INTO event_search (event_id, room_id, key, text) VALUES ({event_id}, {room_id}, {key}, {text})"
+            )
         }
-    };
-    sqlx::query(sql).bind(event_id).bind(room_id).bind(key).bind(text).execute(&mut **tx).await?;
-    Ok(())
+        DbKind::Postgres => format!(
+            "INSERT INTO event_search (event_id, room_id, key, vector)
+             VALUES ({event_id}, {room_id}, {key}, to_tsvector('english', {text})) ON CONFLICT (event_id) DO NOTHING"
+        ),
+    }
 }
 
 /// Forgets a redacted event's text.

@@ -19,18 +19,14 @@ pub struct ListedRoom {
     pub bump_pos: Option<i64>,
 }
 
-/// Raises a room's bump stamp to `pos`.
-pub async fn bump(tx: &mut Tx, room_id: &str, pos: i64) -> sqlx::Result<()> {
-    sqlx::query(
-        "INSERT INTO room_bump_stamps (room_id, bump_pos) VALUES ($1, $2)
+/// The statement that raises a room's bump stamp to `pos` (run by `storage::events::append`);
+/// the arguments are SQL expressions.
+pub(super) fn bump_statement(room_id: &str, pos: &str) -> String {
+    format!(
+        "INSERT INTO room_bump_stamps (room_id, bump_pos) VALUES ({room_id}, {pos})
          ON CONFLICT (room_id) DO UPDATE SET bump_pos = EXCLUDED.bump_pos
-         WHERE room_bump_stamps.bump_pos < EXCLUDED.bump_pos",
+         WHERE room_bump_stamps.bump_pos < EXCLUDED.bump_pos"
     )
-    .bind(room_id)
-    .bind(pos)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
 }
 
 /// Every room where `user_id` has a membership, with what sorting and filtering need.

@@ -32,6 +32,7 @@ mod resolve_props;
 mod room_util;
 mod rooms;
 mod search;
+mod send_path;
 mod sliding_sync;
 mod spaces;
 mod sso;

@@ -430,6 +430,7 @@ async fn delete_device(
     let mut tx = state.db.begin().await?;
     storage::devices::delete(&mut tx, user_id.as_str(), &device_id).await?;
     tx.commit().await?;
+    state.token_cache.forget_user(&user_id);
     device_lists::devices_changed(&state, &user_id, &[device_id]).await?;
     Ok(Json(json!({})))
 }
@@ -452,6 +453,7 @@ async fn delete_devices(
         storage::devices::delete(&mut tx, user_id.as_str(), device_id).await?;
     }
     tx.commit().await?;
+    state.token_cache.forget_user(&user_id);
     device_lists::devices_changed(&state, &user_id, &body.devices).await?;
     Ok(Json(json!({})))
 }

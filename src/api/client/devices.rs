@@ -103,6 +103,7 @@ async fn delete_one(
     let mut tx = state.db.begin().await?;
     storage::devices::delete(&mut tx, me.user_id.as_str(), &device_id).await?;
     tx.commit().await?;
+    state.token_cache.forget_user(&me.user_id);
     device_lists::devices_changed(&state, &me.user_id, &[device_id]).await?;
     Ok(Json(json!({})))
 }
@@ -125,6 +126,7 @@ async fn delete_many(
         storage::devices::delete(&mut tx, me.user_id.as_str(), device_id).await?;
     }
     tx.commit().await?;
+    state.token_cache.forget_user(&me.user_id);
     device_lists::devices_changed(&state, &me.user_id, &body.devices).await?;
     Ok(Json(json!({})))
 }

@@ -115,7 +115,7 @@ async fn login(
         _ => return Err(Error::matrix(http::StatusCode::BAD_REQUEST, "M_UNKNOWN", "Unknown login type")),
     };
     let session = accounts::open_session(
-        &state.db,
+        &state,
         &user_id,
         body.device_id,
         body.initial_device_display_name.as_deref(),
@@ -214,7 +214,7 @@ async fn refresh(
     State(state): State<AppState>,
     extract::Json(body): extract::Json<RefreshBody>,
 ) -> Result<Json<Value>> {
-    let session = accounts::refresh(&state.db, &state.sessions, &body.refresh_token).await?;
+    let session = accounts::refresh(&state, &body.refresh_token).await?;
     Ok(Json(json!({
         "access_token": session.access_token,
         "refresh_token": session.refresh_token,
@@ -226,6 +226,7 @@ async fn logout(State(state): State<AppState>, Auth(me): Auth) -> Result<Json<Va
     let mut tx = state.db.begin().await?;
     storage::devices::delete(&mut tx, me.user_id.as_str(), &me.device_id).await?;
     tx.commit().await?;
+    state.token_cache.forget_user(&me.user_id);
     device_lists::devices_changed(&state, &me.user_id, &[me.device_id]).await?;
     Ok(Json(json!({})))
 }
@@ -236,6 +237,7 @@ async fn logout_all(State(state): State<AppState>, Auth(me): Auth) -> Result<Jso
     let mut tx = state.db.begin().await?;
     storage::devices::delete_all(&mut tx, me.user_id.as_str(), None).await?;
     tx.commit().await?;
+    state.token_cache.forget_user(&me.user_id);
     device_lists::devices_changed(&state, &me.user_id, &devices).await?;
     Ok(Json(json!({})))
 }

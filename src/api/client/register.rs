@@ -138,7 +138,7 @@ async fn login_unless_inhibited(state: &AppState, user_id: &ruma::UserId, body: 
         return Ok(Json(json!({ "user_id": user_id })));
     }
     let session = accounts::open_session(
-        &state.db,
+        state,
         user_id,
         body.device_id,
         body.initial_device_display_name.as_deref(),

@@ -1,0 +1,176 @@
+//! The send path under concurrency: appends of many rooms share transactions (group
+//! commit) and read the rooms' heads from memory; access tokens resolve from memory. What
+//! the memory says must stay what the database says, and every change must show at once.
+
+use std::collections::HashSet;
+
+use reqwest::Method;
+use ruma::RoomId;
+use serde_json::{Value, json};
+
+use crate::harness::{TestServer, TestUser, enc};
+
+const C: &str = "/_matrix/client/v3";
+
+async fn send(user: &TestUser, room: &str, txn: &str, body: &str) -> String {
+    let path = format!("{C}/rooms/{}/send/m.room.message/{txn}", enc(room));
+    let r = user.put(&path, json!({ "msgtype": "m.text", "body": body })).await.ok();
+    r["event_id"].as_str().expect("event_id").to_owned()
+}
+
+/// The bodies of a room's messages, oldest first.
+async fn bodies(user: &TestUser, room: &str) -> Vec<String> {
+    let path = format!("{C}/rooms/{}/messages?dir=f&limit=1000", enc(room));
+    let page = user.get(&path).await.ok();
+    page["chunk"]
+        .as_array()
+        .expect("chunk")
+        .iter()
+        .filter(|e| e["type"] == "m.room.message")
+        .map(|e| e["content"]["body"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// The room's head as kept in memory, and as read again from the database.
+async fn head_in_memory_and_stored(server: &TestServer, room: &str) -> (Value, Value) {
+    let describe = |head: &plexus::rooms::head::Head| {
+        let prevs: Vec<String> = head.prevs.iter().map(|p| p.event_id.to_string()).collect();
+        let members: Vec<(String, String, String)> =
+            head.members.iter().map(|(u, m)| (u.clone(), m.membership.clone(), m.event_id.clone())).collect();
+        let state: std::collections::BTreeSet<String> = head.state.values().map(ToString::to_string).collect();
+        json!({ "version": head.version, "group": head.group, "prevs": prevs, "members": members, "state": state })
+    };
+    let room_id = RoomId::parse(room).unwrap();
+    let cached = describe(&plexus::rooms::head::load(&server.state, &room_id).await.unwrap());
+    plexus::rooms::head::forget(&server.state, &room_id);
+    let stored = describe(&plexus::rooms::head::load(&server.state, &room_id).await.unwrap());
+    (cached, stored)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_sends_commit_in_order_and_heads_match_the_database() {
+    let server = TestServer::start().await;
+    let mut users = Vec::new();
+    for i in 0..8 {
+        users.push(server.register(&format!("sender{i}")).await);
+    }
+    let shared = users[0].create_room(json!({ "preset": "public_chat" })).await;
+    let mut own = Vec::new();
+    for user in &users {
+        own.push(user.create_room(json!({})).await);
+        if user.user_id != users[0].user_id {
+            user.post(&format!("{C}/join/{}", enc(&shared)), json!({})).await.ok();
+        }
+    }
+
+    // Every user sends to their own room and to the shared one at the same time as the others.
+    let sends = users.iter().zip(&own).enumerate().map(|(i, (user, room))| {
+        let shared = shared.clone();
+        async move {
+            let mut ids = Vec::new();
+            for n in 0..12 {
+                ids.push(send(user, room, &format!("own{n}"), &format!("m{n}")).await);
+                if n % 3 == 0 {
+                    ids.push(send(user, &shared, &format!("shared{n}"), &format!("u{i} s{n}")).await);
+                }
+            }
+            ids
+        }
+    });
+    let ids: Vec<String> = futures::future::join_all(sends).await.into_iter().flatten().collect();
+    assert_eq!(ids.len(), 8 * 16);
+    assert_eq!(ids.iter().collect::<HashSet<_>>().len(), ids.len(), "event IDs repeat");
+
+    for (user, room) in users.iter().zip(&own) {
+        let expected: Vec<String> = (0..12).map(|n| format!("m{n}")).collect();
+        assert_eq!(bodies(user, room).await, expected);
+    }
+    let shared_bodies = bodies(&users[0], &shared).await;
+    assert_eq!(shared_bodies.len(), 8 * 4, "{shared_bodies:?}");
+    for i in 0..8 {
+        let mine: Vec<&String> = shared_bodies.iter().filter(|b| b.starts_with(&format!("u{i} "))).collect();
+        let expected: Vec<String> = [0, 3, 6, 9].iter().map(|n| format!("u{i} s{n}")).collect();
+        assert_eq!(mine, expected.iter().collect::<Vec<_>>(), "one sender's messages out of order");
+    }
+
+    // A retried transaction ID gives the same event, even when both tries race.
+    let (a, b) = tokio::join!(send(&users[1], &own[1], "again", "once"), send(&users[1], &own[1], "again", "once"));
+    assert_eq!(a, b);
+    assert_eq!(bodies(&users[1], &own[1]).await.iter().filter(|b| *b == "once").count(), 1);
+
+    // What memory says of each room is what the database says.
+    for room in own.iter().chain([&shared]) {
+        let (cached, stored) = head_in_memory_and_stored(&server, room).await;
+        assert_eq!(cached, stored, "head of {room}");
+    }
+    let (cached, _) = head_in_memory_and_stored(&server, &shared).await;
+    assert_eq!(cached["members"].as_array().unwrap().len(), 8);
+    assert_eq!(cached["prevs"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn membership_changes_reach_the_head() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    send(&alice, &room, "t0", "before").await;
+    bob.post(&format!("{C}/join/{}", enc(&room)), json!({})).await.ok();
+    // Bob is a member now: Alice's message notifies him (push rules read the head's members).
+    send(&alice, &room, "t1", "hello bob").await;
+    let sync = bob.sync("").await;
+    assert_eq!(sync["rooms"]["join"][&room]["unread_notifications"]["notification_count"], json!(1), "{sync}");
+    bob.post(&format!("{C}/rooms/{}/leave", enc(&room)), json!({})).await.ok();
+    send(&alice, &room, "t2", "bye").await;
+    let (cached, stored) = head_in_memory_and_stored(&server, &room).await;
+    assert_eq!(cached, stored);
+    let members = cached["members"].as_array().unwrap();
+    assert!(members.iter().any(|m| m[0] == json!(bob.user_id) && m[1] == json!("leave")), "{members:?}");
+    // A state event's stored form (with what it replaced) is what later reads see.
+    let path = format!("{C}/rooms/{}/state/m.room.topic/", enc(&room));
+    alice.put(&path, json!({ "topic": "one" })).await.ok();
+    let second = alice.put(&path, json!({ "topic": "two" })).await.ok()["event_id"].as_str().unwrap().to_owned();
+    let event = alice.get(&format!("{C}/rooms/{}/event/{}", enc(&room), enc(&second))).await.ok();
+    assert_eq!(event["unsigned"]["prev_content"], json!({ "topic": "one" }), "{event}");
+}
+
+#[tokio::test]
+async fn token_changes_show_at_once_after_the_token_was_used() {
+    let server = TestServer::start().await;
+    let root = server.register("root").await;
+    let mut tx = server.state.db.begin().await.unwrap();
+    plexus::storage::users::set_admin(&mut tx, &root.user_id, true).await.unwrap();
+    tx.commit().await.unwrap();
+    let carol = server.register("carol").await;
+    let whoami = format!("{C}/account/whoami");
+    let admin_path = format!("/_synapse/admin/v2/users/{}", enc(&carol.user_id));
+
+    // Each change comes after Carol's token was used (and so resolved once already).
+    carol.get(&whoami).await.ok();
+    carol.get(&admin_path).await.assert_error(403, "M_FORBIDDEN");
+    root.put(&admin_path, json!({ "admin": true })).await.ok();
+    carol.get(&admin_path).await.ok();
+    root.put(&admin_path, json!({ "admin": false })).await.ok();
+    carol.get(&admin_path).await.assert_error(403, "M_FORBIDDEN");
+
+    let t = enc(&carol.user_id);
+    root.put(&format!("/_matrix/client/v1/admin/suspend/{t}"), json!({ "suspended": true })).await.ok();
+    carol.post(&format!("{C}/createRoom"), json!({})).await.assert_error(403, "M_USER_SUSPENDED");
+    root.put(&format!("/_matrix/client/v1/admin/suspend/{t}"), json!({ "suspended": false })).await.ok();
+    carol.post(&format!("{C}/createRoom"), json!({})).await.ok();
+
+    // A second device deleted by the first: its token ends.
+    let body = json!({
+        "type": "m.login.password",
+        "identifier": { "type": "m.id.user", "user": "carol" },
+        "password": "password",
+    });
+    let login = server.request(Method::POST, &format!("{C}/login"), None, Some(&body)).await.ok();
+    let second = carol.with_token(login["access_token"].as_str().unwrap(), login["device_id"].as_str().unwrap());
+    second.get(&whoami).await.ok();
+    root.delete(&format!("/_synapse/admin/v2/users/{t}/devices/{}", second.device_id), json!({})).await.ok();
+    second.get(&whoami).await.assert_error(401, "M_UNKNOWN_TOKEN");
+
+    root.put(&admin_path, json!({ "deactivated": true })).await.ok();
+    carol.get(&whoami).await.assert_error(401, "M_UNKNOWN_TOKEN");
+}
