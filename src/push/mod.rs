@@ -250,42 +250,45 @@ async fn power_levels(svc: &Services, state: &StateMap) -> Result<Option<PushCon
 
 /// A room's unread (notification, highlight) counts for a user, threads included.
 pub async fn unread_counts(svc: &Services, user: &UserId, room: &RoomId) -> Result<(i64, i64)> {
-    Ok(total(&storage::push::unread_counts(&svc.db, user.as_str(), room.as_str()).await?))
+    let rows = storage::push::unread_counts(&svc.db, user.as_str(), &[room.as_str()]).await?;
+    Ok(rows.iter().fold((0, 0), |(n, h), (_, _, tn, th)| (n + tn, h + th)))
 }
 
-fn total(per_thread: &[(String, i64, i64)]) -> (i64, i64) {
-    per_thread.iter().fold((0, 0), |(n, h), (_, tn, th)| (n + tn, h + th))
-}
-
-/// Adds a joined room's unread counts to its `/sync` entry: notifying events after the
-/// user's read receipts. With `per_thread` (the filter's `unread_thread_notifications`),
-/// `unread_notifications` covers the main timeline only and `unread_thread_notifications`
-/// the threads that have any, by root; else `unread_notifications` covers them all.
-pub async fn add_unread_counts(
+/// The unread counts of a user in some rooms, by room: (thread, notifications, highlights).
+pub async fn unread_counts_by_room(
     svc: &Services,
     user: &UserId,
-    room: &RoomId,
-    per_thread: bool,
-    entry: &mut Value,
-) -> Result<()> {
+    rooms: &[&str],
+) -> Result<HashMap<String, Vec<(String, i64, i64)>>> {
+    let mut by_room: HashMap<String, Vec<(String, i64, i64)>> = HashMap::new();
+    for (room, thread, n, h) in storage::push::unread_counts(&svc.db, user.as_str(), rooms).await? {
+        by_room.entry(room).or_default().push((thread, n, h));
+    }
+    Ok(by_room)
+}
+
+/// Adds a joined room's unread counts (`per_room` of [`unread_counts_by_room`]) to its
+/// `/sync` entry: notifying events after the user's read receipts. With `per_thread` (the
+/// filter's `unread_thread_notifications`), `unread_notifications` covers the main timeline
+/// only and `unread_thread_notifications` the threads that have any, by root; else
+/// `unread_notifications` covers them all.
+pub fn add_unread_counts(per_room: &[(String, i64, i64)], per_thread: bool, entry: &mut Value) {
     let counts = |notifications: i64, highlights: i64| json!({ "notification_count": notifications, "highlight_count": highlights });
-    let rows = storage::push::unread_counts(&svc.db, user.as_str(), room.as_str()).await?;
     if !per_thread {
-        let (n, h) = total(&rows);
+        let (n, h) = per_room.iter().fold((0, 0), |(n, h), (_, tn, th)| (n + tn, h + th));
         entry["unread_notifications"] = counts(n, h);
-        return Ok(());
+        return;
     }
     let (mut main, mut threads) = (counts(0, 0), serde_json::Map::new());
-    for (thread, n, h) in rows {
+    for (thread, n, h) in per_room {
         if thread == MAIN_THREAD {
-            main = counts(n, h);
+            main = counts(*n, *h);
         } else {
-            threads.insert(thread, counts(n, h));
+            threads.insert(thread.clone(), counts(*n, *h));
         }
     }
     entry["unread_notifications"] = main;
     if !threads.is_empty() {
         entry["unread_thread_notifications"] = Value::Object(threads);
     }
-    Ok(())
 }

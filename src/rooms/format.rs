@@ -1,5 +1,7 @@
 //! Events as clients see them, and the content checks of known state events.
 
+use std::collections::HashMap;
+
 use ruma::events::TimelineEventType;
 use serde_json::{Value, json};
 
@@ -50,6 +52,53 @@ pub struct Viewer<'a> {
 /// The client format of an event, with `unsigned.age`, the sender's `transaction_id`,
 /// and (when `bundle`) the aggregations of `m.relations` (thread summaries, edits).
 pub async fn client_event(svc: &Services, pdu: &Pdu, viewer: Option<Viewer<'_>>, bundle: bool) -> Result<Value> {
+    let mut formatted = client_events(svc, &[pdu], viewer, bundle).await?;
+    formatted.pop().ok_or_else(|| Error::Internal(anyhow::anyhow!("no event formatted")))
+}
+
+/// The client format of several events, as [`client_event`] gives each, with the transaction
+/// IDs and thread replies of all of them read in one query each (a sync formats thousands).
+pub async fn client_events(
+    svc: &Services,
+    pdus: &[&Pdu],
+    viewer: Option<Viewer<'_>>,
+    bundle: bool,
+) -> Result<Vec<Value>> {
+    let own: Vec<&str> = match viewer {
+        Some(v) => pdus.iter().filter(|p| p.sender.as_str() == v.user_id).map(|p| p.event_id.as_str()).collect(),
+        None => vec![],
+    };
+    let txns: HashMap<String, String> = match viewer {
+        Some(v) if !own.is_empty() => {
+            storage::events::txns_of_events(&svc.db, &own, v.user_id, v.device_id).await?.into_iter().collect()
+        }
+        _ => HashMap::new(),
+    };
+    let mut replies: HashMap<String, Vec<String>> = HashMap::new();
+    if bundle {
+        let ids: Vec<&str> = pdus.iter().map(|p| p.event_id.as_str()).collect();
+        for (root, reply) in storage::events::thread_replies(&svc.db, &ids).await? {
+            replies.entry(root).or_default().push(reply);
+        }
+    }
+    let mut out = Vec::with_capacity(pdus.len());
+    for pdu in pdus {
+        let thread = replies.get(pdu.event_id.as_str()).map_or(&[][..], Vec::as_slice);
+        let txn = txns.get(pdu.event_id.as_str()).map(String::as_str);
+        out.push(format_one(svc, pdu, viewer, txn, thread).await?);
+    }
+    Ok(out)
+}
+
+/// One event in the client format, given its transaction ID (for its sending device) and
+/// its thread replies, oldest first.
+async fn format_one(
+    svc: &Services,
+    pdu: &Pdu,
+    viewer: Option<Viewer<'_>>,
+    txn: Option<&str>,
+    thread: &[String],
+) -> Result<Value> {
     let erased = match viewer.and_then(|v| ruma::UserId::parse(v.user_id).ok()) {
         Some(user) => super::visibility::erased_copy(svc, pdu, &user).await?,
         None => None,
@@ -62,31 +111,32 @@ pub async fn client_event(svc: &Services, pdu: &Pdu, viewer: Option<Viewer<'_>>,
         _ => serde_json::Map::new(),
     };
     unsigned.insert("age".into(), json!(age.max(0)));
-    if let Some(v) = viewer
-        && v.user_id == pdu.sender.as_str()
-        && let Some(txn) = storage::events::txn_of_event(&svc.db, pdu.event_id.as_str(), v.user_id, v.device_id).await?
-    {
+    if let Some(txn) = txn {
         unsigned.insert("transaction_id".into(), json!(txn));
     }
-    if bundle && let Some(relations) = bundled_relations(svc, pdu, viewer).await? {
+    if let Some(relations) = bundled_relations(svc, pdu, viewer, thread).await? {
         unsigned.insert("m.relations".into(), relations);
     }
     event["unsigned"] = Value::Object(unsigned);
     Ok(event)
 }
 
-/// The thread summary of a thread root (`m.thread`: latest event, count, participation).
-async fn bundled_relations(svc: &Services, pdu: &Pdu, viewer: Option<Viewer<'_>>) -> Result<Option<Value>> {
-    let relations = storage::events::relations(&svc.db, pdu.event_id.as_str()).await?;
-    let thread: Vec<&(String, String, i64)> = relations.iter().filter(|(_, t, _)| t == "m.thread").collect();
-    let Some((latest_id, _, _)) = thread.last() else { return Ok(None) };
+/// The thread summary of a thread root (`m.thread`: latest event, count, participation),
+/// from its replies (oldest first).
+async fn bundled_relations(
+    svc: &Services,
+    pdu: &Pdu,
+    viewer: Option<Viewer<'_>>,
+    thread: &[String],
+) -> Result<Option<Value>> {
+    let Some(latest_id) = thread.last() else { return Ok(None) };
     let latest_id = ruma::OwnedEventId::try_from(latest_id.as_str()).map_err(|e| Error::Internal(e.into()))?;
     let Some(latest) = super::get_pdu(svc, &latest_id).await? else { return Ok(None) };
     let mut participated = viewer.is_some_and(|v| v.user_id == pdu.sender.as_str());
     if let Some(v) = viewer
         && !participated
     {
-        for (id, _, _) in &thread {
+        for id in thread {
             let id = ruma::OwnedEventId::try_from(id.as_str()).map_err(|e| Error::Internal(e.into()))?;
             if super::get_pdu(svc, &id).await?.is_some_and(|p| p.sender.as_str() == v.user_id) {
                 participated = true;

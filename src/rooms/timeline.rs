@@ -15,6 +15,8 @@ use crate::sync::filter::RoomEventFilter;
 pub struct Page {
     /// In the direction of travel (newest first when going backwards).
     pub events: Vec<Arc<Pdu>>,
+    /// The stream position of each event of `events`.
+    pub positions: Vec<i64>,
     /// The position to continue from; `None` when there is nothing further.
     pub next: Option<i64>,
 }
@@ -36,6 +38,7 @@ pub async fn paginate(
 ) -> Result<Page> {
     let batch = (limit * 2).clamp(20, 500) as i64;
     let mut events = Vec::new();
+    let mut event_positions = Vec::new();
     let mut cursor = from;
     loop {
         let rows = if backwards {
@@ -60,13 +63,14 @@ pub async fn paginate(
             let Some(pdu) = super::get_pdu(svc, &id).await? else { continue };
             if filter.allows(&pdu) {
                 events.push(pdu);
+                event_positions.push(pos);
                 if events.len() >= limit {
-                    return Ok(Page { events, next: Some(cursor) });
+                    return Ok(Page { events, positions: event_positions, next: Some(cursor) });
                 }
             }
         }
         if exhausted {
-            return Ok(Page { events, next: None });
+            return Ok(Page { events, positions: event_positions, next: None });
         }
     }
 }

@@ -322,13 +322,16 @@ pub async fn rooms_with_news(db: &Db, after: i64, up_to: i64) -> sqlx::Result<Ve
         .await
 }
 
-/// The newest timeline position of a room at or before `up_to`.
-pub async fn last_pos_in_room(db: &Db, room_id: &str, up_to: i64) -> sqlx::Result<Option<i64>> {
-    sqlx::query_scalar("SELECT MAX(stream_pos) FROM events WHERE room_id = $1 AND stream_pos <= $2")
-        .bind(room_id)
-        .bind(up_to)
-        .fetch_one(db.read())
-        .await
+/// The state group after the newest timeline event of a room at or before `up_to`: None
+/// when the room has no such event, Some(None) when that event has no state group.
+pub async fn group_at_or_before(db: &Db, room_id: &str, up_to: i64) -> sqlx::Result<Option<Option<i64>>> {
+    sqlx::query_scalar(
+        "SELECT state_group FROM events WHERE room_id = $1 AND stream_pos <= $2 ORDER BY stream_pos DESC LIMIT 1",
+    )
+    .bind(room_id)
+    .bind(up_to)
+    .fetch_optional(db.read())
+    .await
 }
 
 /// The event a client's transaction ID already produced.
@@ -372,14 +375,55 @@ pub async fn put_txn(
     Ok(())
 }
 
-/// The transaction ID an event was sent with, if its sender's device is `device_id`.
-pub async fn txn_of_event(db: &Db, event_id: &str, user_id: &str, device_id: &str) -> sqlx::Result<Option<String>> {
-    sqlx::query_scalar("SELECT txn_id FROM event_txns WHERE event_id = $1 AND user_id = $2 AND device_id = $3")
-        .bind(event_id)
-        .bind(user_id)
-        .bind(device_id)
-        .fetch_optional(db.read())
-        .await
+/// Most event IDs named in one query (bind parameters are limited).
+const IDS_PER_QUERY: usize = 500;
+
+/// `$first, $first+1, ...` for `count` bind parameters.
+fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+}
+
+/// The transaction IDs some events were sent with from `device_id` of `user_id`:
+/// (event_id, txn_id).
+pub async fn txns_of_events(
+    db: &Db,
+    event_ids: &[&str],
+    user_id: &str,
+    device_id: &str,
+) -> sqlx::Result<Vec<(String, String)>> {
+    let mut found = Vec::new();
+    for batch in event_ids.chunks(IDS_PER_QUERY) {
+        let sql = format!(
+            "SELECT event_id, txn_id FROM event_txns WHERE user_id = $1 AND device_id = $2 AND event_id IN ({})",
+            placeholders(3, batch.len())
+        );
+        let mut query = sqlx::query_as::<_, (String, String)>(sqlx::AssertSqlSafe(sql)).bind(user_id).bind(device_id);
+        for id in batch {
+            query = query.bind(*id);
+        }
+        found.extend(query.fetch_all(db.read()).await?);
+    }
+    Ok(found)
+}
+
+/// The `m.thread` replies of any of `roots`, oldest first: (root, reply).
+pub async fn thread_replies(db: &Db, roots: &[&str]) -> sqlx::Result<Vec<(String, String)>> {
+    let mut found = Vec::new();
+    for batch in roots.chunks(IDS_PER_QUERY) {
+        let sql = format!(
+            "SELECT r.relates_to, r.event_id FROM event_relations r JOIN events e ON e.event_id = r.event_id
+             WHERE r.rel_type = 'm.thread' AND r.relates_to IN ({})
+               AND e.stream_pos IS NOT NULL AND e.rejected IS NULL
+             ORDER BY e.stream_pos",
+            placeholders(1, batch.len())
+        );
+        let mut query = sqlx::query_as::<_, (String, String)>(sqlx::AssertSqlSafe(sql));
+        for id in batch {
+            query = query.bind(*id);
+        }
+        found.extend(query.fetch_all(db.read()).await?);
+    }
+    Ok(found)
 }
 
 /// Replaces an event's JSON with its redacted form.
@@ -441,15 +485,6 @@ pub async fn membership_changes(db: &Db, user_id: &str, after: i64, up_to: i64) 
     .bind(up_to)
     .fetch_all(db.read())
     .await
-}
-
-/// The state group after the event at a stream position.
-pub async fn group_at_pos(db: &Db, pos: i64) -> sqlx::Result<Option<i64>> {
-    sqlx::query_scalar("SELECT state_group FROM events WHERE stream_pos = $1")
-        .bind(pos)
-        .fetch_optional(db.read())
-        .await
-        .map(Option::flatten)
 }
 
 /// Membership events with positions in (`after`, `up_to`] in rooms where `user_id` has a

@@ -25,6 +25,7 @@ pub mod search;
 pub mod sliding_sync;
 pub mod sso;
 pub mod state;
+pub mod sync;
 pub mod to_device;
 pub mod users;
 

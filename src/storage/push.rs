@@ -60,17 +60,28 @@ const IS_READ: &str = "EXISTS (
       AND e.stream_pos >= n.stream_pos
       AND (r.thread_id = n.thread_id OR (r.thread_id <> 'main' AND r.thread_id NOT LIKE '$%')))";
 
-/// Unread (notification, highlight) counts of a user in a room, per thread ('main' for
-/// the main timeline).
-pub async fn unread_counts(db: &Db, user_id: &str, room_id: &str) -> sqlx::Result<Vec<(String, i64, i64)>> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT n.thread_id, COUNT(*), CAST(COALESCE(SUM(n.highlight), 0) AS BIGINT) FROM push_notifications n
-         WHERE n.user_id = $1 AND n.room_id = $2 AND NOT {IS_READ} GROUP BY n.thread_id"
-    )))
-    .bind(user_id)
-    .bind(room_id)
-    .fetch_all(db.read())
-    .await
+/// Most rooms named in one query (bind parameters are limited).
+const ROOMS_PER_QUERY: usize = 500;
+
+/// Unread (notification, highlight) counts of a user in some rooms, per room and thread
+/// ('main' for the main timeline): (room_id, thread_id, notifications, highlights).
+pub async fn unread_counts(db: &Db, user_id: &str, room_ids: &[&str]) -> sqlx::Result<Vec<(String, String, i64, i64)>> {
+    let mut found = Vec::new();
+    for batch in room_ids.chunks(ROOMS_PER_QUERY) {
+        let rooms: Vec<String> = (0..batch.len()).map(|i| format!("${}", i + 2)).collect();
+        let sql = format!(
+            "SELECT n.room_id, n.thread_id, COUNT(*), CAST(COALESCE(SUM(n.highlight), 0) AS BIGINT)
+             FROM push_notifications n
+             WHERE n.user_id = $1 AND n.room_id IN ({}) AND NOT {IS_READ} GROUP BY n.room_id, n.thread_id",
+            rooms.join(", ")
+        );
+        let mut query = sqlx::query_as::<_, (String, String, i64, i64)>(sqlx::AssertSqlSafe(sql)).bind(user_id);
+        for room in batch {
+            query = query.bind(*room);
+        }
+        found.extend(query.fetch_all(db.read()).await?);
+    }
+    Ok(found)
 }
 
 /// A stored notification with whether it has been read.

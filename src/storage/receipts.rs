@@ -78,3 +78,12 @@ pub async fn in_range(
 pub async fn latest(db: &Db, room_id: &str, viewer: &str, up_to: i64) -> sqlx::Result<Map<String, Value>> {
     in_range(db, room_id, viewer, i64::MIN, up_to).await
 }
+
+/// Rooms whose receipts changed at positions in (`after`, `up_to`].
+pub async fn rooms_changed(db: &Db, after: i64, up_to: i64) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar("SELECT DISTINCT room_id FROM receipts WHERE stream_pos > $1 AND stream_pos <= $2")
+        .bind(after)
+        .bind(up_to)
+        .fetch_all(db.read())
+        .await
+}

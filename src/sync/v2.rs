@@ -5,6 +5,8 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::{StreamExt, TryStreamExt};
+
 use ruma::events::StateEventType;
 use ruma::{OwnedEventId, OwnedRoomId, RoomId, UserId};
 use serde_json::{Map, Value, json};
@@ -14,11 +16,12 @@ use super::token::SyncToken;
 use crate::Services;
 use crate::accounts::Identity;
 use crate::error::{Error, Result};
-use crate::rooms::format::{Viewer, client_event};
+use crate::rooms::format::{Viewer, client_event, client_events};
 use crate::rooms::pdu::Pdu;
 use crate::rooms::state::StateMap;
 use crate::rooms::{self, timeline};
 use crate::storage;
+use crate::storage::sync::NewsKinds;
 
 /// Most to-device messages one sync delivers.
 pub(crate) const TO_DEVICE_LIMIT: i64 = 100;
@@ -64,19 +67,28 @@ pub async fn sync(svc: &Services, me: &Identity, req: SyncRequest) -> Result<Val
     if let Some(since) = req.since {
         crate::e2ee::to_device::acknowledge(svc, me, since.to_device_pos()).await?;
     }
+    let mut timed_out = false;
     loop {
         wake.mark_unchanged();
         // Read the typing serial first: a change racing with this sync is then sent twice
         // rather than never.
         let typing = svc.typing.serial();
         let now = SyncToken { stream: storage::current_stream_pos(&svc.db).await?, typing, to_device: None };
-        let (body, has_news) = compute(svc, me, &req, now).await?;
-        if has_news || req.since.is_none() || req.full_state || svc.notifier.stopping() {
-            return Ok(body);
+        let must_answer = timed_out || req.since.is_none() || req.full_state || svc.notifier.stopping();
+        // Everything a sync carries is ordered by the stream or the typing serial: when
+        // neither moved past the token (and no to-device batch was cut short), there is
+        // nothing to compute until a wake-up.
+        let unchanged =
+            req.since.is_some_and(|s| s.stream == now.stream && s.typing == now.typing && s.to_device.is_none());
+        if must_answer || !unchanged {
+            let (body, has_news) = compute(svc, me, &req, now).await?;
+            if has_news || must_answer {
+                return Ok(body);
+            }
         }
         match tokio::time::timeout_at(deadline, wake.changed()).await {
             Ok(Ok(())) => continue,
-            _ => return Ok(body),
+            _ => timed_out = true,
         }
     }
 }
@@ -95,11 +107,19 @@ async fn compute(svc: &Services, me: &Identity, req: &SyncRequest, mut now: Sync
     let room_filter = &req.filter.room;
     let mut news = false;
 
+    // One statement says which kinds of news there are; only their queries run.
+    let kinds = match since {
+        Some(s) => storage::sync::news_kinds(&svc.db, user, &me.device_id, s, now.stream).await?,
+        None => NewsKinds::ALL,
+    };
     // Rooms whose timeline or the user's membership changed since the token.
     let (changed_rooms, membership_changed): (HashSet<String>, HashSet<String>) = match since {
         Some(s) => (
             storage::events::rooms_with_news(&svc.db, s, now.stream).await?.into_iter().collect(),
-            storage::events::membership_changes(&svc.db, user, s, now.stream).await?.into_iter().collect(),
+            match kinds.own_membership {
+                true => storage::events::membership_changes(&svc.db, user, s, now.stream).await?.into_iter().collect(),
+                false => HashSet::new(),
+            },
         ),
         None => (HashSet::new(), HashSet::new()),
     };
@@ -110,61 +130,49 @@ async fn compute(svc: &Services, me: &Identity, req: &SyncRequest, mut now: Sync
         None => HashSet::new(),
     };
     let room_data = match since {
+        _ if !kinds.account_data => vec![],
         Some(s) => storage::account_data::changed_since(&svc.db, user, s).await?,
         None => storage::account_data::changed_since(&svc.db, user, -1).await?,
     };
 
-    let mut join = Map::new();
+    // Receipts are read only in the rooms that have new ones (one query, not one per room).
+    let receipt_rooms = match since {
+        Some(s) if room_filter.ephemeral.allows_type("m.receipt") => {
+            storage::receipts::rooms_changed(&svc.db, s, now.stream).await?.into_iter().collect()
+        }
+        _ => HashSet::new(),
+    };
+    let changes = Changes {
+        rooms: changed_rooms,
+        memberships: membership_changed,
+        typing: typing_changed,
+        receipts: receipt_rooms,
+        account_data: room_data,
+    };
+
     // One query for every membership of the user, instead of one per membership kind.
     let memberships = storage::rooms::memberships_of_user(&svc.db, user).await?;
     let rooms_with = |wanted: &str| -> Vec<String> {
         memberships.iter().filter(|(_, m)| m == wanted).map(|(r, _)| r.clone()).collect()
     };
-    for room in rooms_with("join") {
-        if !room_filter.allows_room(&room) {
-            continue;
-        }
-        let room_id = RoomId::parse(&room).map_err(|e| Error::Internal(e.into()))?;
-        let newly_joined = membership_changed.contains(&room);
-        let account_data: Vec<Value> = room_data
-            .iter()
-            .filter(|(r, t, _)| *r == room && room_filter.account_data.allows_type(t))
-            .map(|(_, t, c)| json!({ "type": t, "content": serde_json::from_str::<Value>(c).unwrap_or_default() }))
-            .collect();
-        let full = since.is_none() || req.full_state || newly_joined;
-        let ephemeral = ephemeral(
-            svc,
-            me,
-            &room_id,
-            if full { None } else { since },
-            now.stream,
-            &typing_changed,
-            &room_filter.ephemeral,
-        )
-        .await?;
-        if !full && !changed_rooms.contains(&room) && account_data.is_empty() && ephemeral.is_empty() {
-            continue;
-        }
-        let after = if full { None } else { since };
-        let mut entry = joined_room(svc, me, &room_id, after, now.stream, &req.filter, req.full_state).await?;
-        entry["account_data"] = json!({ "events": account_data });
-        let has_ephemeral = !ephemeral.is_empty();
-        entry["ephemeral"] = json!({ "events": ephemeral });
-        if full
-            || !entry["timeline"]["events"].as_array().is_none_or(Vec::is_empty)
-            || !account_data.is_empty()
-            || has_ephemeral
-        {
-            news = true;
-            join.insert(room, entry);
-        }
-    }
+    let joined: Vec<String> = rooms_with("join").into_iter().filter(|r| room_filter.allows_room(r)).collect();
+    // Rooms are independent: their queries overlap on the connection pool.
+    let joined: Vec<JoinedRoom> = futures::stream::iter(joined)
+        .map(|room| joined_room(svc, me, req, room, since, now.stream, &changes))
+        .buffered(ROOMS_IN_PARALLEL)
+        .try_collect::<Vec<Option<JoinedRoom>>>()
+        .await?
+        .into_iter()
+        .flatten()
+        .collect();
+    news |= !joined.is_empty();
+    let join = joined_rooms_json(svc, me, &req.filter, joined).await?;
 
     let mut invite = Map::new();
     let mut knock = Map::new();
     for (membership, out) in [("invite", &mut invite), ("knock", &mut knock)] {
         for room in rooms_with(membership) {
-            if !room_filter.allows_room(&room) || (since.is_some() && !membership_changed.contains(&room)) {
+            if !room_filter.allows_room(&room) || (since.is_some() && !changes.memberships.contains(&room)) {
                 continue;
             }
             let room_id = RoomId::parse(&room).map_err(|e| Error::Internal(e.into()))?;
@@ -178,7 +186,11 @@ async fn compute(svc: &Services, me: &Identity, req: &SyncRequest, mut now: Sync
     // Memberships in rooms this server is not in (invites and knocks over federation, and
     // their rejection), unless the room's own state has since said more.
     let mut leave = Map::new();
-    for row in storage::rooms::remote_memberships_of_user(&svc.db, user).await? {
+    let remote = match kinds.remote_memberships {
+        true => storage::rooms::remote_memberships_of_user(&svc.db, user).await?,
+        false => vec![],
+    };
+    for row in remote {
         let superseded = memberships.iter().any(|(r, m)| *r == row.room_id && m != "leave");
         if superseded || !room_filter.allows_room(&row.room_id) || since.is_some_and(|s| row.stream_pos <= s) {
             continue;
@@ -211,7 +223,7 @@ async fn compute(svc: &Services, me: &Identity, req: &SyncRequest, mut now: Sync
     if include_leave {
         for membership in ["leave", "ban"] {
             for room in rooms_with(membership) {
-                let changed = since.is_none_or(|_| membership_changed.contains(&room));
+                let changed = since.is_none_or(|_| changes.memberships.contains(&room));
                 if !room_filter.allows_room(&room) || !changed {
                     continue;
                 }
@@ -222,7 +234,8 @@ async fn compute(svc: &Services, me: &Identity, req: &SyncRequest, mut now: Sync
         }
     }
 
-    let global: Vec<Value> = room_data
+    let global: Vec<Value> = changes
+        .account_data
         .iter()
         .filter(|(r, t, _)| r.is_empty() && req.filter.account_data.allows_type(t))
         .map(|(_, t, c)| json!({ "type": t, "content": serde_json::from_str::<Value>(c).unwrap_or_default() }))
@@ -230,15 +243,22 @@ async fn compute(svc: &Services, me: &Identity, req: &SyncRequest, mut now: Sync
     if since.is_some() && !global.is_empty() {
         news = true;
     }
-    let presence = presence(svc, me, since, now.stream, &req.filter.presence).await?;
+    let presence = match kinds.presence {
+        true => presence(svc, me, since, now.stream, &req.filter.presence).await?,
+        false => vec![],
+    };
     if since.is_some() && !presence.is_empty() {
         news = true;
     }
     // To-device messages after those already acknowledged, at most TO_DEVICE_LIMIT; when cut
     // short, the token remembers where delivery stopped.
-    let (to_device, last) =
-        crate::e2ee::to_device::pending_events(&svc.db, user, &me.device_id, (i64::MIN, now.stream), TO_DEVICE_LIMIT)
-            .await?;
+    let (to_device, last) = match kinds.to_device {
+        true => {
+            let up_to = (i64::MIN, now.stream);
+            crate::e2ee::to_device::pending_events(&svc.db, user, &me.device_id, up_to, TO_DEVICE_LIMIT).await?
+        }
+        false => (vec![], None),
+    };
     if to_device.len() as i64 == TO_DEVICE_LIMIT {
         now.to_device = last;
     }
@@ -246,8 +266,10 @@ async fn compute(svc: &Services, me: &Identity, req: &SyncRequest, mut now: Sync
         news = true;
     }
     let (changed, left) = match since {
-        Some(s) => device_list_changes(svc, &me.user_id, s, now.stream).await?,
-        None => (vec![], vec![]),
+        Some(s) if kinds.device_lists || kinds.any_membership => {
+            device_list_changes(svc, &me.user_id, s, now.stream).await?
+        }
+        _ => (vec![], vec![]),
     };
     if !changed.is_empty() || !left.is_empty() {
         news = true;
@@ -276,8 +298,8 @@ pub(crate) fn state_delta(from: &StateMap, to: &StateMap) -> Vec<OwnedEventId> {
 /// state the room had when this server joined it over federation (empty for rooms created
 /// here).
 pub(crate) async fn state_at(svc: &Services, room_id: &RoomId, pos: i64) -> Result<Arc<StateMap>> {
-    let group = match storage::events::last_pos_in_room(&svc.db, room_id.as_str(), pos).await? {
-        Some(p) => storage::events::group_at_pos(&svc.db, p).await?,
+    let group = match storage::events::group_at_or_before(&svc.db, room_id.as_str(), pos).await? {
+        Some(group) => group,
         None => storage::rooms::base_state_group(&svc.db, room_id.as_str()).await?,
     };
     match group {
@@ -287,12 +309,12 @@ pub(crate) async fn state_at(svc: &Services, room_id: &RoomId, pos: i64) -> Resu
 }
 
 pub(crate) async fn to_client(svc: &Services, me: &Identity, events: &[Arc<Pdu>]) -> Result<Vec<Value>> {
-    let viewer = Viewer { user_id: me.user_id.as_str(), device_id: &me.device_id };
-    let mut out = Vec::with_capacity(events.len());
-    for e in events {
-        out.push(client_event(svc, e, Some(viewer), true).await?);
-    }
-    Ok(out)
+    let events: Vec<&Pdu> = events.iter().map(|e| &**e).collect();
+    client_events(svc, &events, Some(viewer(me)), true).await
+}
+
+fn viewer(me: &Identity) -> Viewer<'_> {
+    Viewer { user_id: me.user_id.as_str(), device_id: &me.device_id }
 }
 
 /// Which part of a room's timeline a sync covers.
@@ -321,13 +343,8 @@ async fn room_timeline(
     let mut events = page.events;
     events.reverse();
     let limited = page.next.is_some();
-    let start = match events.first() {
-        Some(first) => {
-            storage::events::get(&svc.db, first.event_id.as_str()).await?.and_then(|e| e.stream_pos).unwrap_or(up_to)
-                - 1
-        }
-        None => up_to,
-    };
+    // Positions come newest first, as the events did.
+    let start = page.positions.last().map_or(up_to, |oldest| oldest - 1);
     let prev_batch = token(page.next.unwrap_or(start));
 
     // State: all of it at the start of the timeline for a full sync; for an incremental
@@ -376,29 +393,103 @@ async fn room_timeline(
     Ok((events, limited, prev_batch, state))
 }
 
+/// How many joined rooms a sync works on at once.
+const ROOMS_IN_PARALLEL: usize = 8;
+
+/// What changed for the user between the sync token and now (empty for a full sync).
+struct Changes {
+    /// Rooms with timeline events.
+    rooms: HashSet<String>,
+    /// Rooms where the user's membership changed.
+    memberships: HashSet<String>,
+    typing: HashSet<OwnedRoomId>,
+    /// Rooms with new receipts.
+    receipts: HashSet<String>,
+    /// The user's account data: (room or "" for global, type, content).
+    account_data: Vec<(String, String, String)>,
+}
+
+/// A joined room's part of a sync, before its events are formatted (all rooms at once).
+struct JoinedRoom {
+    room: String,
+    timeline: Vec<Arc<Pdu>>,
+    limited: bool,
+    prev_batch: String,
+    state: Vec<Arc<Pdu>>,
+    account_data: Vec<Value>,
+    ephemeral: Vec<Value>,
+    summary: Option<Value>,
+}
+
+/// A joined room's news since the token (all of it when the room is new to the client),
+/// or None when there is none.
 async fn joined_room(
     svc: &Services,
     me: &Identity,
-    room_id: &RoomId,
-    after: Option<i64>,
+    req: &SyncRequest,
+    room: String,
+    since: Option<i64>,
     up_to: i64,
-    filter: &Filter,
-    full_state: bool,
-) -> Result<Value> {
-    let (events, limited, prev_batch, state) =
-        room_timeline(svc, me, room_id, Window { after, up_to, joined: true, full_state }, filter).await?;
-    let mut entry = json!({
-        "timeline": { "events": to_client(svc, me, &events).await?, "limited": limited, "prev_batch": prev_batch },
-        "state": { "events": to_client(svc, me, &state).await? },
-    });
-    let per_thread = filter.room.timeline.unread_thread_notifications;
-    crate::push::add_unread_counts(svc, &me.user_id, room_id, per_thread, &mut entry).await?;
-    let membership_news = after.is_none()
-        || events.iter().chain(state.iter()).any(|e| e.kind == ruma::events::TimelineEventType::RoomMember);
-    if membership_news {
-        entry["summary"] = summary(svc, room_id, &me.user_id).await?;
+    changes: &Changes,
+) -> Result<Option<JoinedRoom>> {
+    let room_filter = &req.filter.room;
+    let room_id = RoomId::parse(&room).map_err(|e| Error::Internal(e.into()))?;
+    let account_data: Vec<Value> = changes
+        .account_data
+        .iter()
+        .filter(|(r, t, _)| *r == room && room_filter.account_data.allows_type(t))
+        .map(|(_, t, c)| json!({ "type": t, "content": serde_json::from_str::<Value>(c).unwrap_or_default() }))
+        .collect();
+    let full = since.is_none() || req.full_state || changes.memberships.contains(&room);
+    let after = if full { None } else { since };
+    let ephemeral = ephemeral(svc, me, &room_id, after, up_to, changes, &room_filter.ephemeral).await?;
+    if !full && !changes.rooms.contains(&room) && account_data.is_empty() && ephemeral.is_empty() {
+        return Ok(None);
     }
-    Ok(entry)
+    let window = Window { after, up_to, joined: true, full_state: req.full_state };
+    let (timeline, limited, prev_batch, state) = room_timeline(svc, me, &room_id, window, &req.filter).await?;
+    if !full && timeline.is_empty() && account_data.is_empty() && ephemeral.is_empty() {
+        return Ok(None);
+    }
+    let membership_news =
+        full || timeline.iter().chain(state.iter()).any(|e| e.kind == ruma::events::TimelineEventType::RoomMember);
+    let summary = match membership_news {
+        true => Some(summary(svc, &room_id, &me.user_id).await?),
+        false => None,
+    };
+    Ok(Some(JoinedRoom { room, timeline, limited, prev_batch, state, account_data, ephemeral, summary }))
+}
+
+/// The `rooms.join` object: every room's events formatted in one batch, and the unread
+/// counts of all rooms read in one query.
+async fn joined_rooms_json(
+    svc: &Services,
+    me: &Identity,
+    filter: &Filter,
+    rooms: Vec<JoinedRoom>,
+) -> Result<Map<String, Value>> {
+    let room_ids: Vec<&str> = rooms.iter().map(|r| r.room.as_str()).collect();
+    let unread = crate::push::unread_counts_by_room(svc, &me.user_id, &room_ids).await?;
+    let pdus: Vec<&Pdu> = rooms.iter().flat_map(|r| r.timeline.iter().chain(r.state.iter())).map(|e| &**e).collect();
+    let mut formatted = client_events(svc, &pdus, Some(viewer(me)), true).await?.into_iter();
+    let per_thread = filter.room.timeline.unread_thread_notifications;
+    let mut join = Map::new();
+    for room in rooms {
+        let timeline: Vec<Value> = formatted.by_ref().take(room.timeline.len()).collect();
+        let state: Vec<Value> = formatted.by_ref().take(room.state.len()).collect();
+        let mut entry = json!({
+            "timeline": { "events": timeline, "limited": room.limited, "prev_batch": room.prev_batch },
+            "state": { "events": state },
+            "account_data": { "events": room.account_data },
+            "ephemeral": { "events": room.ephemeral },
+        });
+        crate::push::add_unread_counts(unread.get(&room.room).map_or(&[][..], Vec::as_slice), per_thread, &mut entry);
+        if let Some(summary) = room.summary {
+            entry["summary"] = summary;
+        }
+        join.insert(room.room, entry);
+    }
+    Ok(join)
 }
 
 /// Users whose devices the client should re-fetch (`changed`: their device list changed, or
@@ -457,17 +548,17 @@ async fn ephemeral(
     room_id: &RoomId,
     after: Option<i64>,
     up_to: i64,
-    typing_changed: &HashSet<OwnedRoomId>,
+    changes: &Changes,
     filter: &RoomEventFilter,
 ) -> Result<Vec<Value>> {
     let mut events = Vec::new();
-    if filter.allows_type("m.typing") && (after.is_none() || typing_changed.contains(room_id)) {
+    if filter.allows_type("m.typing") && (after.is_none() || changes.typing.contains(room_id)) {
         let typing = svc.typing.typing_in(room_id);
         if after.is_some() || !typing.is_empty() {
             events.push(json!({ "type": "m.typing", "content": { "user_ids": typing } }));
         }
     }
-    if filter.allows_type("m.receipt") {
+    if (after.is_none() || changes.receipts.contains(room_id.as_str())) && filter.allows_type("m.receipt") {
         let viewer = me.user_id.as_str();
         let receipts = match after {
             Some(a) => storage::receipts::in_range(&svc.db, room_id.as_str(), viewer, a, up_to).await?,

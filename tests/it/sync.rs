@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::harness::{TestServer, enc};
+use crate::harness::{TestServer, TestUser, enc};
 
 fn timeline_ids(body: &Value, section: &str, room: &str) -> Vec<String> {
     body["rooms"][section][room]["timeline"]["events"]
@@ -160,4 +160,124 @@ async fn to_device_messages_are_redelivered_until_acknowledged() {
     let next = first["next_batch"].as_str().unwrap();
     let after = bob.sync(&format!("timeout=0&since={next}")).await;
     assert!(events(&after).is_empty(), "{after}");
+}
+
+/// An initial sync reads transaction IDs, thread summaries and unread counts for all rooms
+/// at once: each must still land on its own room and event.
+#[tokio::test]
+async fn initial_sync_of_several_rooms_keeps_each_rooms_threads_and_counts() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let mut rooms = Vec::new();
+    for i in 0..3 {
+        let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+        bob.join(&room).await.ok();
+        // Room i: a root by bob with i + 1 thread replies by alice, then i + 1 more messages by
+        // bob: i + 2 notify alice.
+        let root = bob.send_text(&room, &format!("root {i}")).await;
+        let mut last_reply = String::new();
+        for j in 0..=i {
+            let reply = json!({ "msgtype": "m.text", "body": format!("reply {j}"),
+                                "m.relates_to": { "rel_type": "m.thread", "event_id": root } });
+            let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/r{i}-{j}", enc(&room));
+            last_reply = alice.put(&path, reply).await.ok()["event_id"].as_str().unwrap().to_owned();
+        }
+        for _ in 0..=i {
+            bob.send_text(&room, "unread").await;
+        }
+        rooms.push((room, root, last_reply));
+    }
+    let body = alice.sync("timeout=0").await;
+    for (i, (room, root, last_reply)) in rooms.iter().enumerate() {
+        let entry = &body["rooms"]["join"][room];
+        let events = entry["timeline"]["events"].as_array().unwrap();
+        let root_event = events.iter().find(|e| e["event_id"] == json!(root)).expect("root in the timeline");
+        let thread = &root_event["unsigned"]["m.relations"]["m.thread"];
+        assert_eq!(thread["count"], json!(i + 1), "{root_event}");
+        assert_eq!(thread["latest_event"]["event_id"], json!(last_reply));
+        assert_eq!(thread["current_user_participated"], json!(true));
+        // The replies come from this device: their transaction IDs are shown, bob's are not.
+        let reply = events.iter().find(|e| e["event_id"] == json!(last_reply)).expect("reply in the timeline");
+        assert_eq!(reply["unsigned"]["transaction_id"], json!(format!("r{i}-{i}")));
+        assert!(root_event["unsigned"].get("transaction_id").is_none());
+        assert_eq!(entry["unread_notifications"]["notification_count"], json!(i + 2), "{entry}");
+    }
+    // Bob sees the same thread summaries without alice's transaction IDs.
+    let body = bob.sync("timeout=0").await;
+    for (i, (room, root, _)) in rooms.iter().enumerate() {
+        let events = body["rooms"]["join"][room]["timeline"]["events"].as_array().unwrap();
+        let root_event = events.iter().find(|e| e["event_id"] == json!(root)).unwrap();
+        assert_eq!(root_event["unsigned"]["m.relations"]["m.thread"]["count"], json!(i + 1));
+        assert!(
+            events.iter().all(|e| e["unsigned"].get("transaction_id").is_none() || e["sender"] == json!(bob.user_id))
+        );
+    }
+}
+
+/// A long-poll from the current token computes nothing until woken: every kind of news
+/// must still wake it and be in its answer.
+#[tokio::test]
+async fn long_poll_from_the_current_token_gets_each_kind_of_news() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.join(&room).await.ok();
+    let mut since = bob.sync("timeout=0").await["next_batch"].as_str().unwrap().to_owned();
+
+    // Nothing new: the long-poll runs to its timeout and answers with the same position.
+    let started = Instant::now();
+    let idle = bob.sync(&format!("timeout=300&since={since}")).await;
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(idle["next_batch"], json!(since));
+    assert!(idle["rooms"]["join"].as_object().unwrap().is_empty(), "{idle}");
+
+    let other = alice.create_room(json!({})).await;
+
+    let waiter = long_poll(&bob, &since);
+    let path = format!("/_matrix/client/v3/user/{}/account_data/m.test", enc(&bob.user_id));
+    bob.put(&path, json!({ "n": 1 })).await.ok();
+    since = until_arrived(&bob, waiter, |b| b["account_data"]["events"][0]["type"] == "m.test").await;
+
+    let waiter = long_poll(&bob, &since);
+    let body = json!({ "messages": { bob.user_id.clone(): { bob.device_id.clone(): { "k": 1 } } } });
+    alice.put("/_matrix/client/v3/sendToDevice/m.test/news1", body).await.ok();
+    since = until_arrived(&bob, waiter, |b| b["to_device"]["events"][0]["content"] == json!({ "k": 1 })).await;
+
+    let waiter = long_poll(&bob, &since);
+    let path = format!("/_matrix/client/v3/rooms/{}/invite", enc(&other));
+    alice.post(&path, json!({ "user_id": bob.user_id })).await.ok();
+    since = until_arrived(&bob, waiter, |b| b["rooms"]["invite"].get(&other).is_some()).await;
+
+    let event = alice.send_text(&room, "read me").await;
+    since = until_arrived(&bob, long_poll(&bob, &since), |b| !timeline_ids(b, "join", &room).is_empty()).await;
+    let waiter = long_poll(&bob, &since);
+    let path = format!("/_matrix/client/v3/rooms/{}/receipt/m.read/{}", enc(&room), enc(&event));
+    alice.post(&path, json!({})).await.ok();
+    until_arrived(&bob, waiter, |b| b["rooms"]["join"][&room]["ephemeral"]["events"][0]["type"] == "m.receipt").await;
+}
+
+/// A long-poll of `user` from `since`, running in the background.
+fn long_poll(user: &TestUser, since: &str) -> tokio::task::JoinHandle<Value> {
+    let (user, since) = (user.clone(), since.to_owned());
+    tokio::spawn(async move { user.sync(&format!("timeout=10000&since={since}")).await })
+}
+
+/// Follows the long-poll's answers (at most three) until one satisfies `arrived`; returns
+/// its `next_batch`.
+async fn until_arrived(
+    user: &TestUser,
+    waiter: tokio::task::JoinHandle<Value>,
+    arrived: impl Fn(&Value) -> bool,
+) -> String {
+    let mut body = waiter.await.unwrap();
+    for _ in 0..3 {
+        let next = body["next_batch"].as_str().unwrap().to_owned();
+        if arrived(&body) {
+            return next;
+        }
+        body = user.sync(&format!("timeout=10000&since={next}")).await;
+    }
+    panic!("never arrived; last answer {body}");
 }

@@ -81,11 +81,8 @@ async fn lazy_members(state: &AppState, room_id: &RoomId, events: &[Arc<Pdu>], m
 }
 
 async fn client_events(state: &AppState, events: &[Arc<Pdu>], me: &Identity) -> Result<Vec<Value>> {
-    let mut out = Vec::with_capacity(events.len());
-    for e in events {
-        out.push(client_event(state, e, Some(viewer(me)), true).await?);
-    }
-    Ok(out)
+    let events: Vec<&Pdu> = events.iter().map(|e| &**e).collect();
+    rooms::format::client_events(state, &events, Some(viewer(me)), true).await
 }
 
 #[derive(Deserialize)]
@@ -181,7 +178,7 @@ async fn context(
     let before = if before_limit > 0 {
         timeline::paginate(&state, &room_id, &me.user_id, joined, pos - 1, None, true, before_limit, &filter).await?
     } else {
-        timeline::Page { events: vec![], next: Some(pos - 1) }
+        timeline::Page { events: vec![], positions: vec![], next: Some(pos - 1) }
     };
     let after = if after_limit > 0 {
         timeline::paginate(
@@ -197,7 +194,7 @@ async fn context(
         )
         .await?
     } else {
-        timeline::Page { events: vec![], next: Some(pos) }
+        timeline::Page { events: vec![], positions: vec![], next: Some(pos) }
     };
     let state_group = storage::events::get(&state.db, event_id.as_str()).await?.and_then(|e| e.state_group);
     let mut state_events = Vec::new();

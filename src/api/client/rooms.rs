@@ -230,8 +230,8 @@ async fn members(
     let mut map = readable_state(&state, &room_id, &me.user_id).await?;
     if let Some(at) = &q.at {
         let token = crate::sync::token::SyncToken::parse(at)?;
-        if let Some(pos) = storage::events::last_pos_in_room(&state.db, room_id.as_str(), token.stream).await?
-            && let Some(group) = storage::events::group_at_pos(&state.db, pos).await?
+        if let Some(Some(group)) =
+            storage::events::group_at_or_before(&state.db, room_id.as_str(), token.stream).await?
         {
             map = rooms::state::load(&state, group).await?;
         }

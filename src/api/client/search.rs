@@ -206,13 +206,13 @@ async fn context(state: &AppState, me: &Identity, f: &Found, ctx: &EventContext)
     let before = if before_limit > 0 {
         timeline::paginate(state, room_id, &me.user_id, true, f.stream_pos - 1, None, true, before_limit, &open).await?
     } else {
-        timeline::Page { events: Vec::new(), next: Some(f.stream_pos - 1) }
+        timeline::Page { events: Vec::new(), positions: Vec::new(), next: Some(f.stream_pos - 1) }
     };
     let after = if after_limit > 0 {
         timeline::paginate(state, room_id, &me.user_id, true, f.stream_pos, Some(now), false, after_limit, &open)
             .await?
     } else {
-        timeline::Page { events: Vec::new(), next: Some(f.stream_pos) }
+        timeline::Page { events: Vec::new(), positions: Vec::new(), next: Some(f.stream_pos) }
     };
     let mut events_before = Vec::with_capacity(before.events.len());
     for e in &before.events {
