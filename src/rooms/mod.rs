@@ -11,6 +11,7 @@ pub mod pdu;
 pub mod power;
 pub mod receipts;
 pub mod resolve;
+pub mod retention;
 pub mod search;
 pub mod state;
 pub mod summary;

@@ -15,6 +15,7 @@ pub mod key_backup;
 pub mod media;
 pub mod openid;
 pub mod presence;
+pub mod purge;
 pub mod push;
 pub mod receipts;
 pub mod registration_tokens;
@@ -25,6 +26,7 @@ pub mod sliding_sync;
 pub mod sso;
 pub mod state;
 pub mod to_device;
+pub mod user_directory;
 pub mod users;
 
 use std::str::FromStr;
