@@ -52,8 +52,8 @@ impl RoomLocks {
     }
 }
 
-/// Caches of immutable data (state groups, events), the per-room write locks, and the
-/// per-room locks of joins over federation.
+/// Caches of immutable data (state groups, events), the per-room write locks, the
+/// per-room locks of joins over federation, and the rooms being upgraded.
 #[derive(Default)]
 pub struct Rooms {
     locks: RoomLocks,
@@ -62,6 +62,7 @@ pub struct Rooms {
     remote_joins: RoomLocks,
     pub(crate) state_cache: Mutex<HashMap<i64, Arc<StateMap>>>,
     event_cache: Mutex<HashMap<OwnedEventId, Arc<Pdu>>>,
+    upgrades: upgrade::InProgress,
 }
 
 const CACHE_LIMIT: usize = 20_000;
