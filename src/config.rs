@@ -54,6 +54,10 @@ pub struct Config {
     /// (`POST /_matrix/client/v1/login/get_token`, always behind user-interactive authentication).
     #[serde(default)]
     pub login_via_existing_session: bool,
+    #[serde(default)]
+    pub retention: RetentionConfig,
+    #[serde(default)]
+    pub user_directory: UserDirectoryConfig,
 }
 
 /// Application services (bridges), see docs/appservices.md.
@@ -362,6 +366,111 @@ impl Default for PushConfig {
     }
 }
 
+/// Message retention (Synapse's `retention` section, see docs/retention.md): rooms'
+/// `m.room.retention` policies and a server default, bounded by the allowed range, applied
+/// by purge jobs that delete expired events.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Off: policies are neither enforced when serving events nor purged.
+    pub enabled: bool,
+    /// The policy of rooms without an `m.room.retention` state event (or for the lifetimes
+    /// theirs leaves out).
+    pub default_policy: RetentionPolicyConfig,
+    /// Lifetimes of rooms' policies are raised to at least this...
+    pub allowed_lifetime_min: Option<Lifetime>,
+    /// ...and lowered to at most this.
+    pub allowed_lifetime_max: Option<Lifetime>,
+    /// Each job purges, every `interval`, the rooms whose `max_lifetime` is in
+    /// (`shortest_max_lifetime`, `longest_max_lifetime`]. None: one daily job for every room.
+    pub purge_jobs: Vec<PurgeJobConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionPolicyConfig {
+    pub min_lifetime: Option<Lifetime>,
+    pub max_lifetime: Option<Lifetime>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PurgeJobConfig {
+    #[serde(default)]
+    pub shortest_max_lifetime: Option<Lifetime>,
+    #[serde(default)]
+    pub longest_max_lifetime: Option<Lifetime>,
+    pub interval: Lifetime,
+}
+
+impl RetentionConfig {
+    /// The configured purge jobs, or Synapse's default: every room, once a day.
+    pub fn jobs(&self) -> Vec<PurgeJobConfig> {
+        if self.purge_jobs.is_empty() {
+            let day = Lifetime(24 * 3_600_000);
+            return vec![PurgeJobConfig { shortest_max_lifetime: None, longest_max_lifetime: None, interval: day }];
+        }
+        self.purge_jobs.clone()
+    }
+}
+
+/// A duration in milliseconds, written as a number of milliseconds or, as in Synapse's
+/// config, a number with a unit: `500ms`, `30s`, `15m`, `12h`, `1d`, `1w`, `1y`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(into = "u64")]
+pub struct Lifetime(pub u64);
+
+impl From<Lifetime> for u64 {
+    fn from(l: Lifetime) -> u64 {
+        l.0
+    }
+}
+
+impl std::str::FromStr for Lifetime {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (number, unit) = s.split_at(split);
+        let number: u64 = number.parse().map_err(|_| format!("{s:?} is not a duration such as 30s, 12h or 7d"))?;
+        let unit_ms: u64 = match unit {
+            "" | "ms" => 1,
+            "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            "w" => 7 * 86_400_000,
+            "y" => 365 * 86_400_000,
+            _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m, h, d, w or y)")),
+        };
+        number.checked_mul(unit_ms).map(Lifetime).ok_or_else(|| format!("{s:?} is too long"))
+    }
+}
+
+impl<'de> Deserialize<'de> for Lifetime {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Millis(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Millis(ms) => Ok(Lifetime(ms)),
+            Raw::Text(text) => text.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// The user directory (`POST /user_directory/search`).
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct UserDirectoryConfig {
+    /// Search every local user and every user of other servers seen in a room here. Off (as
+    /// Synapse): only users who share a room with the searcher or are in a public room.
+    pub search_all_users: bool,
+}
+
 /// The non-empty items of a comma-separated environment variable.
 fn comma_list(v: &str) -> impl Iterator<Item = &str> {
     v.split(',').map(str::trim).filter(|s| !s.is_empty())
@@ -401,6 +510,8 @@ impl Config {
             password_login_enabled: true,
             sso: SsoConfig::default(),
             login_via_existing_session: false,
+            retention: RetentionConfig::default(),
+            user_directory: UserDirectoryConfig::default(),
         }
     }
 
@@ -582,7 +693,33 @@ impl Config {
             ruma::ServerName::parse(notary)
                 .map_err(|e| anyhow::anyhow!("federation.notary_servers: {notary:?} is not a server name: {e}"))?;
         }
+        self.validate_retention()?;
         self.validate_sso()
+    }
+
+    fn validate_retention(&self) -> anyhow::Result<()> {
+        let r = &self.retention;
+        if let (Some(min), Some(max)) = (r.allowed_lifetime_min, r.allowed_lifetime_max)
+            && min > max
+        {
+            bail!("retention.allowed_lifetime_min must not be greater than retention.allowed_lifetime_max");
+        }
+        if let (Some(min), Some(max)) = (r.default_policy.min_lifetime, r.default_policy.max_lifetime)
+            && min > max
+        {
+            bail!("retention.default_policy: min_lifetime must not be greater than max_lifetime");
+        }
+        for job in &r.purge_jobs {
+            if job.interval.0 == 0 {
+                bail!("retention.purge_jobs: interval must be longer than 0");
+            }
+            if let (Some(short), Some(long)) = (job.shortest_max_lifetime, job.longest_max_lifetime)
+                && short > long
+            {
+                bail!("retention.purge_jobs: shortest_max_lifetime must not be greater than longest_max_lifetime");
+            }
+        }
+        Ok(())
     }
 
     fn validate_sso(&self) -> anyhow::Result<()> {
@@ -732,6 +869,42 @@ mod tests {
         let env = env_of(&[("PLEXUS_SERVER_NAME", "ok.org"), ("PLEXUS_APPSERVICE_CONFIG_FILES", "/a.yaml, ,/b.yaml")]);
         let c = Config::load_from(None, &env).unwrap();
         assert_eq!(c.appservice.config_files, [Path::new("/a.yaml"), Path::new("/b.yaml")]);
+    }
+
+    #[test]
+    fn retention_durations_and_bounds() {
+        let text = r#"
+            server_name = "ok.org"
+            [retention]
+            enabled = true
+            default_policy = { max_lifetime = "1y" }
+            allowed_lifetime_min = 86400000
+            allowed_lifetime_max = "2w"
+            [[retention.purge_jobs]]
+            longest_max_lifetime = "3d"
+            interval = "12h"
+            [[retention.purge_jobs]]
+            shortest_max_lifetime = "3d"
+            interval = "500ms"
+        "#;
+        let c: Config = toml::from_str(text).unwrap();
+        c.validate().unwrap();
+        let r = &c.retention;
+        assert_eq!(r.default_policy.max_lifetime, Some(Lifetime(365 * 86_400_000)));
+        assert_eq!(
+            (r.allowed_lifetime_min, r.allowed_lifetime_max),
+            (Some(Lifetime(86_400_000)), Some(Lifetime(14 * 86_400_000)))
+        );
+        assert_eq!(r.jobs()[0].interval, Lifetime(12 * 3_600_000));
+        assert_eq!(r.jobs()[1].interval, Lifetime(500));
+        assert_eq!(RetentionConfig::default().jobs().len(), 1, "one daily job by default");
+        for bad in ["3 days", "1x", "d", "-1d"] {
+            assert!(bad.parse::<Lifetime>().is_err(), "{bad}");
+        }
+        let mut c = Config::with_server_name("ok.org");
+        c.retention.allowed_lifetime_min = Some(Lifetime(2));
+        c.retention.allowed_lifetime_max = Some(Lifetime(1));
+        assert!(c.validate().is_err());
     }
 
     #[test]

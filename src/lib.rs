@@ -56,6 +56,7 @@ pub struct Services {
     pub federation: federation::Federation,
     pub registration_nonces: admin::register::Nonces,
     pub room_deletions: admin::rooms::Deletions,
+    pub history_purges: admin::purge::Purges,
     pub erased_users: rooms::visibility::ErasedUsers,
     pub appservices: appservice::Appservices,
     pub sso: sso::Sso,
@@ -94,6 +95,7 @@ impl AppState {
             federation: federation::Federation::new(&config)?,
             registration_nonces: Default::default(),
             room_deletions: Default::default(),
+            history_purges: Default::default(),
             erased_users: rooms::visibility::ErasedUsers::load(&db).await?,
             appservices,
             sso: sso::Sso::new(&config)?,
@@ -106,6 +108,7 @@ impl AppState {
         tokio::spawn(outbox::run::<push::gateway::PusherId>(Arc::downgrade(&state.0)));
         tokio::spawn(outbox::run::<appservice::AppserviceId>(Arc::downgrade(&state.0)));
         tokio::spawn(sso::Sso::preload(Arc::downgrade(&state.0)));
+        tokio::spawn(rooms::retention::run(Arc::downgrade(&state.0)));
         Ok(state)
     }
 }

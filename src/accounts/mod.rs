@@ -1,5 +1,6 @@
 //! Accounts: registration, passwords, login sessions (devices and tokens), identities.
 
+pub mod directory;
 pub mod login_tokens;
 pub mod openid;
 pub mod password;

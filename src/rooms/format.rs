@@ -38,6 +38,9 @@ pub fn validate_content(kind: &TimelineEventType, content: &Value) -> Result<()>
         TimelineEventType::RoomEncryption => check::<room::encryption::RoomEncryptionEventContent>(content),
         TimelineEventType::RoomTombstone => check::<room::tombstone::RoomTombstoneEventContent>(content),
         TimelineEventType::RoomServerAcl => check::<room::server_acl::RoomServerAclEventContent>(content),
+        _ if kind.to_string() == super::retention::EVENT_TYPE => {
+            super::retention::Policy::from_content(content).map(drop).map_err(Error::bad_json)
+        }
         _ => Ok(()),
     }
 }

@@ -12,6 +12,7 @@ pub mod pdu;
 pub mod power;
 pub mod receipts;
 pub mod resolve;
+pub mod retention;
 pub mod search;
 pub mod state;
 pub mod summary;
@@ -53,7 +54,8 @@ impl RoomLocks {
 }
 
 /// Caches of immutable data (state groups, events), the rooms' heads (`head.rs`), the
-/// per-room write locks, and the per-room locks of joins over federation.
+/// per-room write locks, the per-room locks of joins over federation, and the rooms being
+/// upgraded.
 #[derive(Default)]
 pub struct Rooms {
     locks: RoomLocks,
@@ -63,6 +65,7 @@ pub struct Rooms {
     pub(crate) state_cache: Mutex<HashMap<i64, Arc<StateMap>>>,
     event_cache: Mutex<HashMap<OwnedEventId, Arc<Pdu>>>,
     heads: head::Heads,
+    upgrades: upgrade::InProgress,
 }
 
 const CACHE_LIMIT: usize = 20_000;

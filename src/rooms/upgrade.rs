@@ -2,6 +2,10 @@
 //! version with the old room's state and bans, a tombstone in the old room, the local
 //! aliases and the directory entry moved, and the old room's power levels restricted.
 
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use axum::http::StatusCode;
 use ruma::events::{StateEventType, TimelineEventType};
 use ruma::{OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, UserId};
 use serde_json::{Map, Value, json};
@@ -25,6 +29,38 @@ const COPIED_STATE: [StateEventType; 8] = [
     StateEventType::RoomServerAcl,
 ];
 
+/// The rooms being upgraded now.
+#[derive(Default)]
+pub struct InProgress(Mutex<HashSet<OwnedRoomId>>);
+
+/// A room's place in `InProgress`, given back when the upgrade ends (however it ends).
+struct Upgrading<'a> {
+    all: &'a InProgress,
+    room: OwnedRoomId,
+}
+
+impl InProgress {
+    /// Claims the room, or 400 when another upgrade of it is running (as Synapse): two
+    /// concurrent upgrades would make two replacement rooms.
+    fn claim(&self, room: &RoomId) -> Result<Upgrading<'_>> {
+        let mut rooms = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if !rooms.insert(room.to_owned()) {
+            return Err(Error::matrix(
+                StatusCode::BAD_REQUEST,
+                "M_UNKNOWN",
+                "An upgrade for this room is currently in progress",
+            ));
+        }
+        Ok(Upgrading { all: self, room: room.to_owned() })
+    }
+}
+
+impl Drop for Upgrading<'_> {
+    fn drop(&mut self) {
+        self.all.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.room);
+    }
+}
+
 /// Upgrades `old_room` to `new_version` for `user`; returns the new room's ID.
 /// `additional_creators` only applies to versions that have them.
 pub async fn upgrade_room(
@@ -35,6 +71,7 @@ pub async fn upgrade_room(
     additional_creators: Vec<OwnedUserId>,
 ) -> Result<OwnedRoomId> {
     let version = create::upgrade_version(new_version)?;
+    let _upgrading = svc.rooms.upgrades.claim(old_room)?;
     let rules = versions::rules(&version)?;
     let old_state = current_state(svc, old_room).await?;
     if membership_in(svc, &old_state, user).await? != "join" {

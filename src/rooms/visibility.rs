@@ -9,8 +9,8 @@ use crate::Services;
 use crate::error::{Error, Result};
 use crate::storage::events::StoredEvent;
 
-/// Keeps the events `user` may see. `currently_joined` is whether the user is in the room
-/// now (which opens `shared` history).
+/// Keeps the events `user` may see (and whose room's retention policy has not expired).
+/// `currently_joined` is whether the user is in the room now (which opens `shared` history).
 pub async fn filter(
     svc: &Services,
     user: &UserId,
@@ -20,8 +20,12 @@ pub async fn filter(
     let mut visible = Vec::with_capacity(events.len());
     // Consecutive events mostly share a state group: decide once per group.
     let mut last: Option<(i64, bool)> = None;
+    let mut expiry = super::retention::Expiry::default();
     for event in events {
         let Some(group) = event.state_group else { continue };
+        if expiry.expired(svc, &event).await? {
+            continue;
+        }
         // Users always see their own membership changes (a leave or a kick included).
         if event.event_type == "m.room.member" && event.state_key.as_deref() == Some(user.as_str()) {
             visible.push(event);

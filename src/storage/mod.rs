@@ -16,6 +16,7 @@ pub mod key_backup;
 pub mod media;
 pub mod openid;
 pub mod presence;
+pub mod purge;
 pub mod push;
 pub mod receipts;
 pub mod registration_tokens;
@@ -27,6 +28,7 @@ pub mod sso;
 pub mod state;
 pub mod sync;
 pub mod to_device;
+pub mod user_directory;
 pub mod users;
 
 use std::str::FromStr;

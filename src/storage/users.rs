@@ -126,22 +126,6 @@ pub async fn deactivate(tx: &mut Tx, user_id: &str) -> sqlx::Result<()> {
     Ok(())
 }
 
-/// Active local users whose ID or display name contains `term` (case-insensitive).
-pub async fn search(db: &Db, term: &str, limit: i64) -> sqlx::Result<Vec<UserRow>> {
-    let pattern = like_pattern(term);
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {USER_COLUMNS} FROM users
-         WHERE deactivated = 0 AND is_guest = 0
-           AND (LOWER(user_id) LIKE $1 ESCAPE '\\' OR LOWER(COALESCE(displayname, '')) LIKE $1 ESCAPE '\\')
-         ORDER BY user_id LIMIT $2"
-    )))
-    .bind(pattern)
-    .bind(limit)
-    .fetch_all(db.read())
-    .await?;
-    rows.iter().map(user_from_row).collect()
-}
-
 /// An account flag an admin sets (see the `users` columns of migration 0013).
 #[derive(Debug, Clone, Copy)]
 pub enum Flag {
@@ -227,7 +211,7 @@ impl UserOrder {
     }
 }
 
-fn like_pattern(term: &str) -> String {
+pub(super) fn like_pattern(term: &str) -> String {
     let escaped = term.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
     format!("%{escaped}%")
 }

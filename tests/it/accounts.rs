@@ -6,7 +6,7 @@ use plexus::config::RegistrationMode;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::harness::{Reply, TestServer, TestUser};
+use crate::harness::{Reply, TestServer, TestUser, enc, fed_server, wait_for};
 
 const C: &str = "/_matrix/client/v3";
 
@@ -438,7 +438,7 @@ async fn filters() {
 
 #[tokio::test]
 async fn user_directory_search() {
-    let server = TestServer::start().await;
+    let server = TestServer::start_with(|c| c.user_directory.search_all_users = true).await;
     let searcher = server.register("uma").await;
     let bob = server.register("bob").await;
     server.register("a_b").await;
@@ -463,6 +463,40 @@ async fn user_directory_search() {
         .request(Method::POST, &format!("{C}/user_directory/search"), None, Some(&json!({ "search_term": "b" })))
         .await
         .assert_error(401, "M_MISSING_TOKEN");
+}
+
+/// Without `search_all_users` (the default), the directory holds the users who share a room
+/// with the searcher or are in a public room, other servers' users among them (with the
+/// profile their member events show).
+#[tokio::test]
+async fn user_directory_scope_and_remote_users() {
+    let a = fed_server("127.0.0.1").await;
+    let b = fed_server("127.0.0.2").await;
+    let alice = a.register("alice").await;
+    let eve = a.register("eve").await;
+    let dora = a.register("dora").await;
+    let bob = b.register("bob").await;
+    let lobby = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let path = format!("{C}/join/{}?via={}", enc(&lobby), enc(&a.server_name));
+    bob.post(&path, json!({})).await.ok();
+    bob.put(&format!("{C}/profile/{}/displayname", enc(&bob.user_id)), json!({ "displayname": "Bobby Remote" }))
+        .await
+        .ok();
+    let private = alice.create_room(json!({ "preset": "private_chat" })).await;
+    alice.post(&format!("{C}/rooms/{}/invite", enc(&private)), json!({ "user_id": eve.user_id })).await.ok();
+    eve.join(&private).await.ok();
+
+    let remote = json!([{ "user_id": bob.user_id, "display_name": "Bobby Remote" }]);
+    wait_for("the remote profile change", async || search(&alice, "bobby", 10).await["results"] == remote).await;
+    // A user in a public room is found by anyone.
+    assert_eq!(search(&dora, "BOBBY", 10).await["results"], remote);
+    assert_eq!(search(&dora, &bob.user_id, 10).await["results"], remote);
+    // A user sharing only a private room is found by its members only.
+    let found = search(&alice, "eve", 10).await;
+    assert_eq!(found["results"][0]["user_id"], json!(eve.user_id), "{found}");
+    assert_eq!(search(&dora, "eve", 10).await["results"], json!([]));
+    // One with no room at all is found by no one.
+    assert_eq!(search(&alice, "dora", 10).await["results"], json!([]));
 }
 
 #[tokio::test]

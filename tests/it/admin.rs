@@ -107,6 +107,9 @@ async fn every_admin_endpoint_refuses_non_admins() {
         (Method::GET, format!("{A1}/rooms/{r}/block"), json!(null)),
         (Method::PUT, format!("{A1}/rooms/{r}/block"), json!({ "block": true })),
         (Method::POST, format!("{A1}/rooms/{r}/make_room_admin"), json!({})),
+        (Method::POST, format!("{A1}/purge_history/{r}"), json!({ "purge_up_to_ts": 1 })),
+        (Method::POST, format!("{A1}/purge_history/{r}/{}", enc("$unknown")), json!({})),
+        (Method::GET, format!("{A1}/purge_history_status/abc"), json!(null)),
         (Method::GET, format!("{A1}/registration_tokens"), json!(null)),
         (Method::POST, format!("{A1}/registration_tokens/new"), json!({})),
         (Method::GET, format!("{A1}/registration_tokens/abc"), json!(null)),
@@ -258,6 +261,12 @@ async fn shadow_ban_suspension_and_lock() {
     troll.put(&path, json!({ "msgtype": "m.text", "body": "x" })).await.assert_error(403, "M_USER_SUSPENDED");
     troll.post(&format!("{C}/createRoom"), json!({})).await.assert_error(403, "M_USER_SUSPENDED");
     troll.get(&format!("{C}/rooms/{}/messages?dir=b", enc(&room))).await.ok();
+    // Their own events they may still redact, not others'; and they may log in again.
+    let redact = |event: &str, txn: &str| format!("{C}/rooms/{}/redact/{}/{txn}", enc(&room), enc(event));
+    troll.put(&redact(&real, "r1"), json!({})).await.ok();
+    let by_alice = send_text(&alice, &room, "mine").await;
+    troll.put(&redact(&by_alice, "r2"), json!({})).await.assert_error(403, "M_USER_SUSPENDED");
+    server.login("troll", "password").await.ok();
     troll.post(&format!("{C}/rooms/{}/leave", enc(&room)), json!({})).await.ok();
     // Synapse's endpoint lifts it.
     let r = admin.put(&format!("{A1}/suspend/{t}"), json!({ "suspend": false })).await.ok();
@@ -357,6 +366,11 @@ async fn deactivation_leaves_rooms() {
     join(&bob, &room).await;
     join(&carol, &room).await;
     send_text(&carol, &room, "my secret").await;
+    let pusher = json!({ "kind": "http", "app_id": "org.example.app", "pushkey": "k", "app_display_name": "App",
+                         "device_display_name": "phone", "lang": "en",
+                         "data": { "url": "http://127.0.0.1:9/_matrix/push/v1/notify" } });
+    bob.post(&format!("{C}/pushers/set"), pusher).await.ok();
+    assert_eq!(plexus::storage::push::pushers(&server.state.db, &bob.user_id).await.unwrap().len(), 1);
 
     let path = format!("{C}/account/deactivate");
     let r = bob.post(&path, json!({})).await;
@@ -371,6 +385,7 @@ async fn deactivation_leaves_rooms() {
     assert_eq!(joined, [&alice.user_id]);
     let r = admin.get(&format!("{A2}/users/{}/devices", enc(&bob.user_id))).await.ok();
     assert_eq!(r["total"], json!(0));
+    assert!(plexus::storage::push::pushers(&server.state.db, &bob.user_id).await.unwrap().is_empty());
 
     let seen = messages(&alice, &room).await;
     assert!(seen.to_string().contains("my secret"), "members at the time still see it: {seen}");

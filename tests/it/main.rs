@@ -29,6 +29,7 @@ mod push_gateway;
 mod receipts;
 mod reports;
 mod resolve_props;
+mod retention;
 mod room_util;
 mod rooms;
 mod search;

@@ -100,3 +100,23 @@ async fn upgrade_to_v12_with_additional_creators() {
     let pl = state(&alice, &new, "m.room.power_levels", "").await;
     assert_eq!(pl["users"], json!({}), "creators are never listed in v12 power levels");
 }
+
+/// Two upgrades of one room at once: one makes the replacement room, the other is refused
+/// (400, as Synapse) instead of making a second one.
+#[tokio::test]
+async fn concurrent_upgrades_of_one_room_do_not_both_succeed() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let old = create_room(&alice, json!({ "preset": "private_chat", "room_version": "11" })).await;
+    let body = json!({ "new_version": "12" });
+    let (first, second) = tokio::join!(upgrade(&alice, &old, body.clone()), upgrade(&alice, &old, body));
+    let mut statuses = [first.status.as_u16(), second.status.as_u16()];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 400], "{first:?} {second:?}");
+    let refused = if first.status == 400 { &first } else { &second };
+    refused.assert_error(400, "M_UNKNOWN");
+    let replacement = if first.status == 200 { &first } else { &second }.body["replacement_room"].clone();
+    assert_eq!(state(&alice, &old, "m.room.tombstone", "").await["replacement_room"], replacement);
+    // Once it is over, the room may be upgraded again.
+    upgrade(&alice, &old, json!({ "new_version": "12" })).await.ok();
+}

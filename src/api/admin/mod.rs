@@ -5,6 +5,7 @@
 
 mod event_reports;
 mod media;
+mod purge_history;
 mod register;
 mod registration_tokens;
 mod rooms;
@@ -42,6 +43,7 @@ pub fn router() -> Router<AppState> {
         .merge(registration_tokens::router())
         .merge(event_reports::router())
         .merge(media::router())
+        .merge(purge_history::router())
         .merge(server_notices::router())
 }
 

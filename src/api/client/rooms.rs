@@ -326,6 +326,8 @@ async fn redact(
         && original.room_id == room_id
         && original.sender != me.user_id
     {
+        // A suspended user may redact their own events only (spec "Account suspension").
+        me.ensure_not_suspended()?;
         let current = rooms::current_state(&state, &room_id).await?;
         if !rooms::power::has_level(&state, &current, &me.user_id, rooms::power::Action::Redact).await? {
             return Err(Error::forbidden("You may not redact other users' events"));

@@ -1,4 +1,4 @@
-//! `POST /user_directory/search`: local users by ID or display name.
+//! `POST /user_directory/search`: users by ID or display name (`accounts::directory`).
 
 use axum::extract::State;
 use axum::routing::post;
@@ -8,9 +8,9 @@ use serde_json::{Value, json};
 
 use super::v3;
 use crate::AppState;
+use crate::accounts::directory;
 use crate::error::Result;
 use crate::http::extract::{self, Auth};
-use crate::storage;
 
 pub fn router() -> Router<AppState> {
     Router::new().route(v3!("/user_directory/search"), post(search))
@@ -29,16 +29,13 @@ fn default_limit() -> u32 {
 
 async fn search(
     State(state): State<AppState>,
-    Auth(_): Auth,
+    Auth(me): Auth,
     extract::Json(body): extract::Json<SearchBody>,
 ) -> Result<Json<Value>> {
-    let limit = body.limit.min(100) as i64;
-    // One more than asked tells whether the answer was cut.
-    let rows = storage::users::search(&state.db, &body.search_term, limit + 1).await?;
-    let limited = rows.len() as i64 > limit;
-    let results: Vec<Value> = rows
+    let limit = body.limit.min(100) as usize;
+    let (found, limited) = directory::search(&state, &me.user_id, &body.search_term, limit).await?;
+    let results: Vec<Value> = found
         .iter()
-        .take(limit as usize)
         .map(|u| {
             let mut user = json!({ "user_id": u.user_id });
             if let Some(name) = &u.displayname {
