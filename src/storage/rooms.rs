@@ -225,6 +225,30 @@ pub async fn members(db: &Db, room_id: &str) -> sqlx::Result<Vec<(String, String
     .await
 }
 
+/// Most rooms named in one query (bind parameters are limited).
+const ROOMS_PER_QUERY: usize = 500;
+
+/// The joined and invited members of some rooms, sorted by room and user:
+/// (room_id, user_id, membership).
+pub async fn joined_and_invited(db: &Db, room_ids: &[&str]) -> sqlx::Result<Vec<(String, String, String)>> {
+    let mut found = Vec::new();
+    for batch in room_ids.chunks(ROOMS_PER_QUERY) {
+        let rooms: Vec<String> = (1..=batch.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT room_id, state_key, membership FROM current_state
+             WHERE room_id IN ({}) AND event_type = 'm.room.member' AND membership IN ('join', 'invite')
+             ORDER BY room_id, state_key",
+            rooms.join(", ")
+        );
+        let mut query = sqlx::query_as::<_, (String, String, String)>(sqlx::AssertSqlSafe(sql));
+        for room in batch {
+            query = query.bind(*room);
+        }
+        found.extend(query.fetch_all(db.read()).await?);
+    }
+    Ok(found)
+}
+
 /// Users joined to or invited into a room (those to wake for its news).
 pub async fn interested_users(db: &Db, room_id: &str) -> sqlx::Result<Vec<String>> {
     sqlx::query_scalar(

@@ -418,7 +418,8 @@ struct JoinedRoom {
     state: Vec<Arc<Pdu>>,
     account_data: Vec<Value>,
     ephemeral: Vec<Value>,
-    summary: Option<Value>,
+    /// Membership may have changed: the room's summary is sent.
+    membership_news: bool,
 }
 
 /// A joined room's news since the token (all of it when the room is new to the client),
@@ -453,11 +454,7 @@ async fn joined_room(
     }
     let membership_news =
         full || timeline.iter().chain(state.iter()).any(|e| e.kind == ruma::events::TimelineEventType::RoomMember);
-    let summary = match membership_news {
-        true => Some(summary(svc, &room_id, &me.user_id).await?),
-        false => None,
-    };
-    Ok(Some(JoinedRoom { room, timeline, limited, prev_batch, state, account_data, ephemeral, summary }))
+    Ok(Some(JoinedRoom { room, timeline, limited, prev_batch, state, account_data, ephemeral, membership_news }))
 }
 
 /// The `rooms.join` object: every room's events formatted in one batch, and the unread
@@ -470,6 +467,11 @@ async fn joined_rooms_json(
 ) -> Result<Map<String, Value>> {
     let room_ids: Vec<&str> = rooms.iter().map(|r| r.room.as_str()).collect();
     let unread = crate::push::unread_counts_by_room(svc, &me.user_id, &room_ids).await?;
+    let summarised: Vec<&str> = rooms.iter().filter(|r| r.membership_news).map(|r| r.room.as_str()).collect();
+    let mut members: HashMap<String, Vec<(String, String)>> = HashMap::new();
+    for (room, user, membership) in storage::rooms::joined_and_invited(&svc.db, &summarised).await? {
+        members.entry(room).or_default().push((user, membership));
+    }
     let pdus: Vec<&Pdu> = rooms.iter().flat_map(|r| r.timeline.iter().chain(r.state.iter())).map(|e| &**e).collect();
     let mut formatted = client_events(svc, &pdus, Some(viewer(me)), true).await?.into_iter();
     let per_thread = filter.room.timeline.unread_thread_notifications;
@@ -484,8 +486,8 @@ async fn joined_rooms_json(
             "ephemeral": { "events": room.ephemeral },
         });
         crate::push::add_unread_counts(unread.get(&room.room).map_or(&[][..], Vec::as_slice), per_thread, &mut entry);
-        if let Some(summary) = room.summary {
-            entry["summary"] = summary;
+        if room.membership_news {
+            entry["summary"] = summary(members.get(&room.room).map_or(&[][..], Vec::as_slice), &me.user_id);
         }
         join.insert(room.room, entry);
     }
@@ -599,18 +601,13 @@ async fn presence(
     Ok(latest.into_values().collect())
 }
 
-/// Heroes and member counts (sent when membership may have changed).
-async fn summary(svc: &Services, room_id: &RoomId, me: &UserId) -> Result<Value> {
-    let members = storage::rooms::members(&svc.db, room_id.as_str()).await?;
-    let joined = members.iter().filter(|(_, m, _)| m == "join").count();
-    let invited = members.iter().filter(|(_, m, _)| m == "invite").count();
-    let heroes: Vec<&str> = members
-        .iter()
-        .filter(|(u, m, _)| u != me.as_str() && (m == "join" || m == "invite"))
-        .map(|(u, _, _)| u.as_str())
-        .take(5)
-        .collect();
-    Ok(json!({ "m.heroes": heroes, "m.joined_member_count": joined, "m.invited_member_count": invited }))
+/// Heroes and member counts (sent when membership may have changed), from the room's joined
+/// and invited members sorted by user ID.
+fn summary(members: &[(String, String)], me: &UserId) -> Value {
+    let joined = members.iter().filter(|(_, m)| m == "join").count();
+    let invited = members.iter().filter(|(_, m)| m == "invite").count();
+    let heroes: Vec<&str> = members.iter().filter(|(u, _)| u != me.as_str()).map(|(u, _)| u.as_str()).take(5).collect();
+    json!({ "m.heroes": heroes, "m.joined_member_count": joined, "m.invited_member_count": invited })
 }
 
 /// A room the user left: its timeline up to the leave.
