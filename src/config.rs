@@ -298,6 +298,9 @@ pub struct MediaConfig {
     /// Address ranges previews never fetch from, on top of the private, loopback and
     /// link-local ones.
     pub preview_ip_denylist: Vec<ipnet::IpNet>,
+    /// The thumbnail sizes made when an image is uploaded; every thumbnail request is served
+    /// the closest of them (Synapse's `thumbnail_sizes`). Default: the spec's common sizes.
+    pub thumbnail_sizes: Vec<crate::media::thumbnail::Target>,
 }
 
 impl Default for MediaConfig {
@@ -312,6 +315,7 @@ impl Default for MediaConfig {
             url_previews: false,
             preview_ip_allowlist: Vec::new(),
             preview_ip_denylist: Vec::new(),
+            thumbnail_sizes: crate::media::thumbnail::COMMON_SIZES.to_vec(),
         }
     }
 }
@@ -573,6 +577,17 @@ impl Config {
         }
         if self.rate_limits.enabled && (self.media.upload_per_second <= 0.0 || self.media.upload_burst < 1.0) {
             bail!("media.upload_per_second must be > 0 and media.upload_burst >= 1");
+        }
+        if self.media.thumbnail_sizes.is_empty() {
+            bail!("media.thumbnail_sizes must list at least one size");
+        }
+        if let Some(t) = self
+            .media
+            .thumbnail_sizes
+            .iter()
+            .find(|t| !(1..=4096).contains(&t.width) || !(1..=4096).contains(&t.height))
+        {
+            bail!("media.thumbnail_sizes: {}x{} must be 1 to 4096 pixels a side", t.width, t.height);
         }
         let federation = &self.federation;
         if federation.listen.is_some() && (federation.tls_cert.is_none() || federation.tls_key.is_none()) {
