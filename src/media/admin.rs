@@ -75,19 +75,27 @@ pub async fn delete_unused_since(
     Ok(deleted)
 }
 
-/// Deletes the cached media of other servers last served before `before_ts`, with their
-/// thumbnails (`POST /_synapse/admin/v1/purge_media_cache`); returns how many. They are
-/// fetched again when asked for.
+/// Deletes the cached media of other servers last served before `before_ts` and the cached
+/// thumbnails last served before it (`POST /_synapse/admin/v1/purge_media_cache`); returns
+/// how many media lost cached copies. They are fetched again when asked for.
 pub async fn purge_remote_cache(state: &Services, before_ts: i64) -> Result<usize> {
     check_before_ts(before_ts)?;
     let stale = storage::media::remote_unused_since(&state.db, before_ts).await?;
-    for (server_name, media_id) in &stale {
+    let mut purged: BTreeSet<(String, String)> = BTreeSet::new();
+    for (server_name, media_id) in stale {
         let mut tx = state.db.begin().await?;
-        let unused = storage::media::delete_remote(&mut tx, server_name, media_id).await?;
+        let unused = storage::media::delete_remote(&mut tx, &server_name, &media_id).await?;
         tx.commit().await?;
         remove_files(state, unused).await?;
+        purged.insert((server_name, media_id));
     }
-    Ok(stale.len())
+    // Thumbnails of media whose original was never fetched, or served less than it.
+    let mut tx = state.db.begin().await?;
+    let (thumbnailed, unused) = storage::media::delete_remote_thumbnails_unused_since(&mut tx, before_ts).await?;
+    tx.commit().await?;
+    remove_files(state, unused).await?;
+    purged.extend(thumbnailed);
+    Ok(purged.len())
 }
 
 /// Adds the media IDs of the `mxc://` URIs starting with `prefix` (ours) found in `text`.

@@ -286,6 +286,23 @@ pub async fn local_content(
     }
 }
 
+/// The database key of a thumbnail (of remote media when `remote_server` is set).
+fn thumbnail_key<'a>(
+    remote_server: Option<&'a str>,
+    media_id: &'a str,
+    target: Target,
+    animated: bool,
+) -> ThumbnailKey<'a> {
+    ThumbnailKey {
+        remote_server,
+        media_id,
+        width: target.width,
+        height: target.height,
+        method: target.method.as_str(),
+        animated,
+    }
+}
+
 /// The thumbnail of a media's content (local, or remote when `remote_server` is set) at a
 /// configured size: from the cache, else rendered (in the blocking pool, once however many
 /// ask at the same time) and kept on disk and in the database.
@@ -297,14 +314,7 @@ async fn thumbnail(
     target: Target,
     animated: bool,
 ) -> Result<ThumbnailRow> {
-    let key = ThumbnailKey {
-        remote_server,
-        media_id,
-        width: target.width,
-        height: target.height,
-        method: target.method.as_str(),
-        animated,
-    };
+    let key = thumbnail_key(remote_server, media_id, target, animated);
     if let Some(cached) = storage::media::get_thumbnail(&state.db, &key).await? {
         return Ok(cached);
     }
@@ -321,6 +331,8 @@ async fn thumbnail(
         return Ok(cached);
     }
     let _slot = state.media.thumbnail_slots.acquire().await.map_err(internal)?;
+    // Only the cache of remote media tracks access per thumbnail.
+    let last_access_ts = remote_server.map(|_| now_ms());
     let path = state.media.store.path(content);
     let size = content.size;
     let rendered = tokio::task::spawn_blocking(move || thumbnail::render(&path, size, target, animated))
@@ -328,11 +340,12 @@ async fn thumbnail(
         .map_err(internal)?;
     let row = match rendered {
         Ok(Rendered::Original { content_type }) => {
-            ThumbnailRow { content: content.clone(), content_type: content_type.to_owned() }
+            ThumbnailRow { content: content.clone(), content_type: content_type.to_owned(), last_access_ts }
         }
         Ok(Rendered::Image { bytes, content_type }) => ThumbnailRow {
             content: state.media.store.write_bytes(bytes).await.map_err(internal)?,
             content_type: content_type.to_owned(),
+            last_access_ts,
         },
         Err(ThumbnailError::NotAnImage) => {
             return Err(Error::matrix(
@@ -361,22 +374,26 @@ pub struct Served {
 /// than deletion by age needs.
 const ACCESS_RESOLUTION_MS: i64 = 60 * 60 * 1000;
 
-/// Records that media (local, or another server's when `remote_server` is set) was served,
-/// when the recorded last access is older than `ACCESS_RESOLUTION_MS`.
-async fn note_access(
-    state: &Services,
-    remote_server: Option<&str>,
-    media_id: &str,
-    last_access_ts: Option<i64>,
-) -> Result<()> {
+/// What was served, for `note_access`.
+enum Accessed<'a> {
+    Local(&'a str),
+    /// Another server's media: its origin and media ID.
+    Remote(&'a str, &'a str),
+    RemoteThumbnail(&'a ThumbnailKey<'a>),
+}
+
+/// Records that media was served, when the recorded last access is older than
+/// `ACCESS_RESOLUTION_MS`.
+async fn note_access(state: &Services, what: Accessed<'_>, last_access_ts: Option<i64>) -> Result<()> {
     let now = now_ms();
     if last_access_ts.is_some_and(|t| t > now - ACCESS_RESOLUTION_MS) {
         return Ok(());
     }
     let mut tx = state.db.begin().await?;
-    match remote_server {
-        None => storage::media::touch(&mut tx, media_id, now).await?,
-        Some(server) => storage::media::touch_remote(&mut tx, server, media_id, now).await?,
+    match what {
+        Accessed::Local(media_id) => storage::media::touch(&mut tx, media_id, now).await?,
+        Accessed::Remote(server, media_id) => storage::media::touch_remote(&mut tx, server, media_id, now).await?,
+        Accessed::RemoteThumbnail(key) => storage::media::touch_remote_thumbnail(&mut tx, key, now).await?,
     }
     tx.commit().await?;
     Ok(())
@@ -412,12 +429,12 @@ pub async fn download(
     let (content, content_type, stored_name) = match origin(state, server_name, media_id, access)? {
         None => {
             let (row, content) = local_content(state, media_id, access, wait_ms).await?;
-            note_access(state, None, media_id, row.last_access_ts).await?;
+            note_access(state, Accessed::Local(media_id), row.last_access_ts).await?;
             (content, row.content_type.unwrap_or_else(|| "application/octet-stream".to_owned()), row.file_name)
         }
         Some(server) => {
             let row = remote::content(state, &server, media_id, wait_ms).await?;
-            note_access(state, Some(server.as_str()), media_id, row.last_access_ts).await?;
+            note_access(state, Accessed::Remote(server.as_str(), media_id), row.last_access_ts).await?;
             (row.content, row.content_type, row.file_name)
         }
     };
@@ -459,10 +476,15 @@ pub async fn thumbnail_for(
     let thumb = match origin(state, server_name, media_id, access)? {
         None => {
             let (row, content) = local_content(state, media_id, access, wait_ms).await?;
-            note_access(state, None, media_id, row.last_access_ts).await?;
+            note_access(state, Accessed::Local(media_id), row.last_access_ts).await?;
             thumbnail(state, None, media_id, &content, target, animated).await?
         }
-        Some(server) => remote::thumbnail(state, &server, media_id, target, animated, wait_ms).await?,
+        Some(server) => {
+            let thumb = remote::thumbnail(state, &server, media_id, target, animated, wait_ms).await?;
+            let key = thumbnail_key(Some(server.as_str()), media_id, target, animated);
+            note_access(state, Accessed::RemoteThumbnail(&key), thumb.last_access_ts).await?;
+            thumb
+        }
     };
     let extension = thumb.content_type.strip_prefix("image/").map_or("bin", |t| if t == "jpeg" { "jpg" } else { t });
     // Remote thumbnails carry the type their origin gave: only safe types go inline.

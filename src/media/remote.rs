@@ -19,7 +19,7 @@ use super::{MAX_WAIT_MS, internal};
 use crate::Services;
 use crate::error::{Error, Result};
 use crate::federation::client::{self, FederationError};
-use crate::storage::media::{RemoteMediaRow, StoredContent, ThumbnailKey, ThumbnailRow, Upload};
+use crate::storage::media::{RemoteMediaRow, StoredContent, ThumbnailRow, Upload};
 use crate::storage::{self, now_ms};
 
 /// Time allowed for the bytes to arrive once the answer has started.
@@ -175,14 +175,7 @@ pub async fn thumbnail(
     animated: bool,
     wait_ms: u64,
 ) -> Result<ThumbnailRow> {
-    let key = ThumbnailKey {
-        remote_server: Some(server.as_str()),
-        media_id,
-        width: target.width,
-        height: target.height,
-        method: target.method.as_str(),
-        animated,
-    };
+    let key = super::thumbnail_key(Some(server.as_str()), media_id, target, animated);
     if let Some(row) = storage::media::get_thumbnail(&svc.db, &key).await? {
         return Ok(row);
     }
@@ -209,7 +202,11 @@ pub async fn thumbnail(
     };
     match asked {
         Ok(fetched) => {
-            let row = ThumbnailRow { content: fetched.content, content_type: fetched.content_type };
+            let row = ThumbnailRow {
+                content: fetched.content,
+                content_type: fetched.content_type,
+                last_access_ts: Some(now_ms()),
+            };
             let mut tx = svc.db.begin().await?;
             storage::media::insert_thumbnail(&mut tx, &key, &row).await?;
             tx.commit().await?;

@@ -160,6 +160,8 @@ pub async fn bytes_uploaded_by(db: &Db, uploader: &str) -> sqlx::Result<u64> {
 pub struct ThumbnailRow {
     pub content: StoredContent,
     pub content_type: String,
+    /// When a cached thumbnail of remote media was last served (`None` for local media).
+    pub last_access_ts: Option<i64>,
 }
 
 /// Which thumbnail of a media: size, method and whether it may be animated.
@@ -176,11 +178,11 @@ pub struct ThumbnailKey<'a> {
 pub async fn get_thumbnail(db: &Db, key: &ThumbnailKey<'_>) -> sqlx::Result<Option<ThumbnailRow>> {
     let sql = match key.remote_server {
         None => {
-            "SELECT sha256, size, content_type FROM media_thumbnails
+            "SELECT sha256, size, content_type, CAST(NULL AS BIGINT) AS last_access_ts FROM media_thumbnails
              WHERE media_id = $1 AND width = $2 AND height = $3 AND method = $4 AND animated = $5"
         }
         Some(_) => {
-            "SELECT sha256, size, content_type FROM remote_media_thumbnails
+            "SELECT sha256, size, content_type, last_access_ts FROM remote_media_thumbnails
              WHERE media_id = $1 AND width = $2 AND height = $3 AND method = $4 AND animated = $5
              AND server_name = $6"
         }
@@ -199,7 +201,11 @@ pub async fn get_thumbnail(db: &Db, key: &ThumbnailKey<'_>) -> sqlx::Result<Opti
     .await?;
     let Some(row) = row else { return Ok(None) };
     let content = content_from_row(&row)?;
-    Ok(content.map(|content| ThumbnailRow { content, content_type: row.get("content_type") }))
+    Ok(content.map(|content| ThumbnailRow {
+        content,
+        content_type: row.get("content_type"),
+        last_access_ts: row.get("last_access_ts"),
+    }))
 }
 
 /// Records a thumbnail; a concurrent request may have recorded the same one first.
@@ -212,8 +218,8 @@ pub async fn insert_thumbnail(tx: &mut Tx, key: &ThumbnailKey<'_>, thumbnail: &T
         }
         Some(_) => {
             "INSERT INTO remote_media_thumbnails
-             (media_id, width, height, method, animated, sha256, size, content_type, server_name)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             (media_id, width, height, method, animated, sha256, size, content_type, server_name, last_access_ts)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
              ON CONFLICT (server_name, media_id, width, height, method, animated) DO NOTHING"
         }
     };
@@ -227,7 +233,7 @@ pub async fn insert_thumbnail(tx: &mut Tx, key: &ThumbnailKey<'_>, thumbnail: &T
         .bind(thumbnail.content.size as i64)
         .bind(&thumbnail.content_type);
     match key.remote_server {
-        Some(server) => query.bind(server),
+        Some(server) => query.bind(server).bind(thumbnail.last_access_ts),
         None => query,
     }
     .execute(&mut **tx)
@@ -461,6 +467,49 @@ pub async fn touch_remote(tx: &mut Tx, server_name: &str, media_id: &str, now: i
         .execute(&mut **tx)
         .await?;
     Ok(())
+}
+
+/// Records that a cached thumbnail of remote media was served now.
+pub async fn touch_remote_thumbnail(tx: &mut Tx, key: &ThumbnailKey<'_>, now: i64) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE remote_media_thumbnails SET last_access_ts = $7 WHERE server_name = $1 AND media_id = $2
+         AND width = $3 AND height = $4 AND method = $5 AND animated = $6",
+    )
+    .bind(key.remote_server)
+    .bind(key.media_id)
+    .bind(i64::from(key.width))
+    .bind(i64::from(key.height))
+    .bind(key.method)
+    .bind(key.animated as i64)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Deletes the cached thumbnails of remote media last served before `before_ts` (those of
+/// media whose original was never fetched too); returns the media they belonged to
+/// (origin, media ID) and the content hashes no row uses any more.
+pub async fn delete_remote_thumbnails_unused_since(
+    tx: &mut Tx,
+    before_ts: i64,
+) -> sqlx::Result<(Vec<(String, String)>, Vec<String>)> {
+    let rows: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT server_name, media_id, sha256 FROM remote_media_thumbnails WHERE last_access_ts < $1")
+            .bind(before_ts)
+            .fetch_all(&mut **tx)
+            .await?;
+    sqlx::query("DELETE FROM remote_media_thumbnails WHERE last_access_ts < $1")
+        .bind(before_ts)
+        .execute(&mut **tx)
+        .await?;
+    let mut media = Vec::new();
+    let mut hashes = Vec::new();
+    for (server_name, media_id, sha256) in rows {
+        media.push((server_name, media_id));
+        hashes.push(sha256);
+    }
+    Ok((media, unreferenced(tx, hashes).await?))
 }
 
 /// Local media last served before `before_ts` and larger than `size_gt` bytes, oldest first;
