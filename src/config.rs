@@ -710,6 +710,20 @@ mod tests {
         let c: Config = toml::from_str(&text).unwrap();
         assert_eq!(c.server_name, "chat.example.com");
         assert!(c.registration.shared_secret.is_some());
+        assert_eq!(c.media.thumbnail_sizes, crate::media::thumbnail::COMMON_SIZES);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn thumbnail_sizes_are_checked() {
+        let mut c = Config::with_server_name("ok.org");
+        c.media.thumbnail_sizes.clear();
+        assert!(c.validate().is_err());
+        let text = "[[thumbnail_sizes]]\nwidth = 0\nheight = 10\nmethod = \"crop\"\n";
+        c.media = toml::from_str(text).unwrap();
+        assert!(c.validate().is_err());
+        assert!(toml::from_str::<MediaConfig>(&text.replace("crop", "stretch")).is_err());
+        c.media.thumbnail_sizes[0].width = 10;
         c.validate().unwrap();
     }
 
