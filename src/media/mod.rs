@@ -554,7 +554,8 @@ pub async fn housekeeping(services: Weak<Services>) {
 }
 
 /// Makes the thumbnails of uploads whose generation was cut short (a crash, or a process
-/// that stopped) and forgets media IDs created but never uploaded to before they expired.
+/// that stopped), forgets media IDs created but never uploaded to before they expired, and
+/// expired link previews.
 pub async fn housekeep(state: &Services) -> Result<()> {
     // Younger uploads are still being handled by the process that took them.
     let cut_short_before = now_ms() - HOUSEKEEPING_PERIOD.as_millis() as i64;
@@ -564,7 +565,9 @@ pub async fn housekeep(state: &Services) -> Result<()> {
         }
     }
     let mut tx = state.db.begin().await?;
-    storage::media::delete_expired_pending(&mut tx, now_ms()).await?;
+    let now = now_ms();
+    storage::media::delete_expired_pending(&mut tx, now).await?;
+    storage::media::delete_expired_previews(&mut tx, now).await?;
     tx.commit().await?;
     Ok(())
 }

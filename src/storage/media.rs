@@ -304,6 +304,12 @@ pub async fn get_preview(db: &Db, url: &str, now: i64) -> sqlx::Result<Option<St
         .await
 }
 
+/// Forgets previews that expired (a later request fetches the page again anyway).
+pub async fn delete_expired_previews(tx: &mut Tx, now: i64) -> sqlx::Result<u64> {
+    let res = sqlx::query("DELETE FROM url_previews WHERE expires_ts <= $1").bind(now).execute(&mut **tx).await?;
+    Ok(res.rows_affected())
+}
+
 /// Stores the preview of a URL, replacing an older one.
 pub async fn put_preview(tx: &mut Tx, url: &str, og_json: &str, now: i64, expires_ts: i64) -> sqlx::Result<()> {
     sqlx::query(

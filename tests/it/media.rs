@@ -481,7 +481,7 @@ async fn thumbnail_sizes_are_configurable() {
 }
 
 #[tokio::test]
-async fn housekeeping_resumes_cut_short_thumbnails_and_forgets_expired_ids() {
+async fn housekeeping_resumes_cut_short_thumbnails_and_forgets_expired_ids_and_previews() {
     let server = TestServer::start().await;
     let alice = server.register("alice").await;
     let state = &server.state;
@@ -493,12 +493,17 @@ async fn housekeeping_resumes_cut_short_thumbnails_and_forgets_expired_ids() {
     let mut tx = state.db.begin().await.unwrap();
     media::insert_uploaded(&mut tx, "CutShort", &alice.user_id, &upload, true, long_ago).await.unwrap();
     media::insert_pending(&mut tx, "NeverUploaded", &alice.user_id, long_ago, long_ago + 1).await.unwrap();
+    media::put_preview(&mut tx, "https://old.example/", "{}", long_ago, long_ago + 1).await.unwrap();
+    media::put_preview(&mut tx, "https://new.example/", "{}", long_ago, i64::MAX).await.unwrap();
     tx.commit().await.unwrap();
     assert!(!all_thumbnails_made(&server, "CutShort").await);
     plexus::media::housekeep(state).await.unwrap();
     assert!(all_thumbnails_made(&server, "CutShort").await);
     assert!(media::get(&state.db, "NeverUploaded").await.unwrap().is_none());
     assert!(media::get(&state.db, "CutShort").await.unwrap().is_some());
+    // Expired previews are gone (read as of time 0, when both were valid).
+    assert!(media::get_preview(&state.db, "https://old.example/", 0).await.unwrap().is_none());
+    assert!(media::get_preview(&state.db, "https://new.example/", 0).await.unwrap().is_some());
 }
 
 /// A tiny web server on loopback for previews: a page with OpenGraph tags, its image, and a
