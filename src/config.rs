@@ -302,6 +302,9 @@ pub struct MediaConfig {
     /// Address ranges previews never fetch from, on top of the private, loopback and
     /// link-local ones.
     pub preview_ip_denylist: Vec<ipnet::IpNet>,
+    /// The thumbnail sizes made when an image is uploaded; every thumbnail request is served
+    /// the closest of them (Synapse's `thumbnail_sizes`). Default: the spec's common sizes.
+    pub thumbnail_sizes: Vec<crate::media::thumbnail::Target>,
 }
 
 impl Default for MediaConfig {
@@ -316,6 +319,7 @@ impl Default for MediaConfig {
             url_previews: false,
             preview_ip_allowlist: Vec::new(),
             preview_ip_denylist: Vec::new(),
+            thumbnail_sizes: crate::media::thumbnail::COMMON_SIZES.to_vec(),
         }
     }
 }
@@ -685,6 +689,17 @@ impl Config {
         if self.rate_limits.enabled && (self.media.upload_per_second <= 0.0 || self.media.upload_burst < 1.0) {
             bail!("media.upload_per_second must be > 0 and media.upload_burst >= 1");
         }
+        if self.media.thumbnail_sizes.is_empty() {
+            bail!("media.thumbnail_sizes must list at least one size");
+        }
+        if let Some(t) = self
+            .media
+            .thumbnail_sizes
+            .iter()
+            .find(|t| !(1..=4096).contains(&t.width) || !(1..=4096).contains(&t.height))
+        {
+            bail!("media.thumbnail_sizes: {}x{} must be 1 to 4096 pixels a side", t.width, t.height);
+        }
         let federation = &self.federation;
         if federation.listen.is_some() && (federation.tls_cert.is_none() || federation.tls_key.is_none()) {
             bail!("federation.listen needs federation.tls_cert and federation.tls_key");
@@ -832,6 +847,20 @@ mod tests {
         let c: Config = toml::from_str(&text).unwrap();
         assert_eq!(c.server_name, "chat.example.com");
         assert!(c.registration.shared_secret.is_some());
+        assert_eq!(c.media.thumbnail_sizes, crate::media::thumbnail::COMMON_SIZES);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn thumbnail_sizes_are_checked() {
+        let mut c = Config::with_server_name("ok.org");
+        c.media.thumbnail_sizes.clear();
+        assert!(c.validate().is_err());
+        let text = "[[thumbnail_sizes]]\nwidth = 0\nheight = 10\nmethod = \"crop\"\n";
+        c.media = toml::from_str(text).unwrap();
+        assert!(c.validate().is_err());
+        assert!(toml::from_str::<MediaConfig>(&text.replace("crop", "stretch")).is_err());
+        c.media.thumbnail_sizes[0].width = 10;
         c.validate().unwrap();
     }
 

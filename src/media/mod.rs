@@ -2,6 +2,8 @@
 //! database, waiting for asynchronous uploads, thumbnails, link previews, and other servers'
 //! media fetched over federation.
 
+pub mod admin;
+mod flight;
 pub mod headers;
 pub mod html;
 pub mod multipart;
@@ -10,6 +12,7 @@ pub mod remote;
 pub mod store;
 pub mod thumbnail;
 
+use std::sync::{Mutex, Weak};
 use std::time::Duration;
 
 use axum::http::StatusCode;
@@ -18,7 +21,7 @@ use futures::Stream;
 use rand::Rng;
 use ruma::{OwnedServerName, UserId};
 use serde::Deserialize;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::Services;
 use crate::config::{Config, RateLimitConfig};
@@ -26,6 +29,7 @@ use crate::error::{Error, Result};
 use crate::http::rate_limit::RateLimiter;
 use crate::storage::media::{MediaRow, StoredContent, ThumbnailKey, ThumbnailRow, Upload};
 use crate::storage::{self, now_ms};
+use flight::InFlight;
 use preview::{GuardedClient, Previewer};
 use store::{ContentStore, WriteError};
 use thumbnail::{Method, Rendered, Target, ThumbnailError};
@@ -47,8 +51,11 @@ pub struct MediaService {
     thumbnail_slots: Semaphore,
     /// Present when URL previews are enabled.
     pub previewer: Option<Previewer>,
-    /// Fetches of remote media in progress.
-    remote_fetches: remote::Fetches,
+    /// Remote fetches and thumbnail renders in progress.
+    in_flight: InFlight,
+    /// Uploads whose configured thumbnails are to be made, for `make_thumbnails`.
+    uploaded_images: mpsc::UnboundedSender<String>,
+    uploaded_images_rx: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
     /// Follows the `Location` of remote media.
     redirects: GuardedClient,
 }
@@ -61,13 +68,16 @@ impl MediaService {
             burst: config.media.upload_burst,
         };
         let cores = std::thread::available_parallelism().map_or(2, usize::from);
+        let (uploaded_images, uploaded_images_rx) = mpsc::unbounded_channel();
         Ok(Self {
             store: ContentStore::open(config.data_dir.join("media"))?,
             limiter: RateLimiter::new(limits),
             uploaded: watch::Sender::new(0),
             thumbnail_slots: Semaphore::new(cores),
             previewer: config.media.url_previews.then(|| Previewer::new(&config.media)).transpose()?,
-            remote_fetches: remote::Fetches::default(),
+            in_flight: InFlight::default(),
+            uploaded_images,
+            uploaded_images_rx: Mutex::new(Some(uploaded_images_rx)),
             redirects: GuardedClient::new(&config.media, "remote media", remote::TRANSFER_TIMEOUT)?,
         })
     }
@@ -155,10 +165,19 @@ async fn record_upload(
 ) -> Result<String> {
     let media_id = new_media_id();
     let upload = Upload { content, content_type, file_name };
+    let image = is_image_type(content_type);
     let mut tx = state.db.begin().await?;
-    storage::media::insert_uploaded(&mut tx, &media_id, user.as_str(), &upload, now_ms()).await?;
+    storage::media::insert_uploaded(&mut tx, &media_id, user.as_str(), &upload, image, now_ms()).await?;
     tx.commit().await?;
+    if image {
+        let _ = state.media.uploaded_images.send(media_id.clone());
+    }
     Ok(media_id)
+}
+
+/// Uploads whose configured thumbnails are made at once (others only when asked).
+fn is_image_type(content_type: &str) -> bool {
+    content_type.trim_start().get(..6).is_some_and(|t| t.eq_ignore_ascii_case("image/"))
 }
 
 /// The per-user rate limit, which the users of appservices with `rate_limited: false` skip.
@@ -214,13 +233,17 @@ pub async fn upload_pending<E: std::fmt::Display>(
     }
     let content = receive(state, user, &info, body).await?;
     let upload = Upload { content: &content, content_type: &info.content_type, file_name: info.file_name.as_deref() };
+    let image = is_image_type(&info.content_type);
     let mut tx = state.db.begin().await?;
-    if !storage::media::complete_pending(&mut tx, media_id, &upload, now_ms()).await? {
+    if !storage::media::complete_pending(&mut tx, media_id, &upload, image, now_ms()).await? {
         // Another upload to the same ID finished first.
         return Err(cannot_overwrite());
     }
     tx.commit().await?;
     state.media.uploaded.send_modify(|n| *n += 1);
+    if image {
+        let _ = state.media.uploaded_images.send(media_id.to_owned());
+    }
     Ok(())
 }
 
@@ -263,9 +286,26 @@ pub async fn local_content(
     }
 }
 
+/// The database key of a thumbnail (of remote media when `remote_server` is set).
+fn thumbnail_key<'a>(
+    remote_server: Option<&'a str>,
+    media_id: &'a str,
+    target: Target,
+    animated: bool,
+) -> ThumbnailKey<'a> {
+    ThumbnailKey {
+        remote_server,
+        media_id,
+        width: target.width,
+        height: target.height,
+        method: target.method.as_str(),
+        animated,
+    }
+}
+
 /// The thumbnail of a media's content (local, or remote when `remote_server` is set) at a
-/// common size, generated on first request (in the blocking pool) and kept on disk and in
-/// the database.
+/// configured size: from the cache, else rendered (in the blocking pool, once however many
+/// ask at the same time) and kept on disk and in the database.
 async fn thumbnail(
     state: &Services,
     remote_server: Option<&str>,
@@ -274,18 +314,25 @@ async fn thumbnail(
     target: Target,
     animated: bool,
 ) -> Result<ThumbnailRow> {
-    let key = ThumbnailKey {
-        remote_server,
-        media_id,
-        width: target.width,
-        height: target.height,
-        method: target.method.as_str(),
-        animated,
-    };
+    let key = thumbnail_key(remote_server, media_id, target, animated);
+    if let Some(cached) = storage::media::get_thumbnail(&state.db, &key).await? {
+        return Ok(cached);
+    }
+    let render_key = format!(
+        "render {}/{media_id}/{}x{}/{}/{animated}",
+        remote_server.unwrap_or(""),
+        target.width,
+        target.height,
+        key.method
+    );
+    let _rendering = state.media.in_flight.hold(render_key).await;
+    // Whoever rendered it meanwhile cached it.
     if let Some(cached) = storage::media::get_thumbnail(&state.db, &key).await? {
         return Ok(cached);
     }
     let _slot = state.media.thumbnail_slots.acquire().await.map_err(internal)?;
+    // Only the cache of remote media tracks access per thumbnail.
+    let last_access_ts = remote_server.map(|_| now_ms());
     let path = state.media.store.path(content);
     let size = content.size;
     let rendered = tokio::task::spawn_blocking(move || thumbnail::render(&path, size, target, animated))
@@ -293,11 +340,12 @@ async fn thumbnail(
         .map_err(internal)?;
     let row = match rendered {
         Ok(Rendered::Original { content_type }) => {
-            ThumbnailRow { content: content.clone(), content_type: content_type.to_owned() }
+            ThumbnailRow { content: content.clone(), content_type: content_type.to_owned(), last_access_ts }
         }
         Ok(Rendered::Image { bytes, content_type }) => ThumbnailRow {
             content: state.media.store.write_bytes(bytes).await.map_err(internal)?,
             content_type: content_type.to_owned(),
+            last_access_ts,
         },
         Err(ThumbnailError::NotAnImage) => {
             return Err(Error::matrix(
@@ -320,6 +368,35 @@ pub struct Served {
     pub content: StoredContent,
     pub content_type: String,
     pub disposition: String,
+}
+
+/// How precisely the last access to media is kept: a write per download would cost more
+/// than deletion by age needs.
+const ACCESS_RESOLUTION_MS: i64 = 60 * 60 * 1000;
+
+/// What was served, for `note_access`.
+enum Accessed<'a> {
+    Local(&'a str),
+    /// Another server's media: its origin and media ID.
+    Remote(&'a str, &'a str),
+    RemoteThumbnail(&'a ThumbnailKey<'a>),
+}
+
+/// Records that media was served, when the recorded last access is older than
+/// `ACCESS_RESOLUTION_MS`.
+async fn note_access(state: &Services, what: Accessed<'_>, last_access_ts: Option<i64>) -> Result<()> {
+    let now = now_ms();
+    if last_access_ts.is_some_and(|t| t > now - ACCESS_RESOLUTION_MS) {
+        return Ok(());
+    }
+    let mut tx = state.db.begin().await?;
+    match what {
+        Accessed::Local(media_id) => storage::media::touch(&mut tx, media_id, now).await?,
+        Accessed::Remote(server, media_id) => storage::media::touch_remote(&mut tx, server, media_id, now).await?,
+        Accessed::RemoteThumbnail(key) => storage::media::touch_remote_thumbnail(&mut tx, key, now).await?,
+    }
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Whose media `mxc://server_name/media_id` is: ours (`None`) or another server's. Invalid
@@ -352,10 +429,12 @@ pub async fn download(
     let (content, content_type, stored_name) = match origin(state, server_name, media_id, access)? {
         None => {
             let (row, content) = local_content(state, media_id, access, wait_ms).await?;
+            note_access(state, Accessed::Local(media_id), row.last_access_ts).await?;
             (content, row.content_type.unwrap_or_else(|| "application/octet-stream".to_owned()), row.file_name)
         }
         Some(server) => {
             let row = remote::content(state, &server, media_id, wait_ms).await?;
+            note_access(state, Accessed::Remote(server.as_str(), media_id), row.last_access_ts).await?;
             (row.content, row.content_type, row.file_name)
         }
     };
@@ -391,15 +470,21 @@ pub async fn thumbnail_for(
         None => Method::Scale,
         Some(m) => Method::parse(m).ok_or_else(|| Error::invalid_param("method must be crop or scale"))?,
     };
-    let target = thumbnail::snap(width, height, method);
+    let target = thumbnail::snap(&state.config.media.thumbnail_sizes, width, height, method);
     let animated = query.animated.unwrap_or(false);
     let wait_ms = query.timeout_ms.unwrap_or(DEFAULT_WAIT_MS);
     let thumb = match origin(state, server_name, media_id, access)? {
         None => {
-            let (_, content) = local_content(state, media_id, access, wait_ms).await?;
+            let (row, content) = local_content(state, media_id, access, wait_ms).await?;
+            note_access(state, Accessed::Local(media_id), row.last_access_ts).await?;
             thumbnail(state, None, media_id, &content, target, animated).await?
         }
-        Some(server) => remote::thumbnail(state, &server, media_id, target, animated, wait_ms).await?,
+        Some(server) => {
+            let thumb = remote::thumbnail(state, &server, media_id, target, animated, wait_ms).await?;
+            let key = thumbnail_key(Some(server.as_str()), media_id, target, animated);
+            note_access(state, Accessed::RemoteThumbnail(&key), thumb.last_access_ts).await?;
+            thumb
+        }
     };
     let extension = thumb.content_type.strip_prefix("image/").map_or("bin", |t| if t == "jpeg" { "jpg" } else { t });
     // Remote thumbnails carry the type their origin gave: only safe types go inline.
@@ -415,43 +500,74 @@ pub async fn open(state: &Services, content: &StoredContent) -> Result<tokio::fs
         .map_err(|e| Error::Internal(anyhow::Error::new(e).context(format!("media file {} missing", content.sha256))))
 }
 
-/// Deletes a local media ID, its thumbnails, and the files no other media uses; false when
-/// there was no such media.
-pub async fn delete_local(state: &Services, media_id: &str) -> Result<bool> {
-    if storage::media::get(&state.db, media_id).await?.is_none() {
-        return Ok(false);
+/// Makes the configured thumbnails of uploaded images, as they are announced, until the
+/// server is dropped. Every process runs it for its own uploads.
+pub async fn make_thumbnails(services: Weak<Services>) {
+    let receiver = services.upgrade().and_then(|svc| svc.media.uploaded_images_rx.lock().ok()?.take());
+    let Some(mut uploads) = receiver else { return };
+    // Ends when the server (holding the sender) is dropped.
+    while let Some(media_id) = uploads.recv().await {
+        let Some(svc) = services.upgrade() else { return };
+        tokio::spawn(async move {
+            if let Err(e) = pregenerate_thumbnails(&svc, &media_id).await {
+                tracing::warn!(media_id, error = %e, "making thumbnails failed; the housekeeping retries");
+            }
+        });
     }
-    let mut tx = state.db.begin().await?;
-    let unused = storage::media::delete(&mut tx, media_id).await?;
-    tx.commit().await?;
-    for sha256 in unused {
-        state.media.store.remove(&sha256).await.map_err(internal)?;
-    }
-    Ok(true)
 }
 
-/// Quarantines the local media a room's events refer to; returns how many were newly
-/// quarantined.
-pub async fn quarantine_in_room(state: &Services, room_id: &str) -> Result<u64> {
-    let prefix = format!("mxc://{}/", state.config.server_name);
-    let mut ids = std::collections::BTreeSet::new();
-    for json in storage::events::jsons_mentioning_media(&state.db, room_id).await? {
-        for (start, _) in json.match_indices(&prefix) {
-            let rest = &json[start + prefix.len()..];
-            let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-')).unwrap_or(rest.len());
-            if end > 0 {
-                ids.insert(rest[..end].to_owned());
+/// Makes the configured thumbnails of a local upload that are not made yet, then marks it
+/// done. Content that cannot be thumbnailed is done too; other failures leave it pending.
+pub async fn pregenerate_thumbnails(state: &Services, media_id: &str) -> Result<()> {
+    let Some(row) = storage::media::get(&state.db, media_id).await? else { return Ok(()) };
+    if let Some(content) = &row.content {
+        for target in &state.config.media.thumbnail_sizes {
+            match thumbnail(state, None, media_id, content, *target, false).await {
+                Ok(_) => {}
+                Err(e @ Error::Internal(_)) => return Err(e),
+                // Not an image, or too large to decode: nothing to make.
+                Err(_) => break,
             }
         }
     }
-    let mut quarantined = 0;
     let mut tx = state.db.begin().await?;
-    for id in ids {
-        if storage::media::get(&state.db, &id).await?.is_some_and(|m| !m.quarantined) {
-            storage::media::set_quarantined(&mut tx, &id, true).await?;
-            quarantined += 1;
+    storage::media::clear_thumbnails_pending(&mut tx, media_id).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// How often the media housekeeping runs.
+const HOUSEKEEPING_PERIOD: Duration = Duration::from_secs(60);
+
+/// The periodic media housekeeping (`housekeep`), every minute until the server is dropped.
+/// Its work is shared by all processes of a deployment: with several, only one (the
+/// leader) should run it. Started in `AppState::build`.
+pub async fn housekeeping(services: Weak<Services>) {
+    let mut ticks = tokio::time::interval(HOUSEKEEPING_PERIOD);
+    loop {
+        ticks.tick().await;
+        let Some(svc) = services.upgrade() else { return };
+        if let Err(e) = housekeep(&svc).await {
+            tracing::warn!(error = %e, "media housekeeping failed");
         }
     }
+}
+
+/// Makes the thumbnails of uploads whose generation was cut short (a crash, or a process
+/// that stopped), forgets media IDs created but never uploaded to before they expired, and
+/// expired link previews.
+pub async fn housekeep(state: &Services) -> Result<()> {
+    // Younger uploads are still being handled by the process that took them.
+    let cut_short_before = now_ms() - HOUSEKEEPING_PERIOD.as_millis() as i64;
+    for media_id in storage::media::thumbnails_pending(&state.db, cut_short_before, 100).await? {
+        if let Err(e) = pregenerate_thumbnails(state, &media_id).await {
+            tracing::warn!(media_id, error = %e, "making thumbnails failed again");
+        }
+    }
+    let mut tx = state.db.begin().await?;
+    let now = now_ms();
+    storage::media::delete_expired_pending(&mut tx, now).await?;
+    storage::media::delete_expired_previews(&mut tx, now).await?;
     tx.commit().await?;
-    Ok(quarantined)
+    Ok(())
 }

@@ -3,15 +3,12 @@
 //! with a row per media and per thumbnail. One fetch at a time per media (or thumbnail):
 //! concurrent requests wait for it and are served from the cache.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
 use bytes::Bytes;
 use futures::Stream;
 use ruma::ServerName;
-use tokio::sync::OwnedMutexGuard;
 
 use super::headers::file_name_of;
 use super::multipart::MultipartReader;
@@ -22,7 +19,7 @@ use super::{MAX_WAIT_MS, internal};
 use crate::Services;
 use crate::error::{Error, Result};
 use crate::federation::client::{self, FederationError};
-use crate::storage::media::{RemoteMediaRow, StoredContent, ThumbnailKey, ThumbnailRow, Upload};
+use crate::storage::media::{RemoteMediaRow, StoredContent, ThumbnailRow, Upload};
 use crate::storage::{self, now_ms};
 
 /// Time allowed for the bytes to arrive once the answer has started.
@@ -30,37 +27,6 @@ pub const TRANSFER_TIMEOUT: Duration = Duration::from_secs(120);
 /// Largest metadata part read (it is an empty object today).
 const MAX_METADATA_BYTES: usize = 64 * 1024;
 const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
-
-/// Fetches in progress, by what they fetch.
-#[derive(Default)]
-pub struct Fetches {
-    running: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-}
-
-/// The right to fetch one thing; the entry goes when its last holder or waiter is done.
-struct FetchGuard<'a> {
-    fetches: &'a Fetches,
-    key: String,
-    _held: OwnedMutexGuard<()>,
-}
-
-impl Fetches {
-    /// Waits until nobody else is fetching `key`, then holds it.
-    async fn hold(&self, key: String) -> FetchGuard<'_> {
-        let lock = self.running.lock().unwrap_or_else(|e| e.into_inner()).entry(key.clone()).or_default().clone();
-        FetchGuard { fetches: self, key, _held: lock.lock_owned().await }
-    }
-}
-
-impl Drop for FetchGuard<'_> {
-    fn drop(&mut self) {
-        let mut running = self.fetches.running.lock().unwrap_or_else(|e| e.into_inner());
-        // Held by the map and this guard only: nobody waits for it.
-        if running.get(&self.key).is_some_and(|lock| Arc::strong_count(lock) <= 2) {
-            running.remove(&self.key);
-        }
-    }
-}
 
 fn not_yet_uploaded() -> Error {
     Error::matrix(
@@ -174,7 +140,7 @@ pub async fn content(svc: &Services, server: &ServerName, media_id: &str, wait_m
     if let Some(row) = cached().await? {
         return Ok(row);
     }
-    let _fetching = svc.media.remote_fetches.hold(format!("{server}/{media_id}")).await;
+    let _fetching = svc.media.in_flight.hold(format!("fetch {server}/{media_id}")).await;
     // Whoever held it before may have fetched it.
     if let Some(row) = cached().await? {
         return Ok(row);
@@ -187,10 +153,16 @@ pub async fn content(svc: &Services, server: &ServerName, media_id: &str, wait_m
         content_type: &fetched.content_type,
         file_name: fetched.file_name.as_deref(),
     };
+    let now = now_ms();
     let mut tx = svc.db.begin().await?;
-    storage::media::insert_remote(&mut tx, server.as_str(), media_id, &upload, now_ms()).await?;
+    storage::media::insert_remote(&mut tx, server.as_str(), media_id, &upload, now).await?;
     tx.commit().await?;
-    Ok(RemoteMediaRow { content: fetched.content, content_type: fetched.content_type, file_name: fetched.file_name })
+    Ok(RemoteMediaRow {
+        content: fetched.content,
+        content_type: fetched.content_type,
+        file_name: fetched.file_name,
+        last_access_ts: Some(now),
+    })
 }
 
 /// A thumbnail of remote media: cached, else asked of its server, else made here from the
@@ -203,21 +175,18 @@ pub async fn thumbnail(
     animated: bool,
     wait_ms: u64,
 ) -> Result<ThumbnailRow> {
-    let key = ThumbnailKey {
-        remote_server: Some(server.as_str()),
-        media_id,
-        width: target.width,
-        height: target.height,
-        method: target.method.as_str(),
-        animated,
-    };
+    let key = super::thumbnail_key(Some(server.as_str()), media_id, target, animated);
     if let Some(row) = storage::media::get_thumbnail(&svc.db, &key).await? {
         return Ok(row);
     }
     let asked = {
-        let fetch_key =
-            format!("{server}/{media_id}/{}x{}/{}/{animated}", target.width, target.height, target.method.as_str());
-        let _fetching = svc.media.remote_fetches.hold(fetch_key).await;
+        let fetch_key = format!(
+            "fetch {server}/{media_id}/{}x{}/{}/{animated}",
+            target.width,
+            target.height,
+            target.method.as_str()
+        );
+        let _fetching = svc.media.in_flight.hold(fetch_key).await;
         if let Some(row) = storage::media::get_thumbnail(&svc.db, &key).await? {
             return Ok(row);
         }
@@ -233,7 +202,11 @@ pub async fn thumbnail(
     };
     match asked {
         Ok(fetched) => {
-            let row = ThumbnailRow { content: fetched.content, content_type: fetched.content_type };
+            let row = ThumbnailRow {
+                content: fetched.content,
+                content_type: fetched.content_type,
+                last_access_ts: Some(now_ms()),
+            };
             let mut tx = svc.db.begin().await?;
             storage::media::insert_thumbnail(&mut tx, &key, &row).await?;
             tx.commit().await?;

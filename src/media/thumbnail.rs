@@ -1,18 +1,23 @@
-//! Thumbnails: requests snap to the spec's common sizes; images are decoded (with size
-//! limits against decompression bombs), scaled or cropped, and encoded as PNG or JPEG.
+//! Thumbnails: requests snap to the configured sizes (the spec's common ones by default);
+//! images are decoded (with size limits against decompression bombs), scaled or cropped, and
+//! encoded as PNG or JPEG, or as an animated GIF when an animation is asked for.
 //! Everything here blocks: callers run it in the blocking pool.
 
 use std::fs::File;
 use std::io::{BufReader, Cursor};
 use std::path::Path;
 
-use image::codecs::gif::GifDecoder;
+use image::codecs::gif::{GifDecoder, GifEncoder, Repeat};
 use image::codecs::jpeg::JpegEncoder;
 use image::codecs::png::PngDecoder;
 use image::codecs::webp::WebPDecoder;
-use image::{AnimationDecoder, DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, Limits};
+use image::{
+    AnimationDecoder, DynamicImage, Frame, Frames, ImageDecoder, ImageError, ImageFormat, ImageReader, Limits,
+};
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Method {
     Crop,
     Scale,
@@ -35,16 +40,17 @@ impl Method {
     }
 }
 
-/// A thumbnail size and method.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A thumbnail size and method (also the `[[media.thumbnail_sizes]]` entries of the config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Target {
     pub width: u32,
     pub height: u32,
     pub method: Method,
 }
 
-/// The sizes the spec says servers should produce; every request is served one of them.
-const COMMON_SIZES: [Target; 5] = [
+/// The sizes the spec says servers should produce (Synapse's default `thumbnail_sizes`).
+pub const COMMON_SIZES: [Target; 5] = [
     Target { width: 32, height: 32, method: Method::Crop },
     Target { width: 96, height: 96, method: Method::Crop },
     Target { width: 320, height: 240, method: Method::Scale },
@@ -52,20 +58,28 @@ const COMMON_SIZES: [Target; 5] = [
     Target { width: 800, height: 600, method: Method::Scale },
 ];
 
-/// The common size that serves a request: the smallest of the asked method at least as large
-/// as asked (never smaller than requested), else the largest of that method.
-pub fn snap(width: u32, height: u32, method: Method) -> Target {
-    let of_method = || COMMON_SIZES.iter().filter(move |t| t.method == method);
-    // COMMON_SIZES is ordered by size: the first covering size is the smallest, the last the largest.
-    let chosen = of_method().find(|t| t.width >= width && t.height >= height).or_else(|| of_method().next_back());
-    // Every method has sizes, so `chosen` is always found.
-    *chosen.unwrap_or(&COMMON_SIZES[0])
+/// The configured size that serves a request: among the sizes of the asked method (all sizes
+/// when none has it), the smallest at least as large as asked (never smaller than
+/// requested), else the largest. `sizes` is not empty (the config checks it).
+pub fn snap(sizes: &[Target], width: u32, height: u32, method: Method) -> Target {
+    let area = |t: &Target| u64::from(t.width) * u64::from(t.height);
+    let of_method: Vec<&Target> = sizes.iter().filter(|t| t.method == method).collect();
+    let candidates = if of_method.is_empty() { sizes.iter().collect() } else { of_method };
+    let covering =
+        candidates.iter().copied().filter(|t| t.width >= width && t.height >= height).min_by_key(|t| area(t));
+    let chosen = covering.or_else(|| candidates.iter().copied().max_by_key(|t| area(t)));
+    chosen.copied().unwrap_or(COMMON_SIZES[0])
 }
 
 /// Files larger than this are never decoded.
 pub const MAX_SOURCE_BYTES: u64 = 100 * 1024 * 1024;
-/// Largest animated original sent as its own animated thumbnail.
+/// Largest animated original sent as its own animated thumbnail when the animation is too
+/// long to re-encode.
 const MAX_ANIMATED_ORIGINAL_BYTES: u64 = 4 * 1024 * 1024;
+/// Animations re-encoded at the thumbnail size have at most this many frames and source
+/// pixels (all frames together): encoding GIF frames is slow.
+const MAX_ANIMATION_FRAMES: usize = 300;
+const MAX_ANIMATION_PIXELS: u64 = 100_000_000;
 const MAX_DIMENSION: u32 = 16_384;
 const MAX_DECODE_ALLOC: u64 = 512 * 1024 * 1024;
 
@@ -127,13 +141,31 @@ fn limits() -> Limits {
     limits
 }
 
-fn is_animated(path: &Path, format: ImageFormat) -> Result<bool, ThumbnailError> {
+/// The frames of an animation, each the whole canvas.
+fn frames(path: &Path, format: ImageFormat) -> Result<Frames<'static>, ThumbnailError> {
     Ok(match format {
         ImageFormat::Gif => {
             let mut decoder = GifDecoder::new(open(path)?).map_err(decode_error)?;
             decoder.set_limits(limits()).map_err(decode_error)?;
-            decoder.into_frames().take(2).count() > 1
+            decoder.into_frames()
         }
+        ImageFormat::WebP => {
+            let mut decoder = WebPDecoder::new(open(path)?).map_err(decode_error)?;
+            decoder.set_limits(limits()).map_err(decode_error)?;
+            decoder.into_frames()
+        }
+        ImageFormat::Png => {
+            let mut decoder = PngDecoder::new(open(path)?).map_err(decode_error)?;
+            decoder.set_limits(limits()).map_err(decode_error)?;
+            decoder.apng().map_err(decode_error)?.into_frames()
+        }
+        _ => return Err(ThumbnailError::NotAnImage),
+    })
+}
+
+fn is_animated(path: &Path, format: ImageFormat) -> Result<bool, ThumbnailError> {
+    Ok(match format {
+        ImageFormat::Gif => frames(path, format)?.take(2).count() > 1,
         ImageFormat::WebP => WebPDecoder::new(open(path)?).map_err(decode_error)?.has_animation(),
         ImageFormat::Png => PngDecoder::new(open(path)?).and_then(|d| d.is_apng()).map_err(decode_error)?,
         _ => false,
@@ -160,14 +192,21 @@ pub fn dimensions(path: &Path) -> Result<(u32, u32), ThumbnailError> {
 }
 
 /// Renders the thumbnail of the image file at `path` (of `size` bytes). Never upscales.
+/// `animated` asks for an animation when the source is one (else a still of its first frame).
 pub fn render(path: &Path, size: u64, target: Target, animated: bool) -> Result<Rendered, ThumbnailError> {
     if size > MAX_SOURCE_BYTES {
         return Err(ThumbnailError::TooLarge);
     }
     let format = sniff(path)?;
     let source_animated = is_animated(path, format)?;
-    if animated && source_animated && size <= MAX_ANIMATED_ORIGINAL_BYTES {
-        return Ok(Rendered::Original { content_type: mime(format) });
+    if animated && source_animated {
+        match animation(path, format, target)? {
+            Some(rendered) => return Ok(rendered),
+            None if size <= MAX_ANIMATED_ORIGINAL_BYTES => {
+                return Ok(Rendered::Original { content_type: mime(format) });
+            }
+            None => {}
+        }
     }
     let image = decode(path)?;
     let (width, height) = (image.width(), image.height());
@@ -178,11 +217,41 @@ pub fn render(path: &Path, size: u64, target: Target, animated: bool) -> Result<
         // The spec: content smaller than asked is served as it is.
         return Ok(Rendered::Original { content_type: mime(format) });
     }
-    let thumbnail = match target.method {
+    encode(&resize(&image, target), format)
+}
+
+/// An animation at the target size, as an animated GIF (the only animated format the `image`
+/// crate encodes); the original when it already fits; `None` when it is too long to re-encode.
+fn animation(path: &Path, format: ImageFormat, target: Target) -> Result<Option<Rendered>, ThumbnailError> {
+    let mut bytes = Vec::new();
+    {
+        // Speed 10 of 30: far faster than the default, with little loss at thumbnail sizes.
+        let mut encoder = GifEncoder::new_with_speed(&mut bytes, 10);
+        encoder.set_repeat(Repeat::Infinite).map_err(ThumbnailError::Encode)?;
+        let mut pixels: u64 = 0;
+        for (index, frame) in frames(path, format)?.enumerate() {
+            let frame = frame.map_err(decode_error)?;
+            let (width, height) = frame.buffer().dimensions();
+            if index == 0 && width <= target.width && height <= target.height {
+                return Ok(Some(Rendered::Original { content_type: mime(format) }));
+            }
+            pixels += u64::from(width) * u64::from(height);
+            if index >= MAX_ANIMATION_FRAMES || pixels > MAX_ANIMATION_PIXELS {
+                return Ok(None);
+            }
+            let delay = frame.delay();
+            let resized = resize(&DynamicImage::ImageRgba8(frame.into_buffer()), target);
+            encoder.encode_frame(Frame::from_parts(resized.to_rgba8(), 0, 0, delay)).map_err(ThumbnailError::Encode)?;
+        }
+    }
+    Ok(Some(Rendered::Image { bytes, content_type: "image/gif" }))
+}
+
+fn resize(image: &DynamicImage, target: Target) -> DynamicImage {
+    match target.method {
         Method::Scale => image.thumbnail(target.width, target.height),
-        Method::Crop => crop(&image, target.width, target.height),
-    };
-    encode(&thumbnail, format)
+        Method::Crop => crop(image, target.width, target.height),
+    }
 }
 
 /// The centred part of the image with the target's aspect ratio, scaled down to the target
@@ -219,7 +288,7 @@ mod tests {
     #[test]
     fn requests_snap_to_common_sizes() {
         let t = |w, h, m| {
-            let s = snap(w, h, m);
+            let s = snap(&COMMON_SIZES, w, h, m);
             (s.width, s.height, s.method)
         };
         assert_eq!(t(32, 32, Method::Crop), (32, 32, Method::Crop));
@@ -229,6 +298,45 @@ mod tests {
         assert_eq!(t(320, 240, Method::Scale), (320, 240, Method::Scale));
         assert_eq!(t(321, 240, Method::Scale), (640, 480, Method::Scale));
         assert_eq!(t(4000, 4000, Method::Scale), (800, 600, Method::Scale));
+        // Configured sizes in any order; a method without sizes is served from the others.
+        let sizes = [
+            Target { width: 400, height: 400, method: Method::Scale },
+            Target { width: 100, height: 100, method: Method::Scale },
+        ];
+        assert_eq!(snap(&sizes, 50, 50, Method::Crop), sizes[1]);
+        assert_eq!(snap(&sizes, 101, 50, Method::Scale), sizes[0]);
+        assert_eq!(snap(&sizes, 900, 900, Method::Scale), sizes[0]);
+    }
+
+    fn write_gif(dir: &Path, width: u32, height: u32, frames: usize) -> std::path::PathBuf {
+        let path = dir.join(format!("{width}x{height}x{frames}.gif"));
+        let mut encoder = GifEncoder::new(File::create(&path).unwrap());
+        encoder.set_repeat(Repeat::Infinite).unwrap();
+        for i in 0..frames {
+            let color = image::Rgba([(i * 80 % 256) as u8, 0, 255, 255]);
+            encoder.encode_frame(Frame::new(image::RgbaImage::from_pixel(width, height, color))).unwrap();
+        }
+        drop(encoder);
+        path
+    }
+
+    #[test]
+    fn animations_are_resized_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_gif(dir.path(), 200, 100, 3);
+        let size = std::fs::metadata(&path).unwrap().len();
+        let crop = Target { width: 32, height: 32, method: Method::Crop };
+        let Rendered::Image { bytes, content_type } = render(&path, size, crop, true).unwrap() else {
+            panic!("expected a new animation");
+        };
+        assert_eq!(content_type, "image/gif");
+        let frames = GifDecoder::new(Cursor::new(&bytes)).unwrap().into_frames().collect_frames().unwrap();
+        assert_eq!(frames.len(), 3);
+        assert_eq!(frames[0].buffer().dimensions(), (32, 32));
+        // Without `animated`, a still image; an animation that already fits is sent as it is.
+        assert_eq!(rendered_size(render(&path, size, crop, false).unwrap()), (32, 32));
+        let large = Target { width: 320, height: 240, method: Method::Scale };
+        assert!(matches!(render(&path, size, large, true), Ok(Rendered::Original { content_type: "image/gif" })));
     }
 
     fn write_png(dir: &Path, width: u32, height: u32) -> std::path::PathBuf {

@@ -160,6 +160,54 @@ async fn remote_media_limits_and_concurrent_fetches() {
     unsigned.assert_error(401, "M_UNAUTHORIZED");
 }
 
+#[tokio::test]
+async fn purging_the_remote_media_cache_fetches_again() {
+    let a = fed_server("127.0.0.1", |_| {}).await;
+    let b = fed_server("127.0.0.2", |_| {}).await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let admin = b.register("root").await;
+    let mut tx = b.state.db.begin().await.unwrap();
+    plexus::storage::users::set_admin(&mut tx, &admin.user_id, true).await.unwrap();
+    tx.commit().await.unwrap();
+    let picture = upload(&alice, "image/png", "picture.png", png(200, 100)).await;
+    let thumbnail =
+        format!("/_matrix/client/v1/media/thumbnail/{}/{picture}?width=32&height=32&method=crop", a.server_name);
+    assert_eq!(get_raw(&bob, &download_path(&a, &picture)).await.status, StatusCode::OK);
+    assert_eq!(get_raw(&bob, &thumbnail).await.status, StatusCode::OK);
+    // Of this one only a thumbnail is fetched (from the origin), never the original.
+    let avatar = upload(&alice, "image/png", "avatar.png", png(300, 300)).await;
+    let avatar_thumbnail =
+        format!("/_matrix/client/v1/media/thumbnail/{}/{avatar}?width=96&height=96&method=crop", a.server_name);
+    let avatar_file = get_raw(&bob, &avatar_thumbnail).await.bytes;
+    assert_eq!(image::load_from_memory(&avatar_file).unwrap().width(), 96);
+    let cached = || plexus::storage::media::get_remote(&b.state.db, &a.server_name, &picture);
+    let file = b.state.media.store.path(&cached().await.unwrap().expect("cached").content);
+
+    let purge = |before_ts: i64| {
+        let admin = admin.clone();
+        async move { admin.post(&format!("/_synapse/admin/v1/purge_media_cache?before_ts={before_ts}"), json!({})).await }
+    };
+    purge(1).await.assert_error(400, "M_INVALID_PARAM");
+    admin.post("/_synapse/admin/v1/purge_media_cache", json!({})).await.assert_error(400, "M_MISSING_PARAM");
+    assert_eq!(purge(1_700_000_000_000).await.ok(), json!({ "deleted": 0 }));
+    assert_eq!(purge(plexus::storage::now_ms() + 60_000).await.ok(), json!({ "deleted": 2 }));
+    assert!(cached().await.unwrap().is_none());
+    assert!(!file.exists(), "the cached file is deleted");
+    let key = plexus::storage::media::ThumbnailKey {
+        remote_server: Some(&a.server_name),
+        media_id: &avatar,
+        width: 96,
+        height: 96,
+        method: "crop",
+        animated: false,
+    };
+    assert!(plexus::storage::media::get_thumbnail(&b.state.db, &key).await.unwrap().is_none());
+    // Asked again, it is fetched again from its origin.
+    assert_eq!(get_raw(&bob, &download_path(&a, &picture)).await.bytes, png(200, 100));
+    assert!(file.exists());
+}
+
 /// A new ed25519 key pair named `ed25519:<name>` (or by its public key), with that public key.
 fn key_pair(name: Option<&str>) -> (ruma::signatures::Ed25519KeyPair, String) {
     use base64::Engine;

@@ -11,7 +11,10 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::harness::{TestServer, TestUser};
+use plexus::media::thumbnail::{COMMON_SIZES, Method as ThumbnailMethod, Target};
+use plexus::storage::media::{self, ThumbnailKey};
+
+use crate::harness::{TestServer, TestUser, enc, wait_for};
 
 const V1: &str = "/_matrix/client/v1/media";
 
@@ -279,6 +282,26 @@ async fn size_limit_and_quota() {
 }
 
 #[tokio::test]
+async fn uploads_are_rate_limited_per_user() {
+    let server = TestServer::start_with(|c| {
+        c.rate_limits.enabled = true;
+        c.media.upload_burst = 2.0;
+        c.media.upload_per_second = 0.01;
+    })
+    .await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    upload(&server, &alice, b"1".to_vec(), "text/plain", None).await;
+    upload(&server, &alice, b"2".to_vec(), "text/plain", None).await;
+    let r =
+        raw(Some(&alice), &server, Method::POST, "/_matrix/media/v3/upload", Some(("text/plain", b"3".to_vec()))).await;
+    r.assert_error(429, "M_LIMIT_EXCEEDED");
+    assert!(r.json()["retry_after_ms"].as_u64().is_some_and(|ms| ms > 0), "{:?}", r.json());
+    // Another user has their own allowance.
+    upload(&server, &bob, b"4".to_vec(), "text/plain", None).await;
+}
+
+#[tokio::test]
 async fn legacy_endpoints_serve_media_before_the_cutover() {
     let cutover = plexus::storage::now_ms() + 3_600_000;
     let server = TestServer::start_with(|c| c.media.legacy_cutover_ts = Some(cutover)).await;
@@ -369,15 +392,118 @@ async fn thumbnails() {
         .await
         .assert_error(400, "M_UNKNOWN");
 
-    // Animated GIF: the animation itself when asked for, else a still image.
+    // Animated GIF: an animation at the size when asked for (the original when it already
+    // fits), else a still image.
     let gif = animated_gif();
     let (_, gif_id) = upload(&server, &alice, gif.clone(), "image/gif", None).await;
     let path = format!("{V1}/thumbnail/{s}/{gif_id}?width=32&height=32&method=crop");
     let r = raw(Some(&alice), &server, Method::GET, &format!("{path}&animated=true"), None).await;
-    assert_eq!((r.header("content-type"), r.bytes == gif), ("image/gif", true));
+    assert_eq!(
+        (r.header("content-type"), r.header("content-disposition")),
+        ("image/gif", "inline; filename=\"thumbnail.gif\"")
+    );
+    let decoder = image::codecs::gif::GifDecoder::new(Cursor::new(&r.bytes)).unwrap();
+    let frames = image::AnimationDecoder::into_frames(decoder).collect_frames().unwrap();
+    assert_eq!(frames.len(), 2);
+    assert_eq!(frames[0].buffer().dimensions(), (32, 32));
+    let fits = format!("{V1}/thumbnail/{s}/{gif_id}?width=320&height=240&animated=true");
+    assert_eq!(raw(Some(&alice), &server, Method::GET, &fits, None).await.bytes, gif);
     let r = raw(Some(&alice), &server, Method::GET, &path, None).await;
     assert_eq!(r.header("content-type"), "image/png");
     assert_eq!(image_size(&r.bytes), (32, 32));
+}
+
+fn key<'a>(media_id: &'a str, t: &Target) -> ThumbnailKey<'a> {
+    ThumbnailKey {
+        remote_server: None,
+        media_id,
+        width: t.width,
+        height: t.height,
+        method: t.method.as_str(),
+        animated: false,
+    }
+}
+
+/// Whether every common size of a local media has a thumbnail and none is pending.
+async fn all_thumbnails_made(server: &TestServer, media_id: &str) -> bool {
+    let db = &server.state.db;
+    for t in &COMMON_SIZES {
+        if media::get_thumbnail(db, &key(media_id, t)).await.unwrap().is_none() {
+            return false;
+        }
+    }
+    media::thumbnails_pending(db, i64::MAX, 100).await.unwrap().is_empty()
+}
+
+#[tokio::test]
+async fn thumbnails_are_made_at_upload() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let (s, id) = upload(&server, &alice, png(640, 480), "image/png", None).await;
+    wait_for("the thumbnails of the upload", async || all_thumbnails_made(&server, &id).await).await;
+    // Requests are served what was made at upload.
+    let made = media::get_thumbnail(&server.state.db, &key(&id, &COMMON_SIZES[1])).await.unwrap().unwrap();
+    let r = raw(
+        Some(&alice),
+        &server,
+        Method::GET,
+        &format!("{V1}/thumbnail/{s}/{id}?width=90&height=90&method=crop"),
+        None,
+    )
+    .await;
+    assert_eq!(r.bytes, std::fs::read(server.state.media.store.path(&made.content)).unwrap());
+    assert_eq!(image_size(&r.bytes), (96, 96));
+    // Other content has nothing to make.
+    upload(&server, &alice, b"words".to_vec(), "text/plain", None).await;
+    assert!(media::thumbnails_pending(&server.state.db, i64::MAX, 100).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn thumbnail_sizes_are_configurable() {
+    let server = TestServer::start_with(|c| {
+        c.media.thumbnail_sizes = vec![
+            Target { width: 64, height: 64, method: ThumbnailMethod::Crop },
+            Target { width: 200, height: 150, method: ThumbnailMethod::Scale },
+        ];
+    })
+    .await;
+    let alice = server.register("alice").await;
+    let (s, id) = upload(&server, &alice, png(640, 480), "image/png", None).await;
+    let size = |query: &str| {
+        let path = format!("{V1}/thumbnail/{s}/{id}?{query}");
+        let (server, alice) = (&server, &alice);
+        async move { image_size(&raw(Some(alice), server, Method::GET, &path, None).await.bytes) }
+    };
+    assert_eq!(size("width=32&height=32&method=crop").await, (64, 64));
+    assert_eq!(size("width=100&height=100&method=crop").await, (64, 64));
+    assert_eq!(size("width=32&height=32&method=scale").await, (200, 150));
+    assert_eq!(size("width=800&height=600").await, (200, 150));
+}
+
+#[tokio::test]
+async fn housekeeping_resumes_cut_short_thumbnails_and_forgets_expired_ids_and_previews() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let state = &server.state;
+    // As a crash would leave them: an image whose thumbnails were never made, and a media
+    // ID created long ago and never uploaded to.
+    let content = state.media.store.write_bytes(png(300, 200)).await.unwrap();
+    let long_ago = plexus::storage::now_ms() - 10 * 60_000;
+    let upload = media::Upload { content: &content, content_type: "image/png", file_name: None };
+    let mut tx = state.db.begin().await.unwrap();
+    media::insert_uploaded(&mut tx, "CutShort", &alice.user_id, &upload, true, long_ago).await.unwrap();
+    media::insert_pending(&mut tx, "NeverUploaded", &alice.user_id, long_ago, long_ago + 1).await.unwrap();
+    media::put_preview(&mut tx, "https://old.example/", "{}", long_ago, long_ago + 1).await.unwrap();
+    media::put_preview(&mut tx, "https://new.example/", "{}", long_ago, i64::MAX).await.unwrap();
+    tx.commit().await.unwrap();
+    assert!(!all_thumbnails_made(&server, "CutShort").await);
+    plexus::media::housekeep(state).await.unwrap();
+    assert!(all_thumbnails_made(&server, "CutShort").await);
+    assert!(media::get(&state.db, "NeverUploaded").await.unwrap().is_none());
+    assert!(media::get(&state.db, "CutShort").await.unwrap().is_some());
+    // Expired previews are gone (read as of time 0, when both were valid).
+    assert!(media::get_preview(&state.db, "https://old.example/", 0).await.unwrap().is_none());
+    assert!(media::get_preview(&state.db, "https://new.example/", 0).await.unwrap().is_some());
 }
 
 /// A tiny web server on loopback for previews: a page with OpenGraph tags, its image, and a
@@ -456,4 +582,110 @@ async fn url_previews() {
     let off = TestServer::start().await;
     let carol = off.register("carol").await;
     preview(&carol, format!("http://{web}/page")).await.assert_error(404, "M_UNRECOGNIZED");
+}
+
+const A1: &str = "/_synapse/admin/v1";
+
+async fn make_admin(server: &TestServer, localpart: &str) -> TestUser {
+    let user = server.register(localpart).await;
+    let mut tx = server.state.db.begin().await.unwrap();
+    plexus::storage::users::set_admin(&mut tx, &user.user_id, true).await.unwrap();
+    tx.commit().await.unwrap();
+    user
+}
+
+#[tokio::test]
+async fn admin_usage_statistics_and_user_media() {
+    let server = TestServer::start().await;
+    let admin = make_admin(&server, "root").await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let (_, first) = upload(&server, &alice, vec![1; 300], "application/octet-stream", Some("first.bin")).await;
+    upload(&server, &alice, vec![2; 200], "application/octet-stream", None).await;
+    upload(&server, &bob, vec![3; 1000], "application/octet-stream", None).await;
+
+    let stats = admin.get(&format!("{A1}/statistics/users/media")).await.ok();
+    assert_eq!(stats["total"], json!(2));
+    assert_eq!(stats["users"][0]["user_id"], json!(alice.user_id));
+    assert_eq!(
+        (stats["users"][0]["media_count"].clone(), stats["users"][0]["media_length"].clone()),
+        (json!(2), json!(500))
+    );
+    assert_eq!(stats["users"][0]["displayname"], json!("alice"));
+    let by_size = admin.get(&format!("{A1}/statistics/users/media?order_by=media_length&dir=b&limit=1")).await.ok();
+    assert_eq!(by_size["users"][0]["user_id"], json!(bob.user_id));
+    assert_eq!((by_size["users"].as_array().unwrap().len(), by_size["next_token"].clone()), (1, json!(1)));
+    let search = admin.get(&format!("{A1}/statistics/users/media?search_term=BOB")).await.ok();
+    assert_eq!((search["total"].clone(), search["users"][0]["media_length"].clone()), (json!(1), json!(1000)));
+    let later = admin.get(&format!("{A1}/statistics/users/media?from_ts={}", plexus::storage::now_ms() + 60_000)).await;
+    assert_eq!(later.ok()["total"], json!(0));
+    for bad in ["order_by=size", "search_term=", "from_ts=10&until_ts=5", "from_ts=-1", "dir=x"] {
+        admin.get(&format!("{A1}/statistics/users/media?{bad}")).await.assert_error(400, "M_INVALID_PARAM");
+    }
+
+    // A user's media: oldest first unless asked otherwise.
+    let listed = admin.get(&format!("{A1}/users/{}/media", enc(&alice.user_id))).await.ok();
+    assert_eq!((listed["total"].clone(), listed["media"][0]["media_id"].clone()), (json!(2), json!(first)));
+    assert_eq!(listed["media"][0]["upload_name"], json!("first.bin"));
+    assert!(listed["media"][0]["last_access_ts"].as_i64().is_some());
+    let by_size = admin.get(&format!("{A1}/users/{}/media?order_by=media_length&dir=b", enc(&alice.user_id))).await;
+    assert_eq!(by_size.ok()["media"][0]["media_length"], json!(300));
+    let path = format!("{A1}/users/{}/media?order_by=nonsense", enc(&alice.user_id));
+    admin.get(&path).await.assert_error(400, "M_INVALID_PARAM");
+}
+
+#[tokio::test]
+async fn admin_deletes_media_by_age_keeping_shared_files() {
+    let server = TestServer::start().await;
+    let admin = make_admin(&server, "root").await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let media_dir = server.config.data_dir.join("media");
+    let (s, large) = upload(&server, &alice, vec![7; 1000], "application/octet-stream", None).await;
+    let (_, small) = upload(&server, &alice, vec![8; 10], "application/octet-stream", None).await;
+    let (_, avatar) = upload(&server, &alice, vec![9; 500], "application/octet-stream", None).await;
+    let (_, quarantined) = upload(&server, &alice, vec![10; 500], "application/octet-stream", None).await;
+    let (_, same_as_large) = upload(&server, &bob, vec![7; 1000], "application/octet-stream", None).await;
+    let profile = format!("/_matrix/client/v3/profile/{}/avatar_url", enc(&alice.user_id));
+    alice.put(&profile, json!({ "avatar_url": format!("mxc://{s}/{avatar}") })).await.ok();
+    admin.post(&format!("{A1}/media/quarantine/{s}/{quarantined}"), json!({})).await.ok();
+    assert_eq!(stored_files(&media_dir), 4);
+
+    let delete = |query: String| {
+        let admin = admin.clone();
+        async move { admin.post(&format!("{A1}/media/delete?{query}"), json!({})).await }
+    };
+    delete(String::new()).await.assert_error(400, "M_MISSING_PARAM");
+    delete("before_ts=1700000000".into()).await.assert_error(400, "M_INVALID_PARAM");
+    delete("before_ts=-5".into()).await.assert_error(400, "M_INVALID_PARAM");
+    let future = plexus::storage::now_ms() + 60_000;
+    delete(format!("before_ts={future}&size_gt=-1")).await.assert_error(400, "M_INVALID_PARAM");
+    // Nothing was used before an old date.
+    let r = delete("before_ts=1700000000000".into()).await.ok();
+    assert_eq!(r, json!({ "deleted_media": [], "total": 0 }));
+
+    // Larger than 100 bytes: not the small one, not the avatar, not quarantined media.
+    let r = delete(format!("before_ts={future}&size_gt=100")).await.ok();
+    let mut deleted: Vec<String> = serde_json::from_value(r["deleted_media"].clone()).unwrap();
+    deleted.sort();
+    let mut expected = vec![large.clone(), same_as_large.clone()];
+    expected.sort();
+    assert_eq!((deleted, r["total"].clone()), (expected, json!(2)));
+    download(&server, Some(&alice), &s, &large).await.assert_error(404, "M_NOT_FOUND");
+    assert_eq!(stored_files(&media_dir), 3, "the shared file goes with its last user");
+    let r = delete(format!("before_ts={future}&keep_profiles=false")).await.ok();
+    let mut deleted: Vec<String> = serde_json::from_value(r["deleted_media"].clone()).unwrap();
+    deleted.sort();
+    let mut expected = vec![small.clone(), avatar.clone()];
+    expected.sort();
+    assert_eq!(deleted, expected);
+    assert_eq!(stored_files(&media_dir), 1, "only the quarantined media's file is left");
+
+    // Deleting one of two media with the same bytes keeps the file for the other.
+    let (_, one) = upload(&server, &alice, b"shared".to_vec(), "text/plain", None).await;
+    let (_, two) = upload(&server, &bob, b"shared".to_vec(), "text/plain", None).await;
+    admin.delete(&format!("{A1}/media/{s}/{one}"), json!({})).await.ok();
+    assert_eq!(download(&server, Some(&bob), &s, &two).await.bytes, b"shared");
+    admin.delete(&format!("{A1}/media/{s}/{two}"), json!({})).await.ok();
+    assert_eq!(stored_files(&media_dir), 1);
 }
