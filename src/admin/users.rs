@@ -57,7 +57,8 @@ pub async fn create_or_modify(svc: &Services, user_id: &UserId, changes: Changes
                 let mut tx = svc.db.begin().await?;
                 storage::users::reactivate(&mut tx, user_id.as_str()).await?;
                 tx.commit().await?;
-                svc.erased_users.remove(user_id);
+                let erased = crate::cluster::Message::Erased { user: user_id.to_owned(), erased: false };
+                crate::cluster::publish(svc, erased).await;
                 accounts::change_password(svc, user_id, password, None).await?;
             } else if let Some(password) = &changes.password {
                 // `Some("")` keeps no device: every session of the user ends.

@@ -31,6 +31,7 @@ mod reports;
 mod resolve_props;
 mod room_util;
 mod rooms;
+mod scale;
 mod search;
 mod sliding_sync;
 mod spaces;
