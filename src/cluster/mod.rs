@@ -31,8 +31,8 @@ const MAX_PAYLOAD: usize = 7_000;
 /// How long a typing request waits for its own announcement to come back.
 const TYPING_APPLIED_WAIT: Duration = Duration::from_secs(2);
 
-/// How long the listener waits before it checks whether its server is gone.
-const LISTEN_CHECK: Duration = Duration::from_secs(1);
+/// How long the listener waits before it connects again after an error.
+const LISTEN_RETRY: Duration = Duration::from_secs(1);
 
 /// A change other processes must apply.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -95,6 +95,8 @@ pub struct Cluster {
     outgoing: Mutex<Option<mpsc::UnboundedReceiver<Message>>>,
     leadership: leader::Leadership,
     database_url: String,
+    /// Dropped with the server: the listener then stops (its only cancelled wait).
+    alive: tokio::sync::watch::Sender<()>,
 }
 
 impl Cluster {
@@ -115,6 +117,7 @@ impl Cluster {
             outgoing: Mutex::new(outgoing),
             leadership,
             database_url: database_url.to_owned(),
+            alive: tokio::sync::watch::Sender::new(()),
         }
     }
 
@@ -131,7 +134,8 @@ impl Cluster {
     pub fn start(&self, services: Weak<Services>, db: Db) {
         let Some(outgoing) = self.outgoing.lock().unwrap_or_else(|e| e.into_inner()).take() else { return };
         tokio::spawn(send_loop(db, self.instance.clone(), outgoing));
-        tokio::spawn(listen_loop(services, self.database_url.clone(), self.instance.clone()));
+        let alive = self.alive.subscribe();
+        tokio::spawn(listen_loop(services, self.database_url.clone(), self.instance.clone(), alive));
     }
 }
 
@@ -266,7 +270,12 @@ fn split(message: Message) -> Vec<Message> {
 /// Applies the other processes' messages until the server is gone. When the connection is
 /// lost, what was announced meanwhile is lost too: everything that may be stale is dropped
 /// and every long-poll woken.
-async fn listen_loop(services: Weak<Services>, url: String, instance: String) {
+async fn listen_loop(
+    services: Weak<Services>,
+    url: String,
+    instance: String,
+    mut alive: tokio::sync::watch::Receiver<()>,
+) {
     let mut listener = loop {
         match connect_listener(&url).await {
             Ok(listener) => break listener,
@@ -275,19 +284,14 @@ async fn listen_loop(services: Weak<Services>, url: String, instance: String) {
                 if services.strong_count() == 0 {
                     return;
                 }
-                tokio::time::sleep(LISTEN_CHECK).await;
+                tokio::time::sleep(LISTEN_RETRY).await;
             }
         }
     };
     loop {
-        let received = match tokio::time::timeout(LISTEN_CHECK, listener.try_recv()).await {
-            Err(_) => {
-                if services.strong_count() == 0 {
-                    return;
-                }
-                continue;
-            }
-            Ok(received) => received,
+        let received = tokio::select! {
+            received = listener.try_recv() => received,
+            _ = alive.changed() => return,
         };
         let Some(svc) = services.upgrade() else { return };
         match received {
@@ -310,7 +314,7 @@ async fn listen_loop(services: Weak<Services>, url: String, instance: String) {
             Err(e) => {
                 tracing::warn!(error = %e, "cannot listen to the other processes; retrying");
                 drop(svc);
-                tokio::time::sleep(LISTEN_CHECK).await;
+                tokio::time::sleep(LISTEN_RETRY).await;
             }
         }
     }
