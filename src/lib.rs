@@ -6,6 +6,7 @@ pub mod accounts;
 pub mod admin;
 pub mod api;
 pub mod appservice;
+pub mod cluster;
 pub mod config;
 pub mod crypto;
 pub mod directory;
@@ -54,12 +55,13 @@ pub struct Services {
     pub push: push::Push,
     pub media: media::MediaService,
     pub federation: federation::Federation,
-    pub registration_nonces: admin::register::Nonces,
     pub room_deletions: admin::rooms::Deletions,
     pub history_purges: admin::purge::Purges,
     pub erased_users: rooms::visibility::ErasedUsers,
     pub appservices: appservice::Appservices,
     pub sso: sso::Sso,
+    /// The other processes of the database (none on SQLite).
+    pub cluster: cluster::Cluster,
 }
 
 /// Shared state of the HTTP handlers.
@@ -81,29 +83,32 @@ impl AppState {
         let metrics = config.metrics.enabled.then(prometheus_handle).transpose()?;
         let appservices = appservice::Appservices::load(&config)?;
         appservice::create_senders(&db, &appservices).await?;
+        let cluster = cluster::Cluster::new(&db, &config.database.url);
+        let typing = rooms::typing::Typing::load(&db).await?;
         let state = AppState(Arc::new(Services {
-            sessions: Default::default(),
-            token_cache: Default::default(),
+            sessions: accounts::sessions::SessionTracker::new(cluster.publisher()),
+            token_cache: accounts::token_cache::TokenCache::new(cluster.publisher()),
             rate_limiter: RateLimiter::new(config.rate_limits.clone()),
-            uia: UiaSessions::default(),
-            notifier: Notifier::default(),
+            uia: UiaSessions,
+            notifier: Notifier::new(cluster.publisher()),
             rooms: rooms::Rooms::default(),
-            typing: rooms::typing::Typing::default(),
+            typing,
             lazy_load: sync::v2::LazyLoadCache::default(),
             push: push::Push::default(),
             media: media::MediaService::new(&config)?,
             federation: federation::Federation::new(&config)?,
-            registration_nonces: Default::default(),
             room_deletions: Default::default(),
             history_purges: Default::default(),
             erased_users: rooms::visibility::ErasedUsers::load(&db).await?,
             appservices,
             sso: sso::Sso::new(&config)?,
+            cluster,
             config,
             db,
             server_key,
             metrics,
         }));
+        state.cluster.start(Arc::downgrade(&state.0), state.db.clone());
         tokio::spawn(federation::sender::run(Arc::downgrade(&state.0)));
         tokio::spawn(outbox::run::<push::gateway::PusherId>(Arc::downgrade(&state.0)));
         tokio::spawn(outbox::run::<appservice::AppserviceId>(Arc::downgrade(&state.0)));

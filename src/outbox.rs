@@ -2,6 +2,8 @@
 //! gateways, application services): the work is queued in the database by its producers,
 //! a signal wakes the loop, each target has one delivery task in flight at a time that sends
 //! its queue in order, and a target that fails is retried with exponential backoff.
+//! With several processes on one database, the loop runs on the leader only (see
+//! `cluster::leader`); the others announce the targets they queued work for.
 
 use std::collections::HashMap;
 use std::fmt::Display;
@@ -13,9 +15,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use crate::Services;
+use crate::cluster::{Message, leader};
 
 /// Something work is delivered to, with its queue in the database.
-pub trait Target: Clone + Eq + Hash + Display + Send + Sync + 'static {
+pub trait Target:
+    Clone + Eq + Hash + Display + Send + Sync + serde::Serialize + serde::de::DeserializeOwned + 'static
+{
+    /// The name of this kind of target in the announcements to other processes.
+    const KIND: &'static str;
     /// The signal channel of this kind of target.
     fn outbox(svc: &Services) -> &Outbox<Self>;
     /// Targets with queued work (at start).
@@ -39,10 +46,19 @@ impl<T> Default for Outbox<T> {
     }
 }
 
-impl<T> Outbox<T> {
-    pub fn wake(&self, target: T) {
-        let _ = self.signals.send(target);
+/// Wakes the delivery of a target once work queued for it is committed, in whichever
+/// process runs the loop.
+pub fn wake<T: Target>(svc: &Services, target: T) {
+    match serde_json::to_value(&target) {
+        Ok(value) => svc.cluster.publisher().send(Message::Outbox { kind: T::KIND.to_owned(), target: value }),
+        Err(e) => tracing::warn!(%target, error = %e, "cannot announce queued work"),
     }
+    signal(svc, target);
+}
+
+/// Wakes this process's loop for a target (announced by another process, or queued here).
+pub fn signal<T: Target>(svc: &Services, target: T) {
+    let _ = T::outbox(svc).signals.send(target);
 }
 
 /// `initial` doubled per failure after the first, at most `max`.
@@ -67,27 +83,46 @@ impl TargetState {
     }
 }
 
-/// The delivery loop, until the server is dropped. Holds only a weak reference so that a
-/// stopped server (tests start many) goes away.
+/// The delivery loop, until the server is dropped, while this process leads. Holds only a
+/// weak reference so that a stopped server (tests start many) goes away.
 pub async fn run<T: Target>(services: Weak<Services>) {
     let kind = std::any::type_name::<T>();
-    let (mut signals, mut targets) = {
+    let (mut signals, mut leading) = {
         let Some(svc) = services.upgrade() else { return };
         let Some(signals) = T::outbox(&svc).receiver.lock().unwrap_or_else(|e| e.into_inner()).take() else {
             return;
         };
-        match T::queued(&svc).await {
-            Ok(queued) => {
-                let targets: HashMap<T, TargetState> =
-                    queued.into_iter().map(|t| (t, TargetState { pending: true, ..Default::default() })).collect();
-                (signals, targets)
-            }
-            Err(e) => {
-                tracing::error!(error = %e, kind, "delivery: cannot load the queue; not delivering");
-                return;
-            }
-        }
+        (signals, svc.cluster.leader())
     };
+    while leader::until_leading(&mut leading, &mut signals).await {
+        let targets = {
+            let Some(svc) = services.upgrade() else { return };
+            match T::queued(&svc).await {
+                Ok(queued) => queued
+                    .into_iter()
+                    .map(|t| (t, TargetState { pending: true, ..Default::default() }))
+                    .collect::<HashMap<T, TargetState>>(),
+                Err(e) => {
+                    tracing::error!(error = %e, kind, "delivery: cannot load the queue; not delivering");
+                    return;
+                }
+            }
+        };
+        if !deliver_while_leading(&services, &mut signals, &mut leading, targets).await {
+            return;
+        }
+    }
+}
+
+/// Delivers what is queued and signalled until this process stops leading (true) or the
+/// server is gone (false).
+async fn deliver_while_leading<T: Target>(
+    services: &Weak<Services>,
+    signals: &mut mpsc::UnboundedReceiver<T>,
+    leading: &mut tokio::sync::watch::Receiver<bool>,
+    mut targets: HashMap<T, TargetState>,
+) -> bool {
+    let kind = std::any::type_name::<T>();
     let (done_tx, mut done) = mpsc::unbounded_channel::<(T, bool)>();
     loop {
         let now = Instant::now();
@@ -104,7 +139,7 @@ pub async fn run<T: Target>(services: Weak<Services>) {
             .unwrap_or(now + Duration::from_secs(3600));
         tokio::select! {
             signal = signals.recv() => match signal {
-                None => return,
+                None => return false,
                 Some(target) => targets.entry(target).or_default().pending = true,
             },
             Some((target, delivered)) = done.recv() => {
@@ -115,7 +150,7 @@ pub async fn run<T: Target>(services: Weak<Services>) {
                     state.retry_at = None;
                 } else {
                     state.failures += 1;
-                    let Some(svc) = services.upgrade() else { return };
+                    let Some(svc) = services.upgrade() else { return false };
                     let wait = T::backoff(&svc, state.failures);
                     state.retry_at = Some(Instant::now() + wait);
                     state.pending = true;
@@ -126,6 +161,7 @@ pub async fn run<T: Target>(services: Weak<Services>) {
                 }
             }
             _ = tokio::time::sleep_until(next_retry.into()) => {}
+            () = leader::deposed(leading) => return true,
         }
     }
 }

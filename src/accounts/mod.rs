@@ -372,7 +372,8 @@ pub async fn deactivate(svc: &Services, user_id: &UserId, erase: bool) -> Result
     tx.commit().await?;
     svc.token_cache.forget_user(user_id);
     if erase {
-        svc.erased_users.insert(user_id);
+        let erased = crate::cluster::Message::Erased { user: user_id.to_owned(), erased: true };
+        crate::cluster::publish(svc, erased).await;
     }
     crate::e2ee::device_lists::devices_changed(svc, user_id, &devices).await?;
     leave_all_rooms(svc, user_id).await

@@ -4,7 +4,8 @@
 //! - which refresh token a refreshed session must revoke when its new access token is first
 //!   used (the spec keeps the old refresh token valid until then, so that a client that lost
 //!   the answer of `/refresh` can repeat it). After a restart the old refresh token stays
-//!   valid until the new refresh token is used or the device logs out.
+//!   valid until the new refresh token is used or the device logs out. The entry is
+//!   announced to the other processes of the database, where the new token may be used.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use ruma::OwnedUserId;
 
+use crate::cluster::{Message, Publisher};
 use crate::storage::{self, Db};
 
 /// How often a device's `last_seen_ts`/`last_seen_ip` are written at most.
@@ -28,9 +30,15 @@ pub struct SessionTracker {
     /// (user, device) -> (hash of its refreshed access token, hash of the refresh token that
     /// token supersedes).
     superseded_refresh: Mutex<HashMap<(OwnedUserId, String), (String, String)>>,
+    /// The other processes of the database.
+    others: Publisher,
 }
 
 impl SessionTracker {
+    pub fn new(others: Publisher) -> Self {
+        SessionTracker { others, ..Default::default() }
+    }
+
     /// Records an authenticated request of a device; writes its last-seen time and address
     /// when they were not written in the last `LAST_SEEN_INTERVAL`.
     pub async fn seen(&self, db: &Db, user_id: &OwnedUserId, device_id: &str, ip: IpAddr) {
@@ -55,6 +63,23 @@ impl SessionTracker {
     /// Remembers that `old_refresh_hash` is to be revoked once the device's new access token
     /// `new_access_hash` is used. A later refresh of the same device replaces the entry.
     pub fn supersede(&self, user_id: &OwnedUserId, device_id: &str, new_access_hash: String, old_refresh_hash: String) {
+        self.others.send(Message::RefreshSuperseded {
+            user: user_id.clone(),
+            device: device_id.to_owned(),
+            new_access_hash: new_access_hash.clone(),
+            old_refresh_hash: old_refresh_hash.clone(),
+        });
+        self.supersede_here(user_id, device_id, new_access_hash, old_refresh_hash);
+    }
+
+    /// `supersede` in this process only (announced by another).
+    pub fn supersede_here(
+        &self,
+        user_id: &OwnedUserId,
+        device_id: &str,
+        new_access_hash: String,
+        old_refresh_hash: String,
+    ) {
         let mut map = self.superseded_refresh.lock().unwrap_or_else(|e| e.into_inner());
         map.insert((user_id.clone(), device_id.to_owned()), (new_access_hash, old_refresh_hash));
     }

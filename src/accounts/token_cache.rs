@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use ruma::UserId;
 
 use super::Identity;
+use crate::cluster::{Message, Publisher};
 
 /// Tokens kept before the cache starts again.
 const CACHE_LIMIT: usize = 100_000;
@@ -26,14 +27,19 @@ pub struct Resolved {
 
 /// Token hash -> resolved token. `epoch` counts invalidations: a token resolved from the
 /// database is only kept when none happened meanwhile, so a resolution racing a logout
-/// cannot put the logged-out token back.
-#[derive(Default)]
+/// cannot put the logged-out token back. `others`: the other processes of the database,
+/// told of every invalidation.
 pub struct TokenCache {
     tokens: Mutex<HashMap<String, Resolved>>,
     epoch: AtomicU64,
+    others: Publisher,
 }
 
 impl TokenCache {
+    pub fn new(others: Publisher) -> Self {
+        TokenCache { tokens: Mutex::default(), epoch: AtomicU64::new(0), others }
+    }
+
     pub fn get(&self, token_hash: &str) -> Option<Resolved> {
         self.tokens.lock().unwrap_or_else(|e| e.into_inner()).get(token_hash).cloned()
     }
@@ -55,8 +61,15 @@ impl TokenCache {
         tokens.insert(token_hash.to_owned(), resolved);
     }
 
-    /// Forgets every token of a user: their tokens, devices or account changed.
+    /// Forgets every token of a user, here and in the other processes: their tokens,
+    /// devices or account changed.
     pub fn forget_user(&self, user_id: &UserId) {
+        self.forget_user_here(user_id);
+        self.others.send(Message::TokensChanged { user: user_id.to_owned() });
+    }
+
+    /// Forgets every token of a user in this process only (another process announced it).
+    pub fn forget_user_here(&self, user_id: &UserId) {
         let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
         self.epoch.fetch_add(1, Ordering::AcqRel);
         tokens.retain(|_, resolved| resolved.identity.user_id != user_id);

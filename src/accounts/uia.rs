@@ -1,9 +1,6 @@
 //! User-interactive authentication (the spec's UIA): sessions with completed stages.
-//! Sessions live in memory for 15 minutes; a restart asks the client to start again.
-
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+//! Sessions are stored for 15 minutes, so that a session started on one process of the
+//! database is continued on another (and survives a restart).
 
 use rand::Rng;
 use rand::distributions::Alphanumeric;
@@ -11,7 +8,7 @@ use ruma::{OwnedUserId, UserId};
 use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
-use crate::storage::{self, Db};
+use crate::storage::{self, Db, cluster::UiaSession, now_ms};
 
 pub const DUMMY: &str = "m.login.dummy";
 pub const PASSWORD: &str = "m.login.password";
@@ -19,20 +16,11 @@ pub const REGISTRATION_TOKEN: &str = "m.login.registration_token";
 /// Completed in the browser (the fallback page and a provider), never by the request itself.
 pub const SSO: &str = "m.login.sso";
 
-const SESSION_LIFETIME: Duration = Duration::from_secs(15 * 60);
+const SESSION_LIFETIME_MS: i64 = 15 * 60 * 1000;
 
+/// The UIA sessions (in the database).
 #[derive(Default)]
-pub struct UiaSessions {
-    sessions: Mutex<HashMap<String, Session>>,
-}
-
-struct Session {
-    completed: Vec<&'static str>,
-    created: Instant,
-    registration_token: Option<String>,
-    /// The user the session authenticates (none for registration).
-    user: Option<OwnedUserId>,
-}
+pub struct UiaSessions;
 
 /// What a completed UIA proved.
 #[derive(Debug, Default)]
@@ -47,38 +35,48 @@ pub struct Requirement<'a> {
     pub user: Option<&'a UserId>,
 }
 
+fn unknown_session() -> Error {
+    Error::matrix(http::StatusCode::BAD_REQUEST, "M_UNKNOWN", "Unknown UIA session")
+}
+
 impl UiaSessions {
     /// Checks the `auth` object of a request; `Ok` when a flow is complete, otherwise the
     /// 401 challenge (with an errcode when the submitted stage failed).
     pub async fn check(&self, db: &Db, auth: Option<&Value>, req: Requirement<'_>) -> Result<Completed> {
         let Some(auth) = auth.filter(|a| a.is_object()) else {
-            let session = self.new_session(req.user);
-            return Err(self.challenge(&req, &session, None));
+            let session = new_session(db, req.user).await?;
+            return Err(challenge(db, &req, &session, None).await?);
         };
         let session_id = match auth.get("session").and_then(Value::as_str) {
             // A session belongs to the user it was started for.
-            Some(id) if self.lock().get(id).is_some_and(|s| s.user.as_deref() == req.user) => id.to_owned(),
-            Some(_) => return Err(Error::matrix(http::StatusCode::BAD_REQUEST, "M_UNKNOWN", "Unknown UIA session")),
-            None => self.new_session(req.user),
+            Some(id)
+                if live_session(db, id)
+                    .await?
+                    .is_some_and(|s| s.user_id.as_deref() == req.user.map(|u| u.as_str())) =>
+            {
+                id.to_owned()
+            }
+            Some(_) => return Err(unknown_session()),
+            None => new_session(db, req.user).await?,
         };
         let Some(stage_type) = auth.get("type").and_then(Value::as_str) else {
             // Only a session: done if a stage completed elsewhere (SSO) finished a flow,
             // otherwise report where it stands.
-            return self.finish(&req, &session_id);
+            return finish(db, &req, &session_id).await;
         };
         let Some(stage) = req.flows.iter().flat_map(|f| f.iter()).find(|s| **s == stage_type).copied() else {
             let failure = ("M_UNRECOGNIZED", format!("Unsupported authentication type {stage_type}"));
-            return Err(self.challenge(&req, &session_id, Some(failure)));
+            return Err(challenge(db, &req, &session_id, Some(failure)).await?);
         };
         let mut token_used = None;
         match stage {
             DUMMY => {}
             // Submitting the SSO stage proves nothing: the fallback page must have completed it.
-            SSO => return self.finish(&req, &session_id),
+            SSO => return finish(db, &req, &session_id).await,
             PASSWORD => {
                 if !check_password_stage(db, auth, req.user).await? {
                     let failure = ("M_FORBIDDEN", "Invalid username or password".to_owned());
-                    return Err(self.challenge(&req, &session_id, Some(failure)));
+                    return Err(challenge(db, &req, &session_id, Some(failure)).await?);
                 }
             }
             REGISTRATION_TOKEN => {
@@ -86,90 +84,83 @@ impl UiaSessions {
                 let valid = storage::registration_tokens::get(db, token).await?.is_some_and(|t| t.is_valid());
                 if !valid {
                     let failure = ("M_FORBIDDEN", "Invalid registration token".to_owned());
-                    return Err(self.challenge(&req, &session_id, Some(failure)));
+                    return Err(challenge(db, &req, &session_id, Some(failure)).await?);
                 }
-                token_used = Some(token.to_owned());
+                token_used = Some(token);
             }
             _ => return Err(Error::Internal(anyhow::anyhow!("UIA stage {stage} has no check"))),
         }
-        let mut sessions = self.lock();
-        let Some(session) = sessions.get_mut(&session_id) else {
-            return Err(Error::matrix(http::StatusCode::BAD_REQUEST, "M_UNKNOWN", "Unknown UIA session"));
-        };
-        if !session.completed.contains(&stage) {
-            session.completed.push(stage);
+        let mut tx = db.begin().await?;
+        if !storage::cluster::complete_uia_stage(&mut tx, &session_id, stage, token_used).await? {
+            return Err(unknown_session());
         }
-        if token_used.is_some() {
-            session.registration_token = token_used;
-        }
-        drop(sessions);
-        self.finish(&req, &session_id)
-    }
-
-    /// Ok when the session's completed stages make up one of the flows (the session ends),
-    /// otherwise the challenge.
-    fn finish(&self, req: &Requirement<'_>, session_id: &str) -> Result<Completed> {
-        let mut sessions = self.lock();
-        let done = sessions
-            .get(session_id)
-            .is_some_and(|s| req.flows.iter().any(|flow| flow.iter().all(|stage| s.completed.contains(stage))));
-        if done && let Some(session) = sessions.remove(session_id) {
-            return Ok(Completed { registration_token: session.registration_token });
-        }
-        drop(sessions);
-        Err(self.challenge(req, session_id, None))
+        tx.commit().await?;
+        finish(db, &req, &session_id).await
     }
 
     /// The user a live session authenticates.
-    pub fn user_of(&self, session_id: &str) -> Option<OwnedUserId> {
-        let sessions = self.lock();
-        let session = sessions.get(session_id).filter(|s| s.created.elapsed() < SESSION_LIFETIME)?;
-        session.user.clone()
+    pub async fn user_of(&self, db: &Db, session_id: &str) -> Result<Option<OwnedUserId>> {
+        let session = live_session(db, session_id).await?;
+        Ok(session.and_then(|s| s.user_id).and_then(|u| OwnedUserId::try_from(u).ok()))
     }
 
     /// Marks the SSO stage of a session done, once the user proved at a provider that they
     /// are the session's user; false if they are not, or the session is gone.
-    pub fn complete_sso(&self, session_id: &str, user: &UserId) -> bool {
-        let mut sessions = self.lock();
-        match sessions.get_mut(session_id) {
-            Some(s) if s.user.as_deref() == Some(user) && s.created.elapsed() < SESSION_LIFETIME => {
-                if !s.completed.contains(&SSO) {
-                    s.completed.push(SSO);
-                }
-                true
-            }
-            _ => false,
+    pub async fn complete_sso(&self, db: &Db, session_id: &str, user: &UserId) -> Result<bool> {
+        let Some(session) = live_session(db, session_id).await? else { return Ok(false) };
+        if session.user_id.as_deref() != Some(user.as_str()) {
+            return Ok(false);
         }
+        let mut tx = db.begin().await?;
+        let done = storage::cluster::complete_uia_stage(&mut tx, session_id, SSO, None).await?;
+        tx.commit().await?;
+        Ok(done)
     }
+}
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
-        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
-    }
+/// A session not expired yet.
+async fn live_session(db: &Db, session_id: &str) -> Result<Option<UiaSession>> {
+    Ok(storage::cluster::uia_session(db, session_id, now_ms() - SESSION_LIFETIME_MS).await?)
+}
 
-    fn new_session(&self, user: Option<&UserId>) -> String {
-        let id: String = rand::thread_rng().sample_iter(&Alphanumeric).take(24).map(char::from).collect();
-        let mut sessions = self.lock();
-        sessions.retain(|_, s| s.created.elapsed() < SESSION_LIFETIME);
-        let session = Session {
-            completed: vec![],
-            created: Instant::now(),
-            registration_token: None,
-            user: user.map(Into::into),
-        };
-        sessions.insert(id.clone(), session);
-        id
-    }
+async fn new_session(db: &Db, user: Option<&UserId>) -> Result<String> {
+    let id: String = rand::thread_rng().sample_iter(&Alphanumeric).take(24).map(char::from).collect();
+    let now = now_ms();
+    let mut tx = db.begin().await?;
+    storage::cluster::create_uia_session(&mut tx, &id, user.map(|u| u.as_str()), now, now - SESSION_LIFETIME_MS)
+        .await?;
+    tx.commit().await?;
+    Ok(id)
+}
 
-    fn challenge(&self, req: &Requirement<'_>, session_id: &str, failure: Option<(&str, String)>) -> Error {
-        let completed: Vec<&str> = self.lock().get(session_id).map(|s| s.completed.clone()).unwrap_or_default();
-        let flows: Vec<Value> = req.flows.iter().map(|f| json!({ "stages": f })).collect();
-        let mut body = json!({ "flows": flows, "params": {}, "session": session_id, "completed": completed });
-        if let Some((errcode, error)) = failure {
-            body["errcode"] = json!(errcode);
-            body["error"] = json!(error);
+/// Ok when the session's completed stages make up one of the flows (the session ends),
+/// otherwise the challenge.
+async fn finish(db: &Db, req: &Requirement<'_>, session_id: &str) -> Result<Completed> {
+    let session = live_session(db, session_id).await?;
+    let done = session
+        .as_ref()
+        .is_some_and(|s| req.flows.iter().any(|flow| flow.iter().all(|stage| s.completed.iter().any(|c| c == stage))));
+    if let Some(session) = session.filter(|_| done) {
+        let mut tx = db.begin().await?;
+        // Only one request may end a session (and use its registration token).
+        if storage::cluster::end_uia_session(&mut tx, session_id).await? {
+            tx.commit().await?;
+            return Ok(Completed { registration_token: session.registration_token });
         }
-        Error::Uia(body)
+        return Err(unknown_session());
     }
+    Err(challenge(db, req, session_id, None).await?)
+}
+
+async fn challenge(db: &Db, req: &Requirement<'_>, session_id: &str, failure: Option<(&str, String)>) -> Result<Error> {
+    let completed = live_session(db, session_id).await?.map(|s| s.completed).unwrap_or_default();
+    let flows: Vec<Value> = req.flows.iter().map(|f| json!({ "stages": f })).collect();
+    let mut body = json!({ "flows": flows, "params": {}, "session": session_id, "completed": completed });
+    if let Some((errcode, error)) = failure {
+        body["errcode"] = json!(errcode);
+        body["error"] = json!(error);
+    }
+    Ok(Error::Uia(body))
 }
 
 /// The `m.login.password` stage: the identifier must name the authenticated user.

@@ -3,10 +3,6 @@
 //! HMAC-SHA1(secret, nonce NUL username NUL password NUL "admin"|"notadmin" [NUL user_type]).
 //! Nonces are single-use and expire after a minute.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
-
 use axum::http::StatusCode;
 use hmac::{Hmac, Mac};
 use rand::Rng;
@@ -15,29 +11,9 @@ use sha1::Sha1;
 use crate::Services;
 use crate::accounts::{self, Session};
 use crate::error::{Error, Result};
+use crate::storage::{self, now_ms};
 
-const NONCE_LIFETIME: Duration = Duration::from_secs(60);
-
-/// Nonces handed out and not used yet.
-#[derive(Default)]
-pub struct Nonces(Mutex<HashMap<String, Instant>>);
-
-impl Nonces {
-    fn issue(&self) -> String {
-        let nonce: String =
-            rand::thread_rng().sample_iter(rand::distributions::Alphanumeric).take(32).map(char::from).collect();
-        let mut nonces = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        nonces.retain(|_, issued| issued.elapsed() < NONCE_LIFETIME);
-        nonces.insert(nonce.clone(), Instant::now());
-        nonce
-    }
-
-    /// Consumes a nonce; false when it was never issued, already used, or expired.
-    fn take(&self, nonce: &str) -> bool {
-        let mut nonces = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        nonces.remove(nonce).is_some_and(|issued| issued.elapsed() < NONCE_LIFETIME)
-    }
-}
+const NONCE_LIFETIME_MS: i64 = 60_000;
 
 /// The secret, or 400 when shared-secret registration is not configured (as Synapse says).
 fn secret(svc: &Services) -> Result<&str> {
@@ -48,9 +24,24 @@ fn secret(svc: &Services) -> Result<&str> {
         .ok_or_else(|| Error::matrix(StatusCode::BAD_REQUEST, "M_UNKNOWN", "Shared secret registration is not enabled"))
 }
 
-pub fn new_nonce(svc: &Services) -> Result<String> {
+/// A nonce, stored so that any process of the database accepts it.
+pub async fn new_nonce(svc: &Services) -> Result<String> {
     secret(svc)?;
-    Ok(svc.registration_nonces.issue())
+    let nonce: String =
+        rand::thread_rng().sample_iter(rand::distributions::Alphanumeric).take(32).map(char::from).collect();
+    let now = now_ms();
+    let mut tx = svc.db.begin().await?;
+    storage::cluster::issue_nonce(&mut tx, &nonce, now, now - NONCE_LIFETIME_MS).await?;
+    tx.commit().await?;
+    Ok(nonce)
+}
+
+/// Consumes a nonce; false when it was never issued, already used, or expired.
+async fn take_nonce(svc: &Services, nonce: &str) -> Result<bool> {
+    let mut tx = svc.db.begin().await?;
+    let taken = storage::cluster::take_nonce(&mut tx, nonce, now_ms() - NONCE_LIFETIME_MS).await?;
+    tx.commit().await?;
+    Ok(taken)
 }
 
 /// A shared-secret registration request.
@@ -68,7 +59,7 @@ pub struct Request<'a> {
 /// Checks the nonce and the MAC, creates the account and logs it in.
 pub async fn register(svc: &Services, req: Request<'_>) -> Result<Session> {
     let secret = secret(svc)?;
-    if !svc.registration_nonces.take(req.nonce) {
+    if !take_nonce(svc, req.nonce).await? {
         return Err(Error::matrix(StatusCode::BAD_REQUEST, "M_UNKNOWN", "Unrecognised nonce"));
     }
     if req.password.len() > 512 {

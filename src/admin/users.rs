@@ -58,7 +58,8 @@ pub async fn create_or_modify(svc: &Services, user_id: &UserId, changes: Changes
                 storage::users::reactivate(&mut tx, user_id.as_str()).await?;
                 tx.commit().await?;
                 svc.token_cache.forget_user(user_id);
-                svc.erased_users.remove(user_id);
+                let erased = crate::cluster::Message::Erased { user: user_id.to_owned(), erased: false };
+                crate::cluster::publish(svc, erased).await;
                 accounts::change_password(svc, user_id, password, None).await?;
             } else if let Some(password) = &changes.password {
                 // `Some("")` keeps no device: every session of the user ends.

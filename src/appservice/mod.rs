@@ -260,7 +260,7 @@ impl Queued {
 
     pub fn wake(self, svc: &Services) {
         for id in self.0 {
-            svc.appservices.outbox.wake(AppserviceId(id));
+            outbox::wake(svc, AppserviceId(id));
         }
     }
 }
@@ -345,7 +345,7 @@ pub async fn queue_to_device(
 }
 
 /// An appservice, as a delivery target of `outbox::run`.
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct AppserviceId(String);
 
 impl std::fmt::Display for AppserviceId {
@@ -355,6 +355,8 @@ impl std::fmt::Display for AppserviceId {
 }
 
 impl Target for AppserviceId {
+    const KIND: &'static str = "appservice";
+
     fn outbox(svc: &Services) -> &Outbox<Self> {
         &svc.appservices.outbox
     }

@@ -2,6 +2,8 @@
 //! restart) and sent as transactions (`PUT /_matrix/federation/v1/send/{txnId}`), one in
 //! flight per destination, at most 50 PDUs and 100 EDUs each. A destination that fails is
 //! retried with exponential backoff, and at once when it contacts us (it is back).
+//! With several processes on one database, the loop runs on the leader only (see
+//! `cluster::leader`); the others announce what they queue and which servers reached them.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, Weak};
@@ -15,6 +17,7 @@ use tokio::sync::mpsc;
 
 use super::transaction::{MAX_EDUS, MAX_PDUS};
 use crate::Services;
+use crate::cluster::{self, Message, leader};
 use crate::error::Result;
 use crate::storage::{self, now_ms};
 
@@ -45,13 +48,24 @@ impl Default for Sender {
 
 impl Sender {
     /// Called for every authenticated request from `origin`.
-    pub fn mark_up(&self, origin: &ServerName) {
-        if self.failing.lock().unwrap_or_else(|e| e.into_inner()).contains(origin) {
-            let _ = self.signals.send(Signal::Up(origin.to_owned()));
+    pub async fn mark_up(svc: &Services, origin: &ServerName) {
+        let failing = svc.federation.sender.failing.lock().unwrap_or_else(|e| e.into_inner()).contains(origin);
+        if failing {
+            cluster::publish(svc, Message::FederationUp { destination: origin.to_owned() }).await;
         }
     }
 
-    fn set_failing(&self, destination: &ServerName, failing: bool) {
+    /// Wakes this process's loop for a destination with new items.
+    pub(crate) fn signal_queued(&self, destination: &ServerName) {
+        let _ = self.signals.send(Signal::Queued(destination.to_owned()));
+    }
+
+    /// Wakes this process's loop for a destination that reached us.
+    pub(crate) fn signal_up(&self, destination: &ServerName) {
+        let _ = self.signals.send(Signal::Up(destination.to_owned()));
+    }
+
+    pub(crate) fn set_failing(&self, destination: &ServerName, failing: bool) {
         let mut set = self.failing.lock().unwrap_or_else(|e| e.into_inner());
         if failing {
             set.insert(destination.to_owned());
@@ -77,7 +91,7 @@ pub async fn send_pdu<'a>(
         storage::federation::enqueue_pdu(&mut tx, destination.as_str(), event_id.as_str(), now).await?;
     }
     tx.commit().await?;
-    wake(svc, destinations);
+    wake(svc, destinations).await;
     Ok(())
 }
 
@@ -99,7 +113,7 @@ pub async fn send_edu<'a>(
         storage::federation::enqueue_edu(&mut tx, destination.as_str(), &edu, now).await?;
     }
     tx.commit().await?;
-    wake(svc, destinations);
+    wake(svc, destinations).await;
     Ok(())
 }
 
@@ -108,9 +122,9 @@ fn others<'a>(svc: &Services, destinations: impl IntoIterator<Item = &'a ServerN
     set.into_iter().map(ToOwned::to_owned).collect()
 }
 
-fn wake(svc: &Services, destinations: Vec<OwnedServerName>) {
+async fn wake(svc: &Services, destinations: Vec<OwnedServerName>) {
     for destination in destinations {
-        let _ = svc.federation.sender.signals.send(Signal::Queued(destination));
+        cluster::publish(svc, Message::FederationQueued { destination }).await;
     }
 }
 
@@ -134,22 +148,41 @@ fn backoff(failures: u32) -> Duration {
     MIN_BACKOFF.saturating_mul(1 << failures.saturating_sub(1).min(16)).min(MAX_BACKOFF)
 }
 
-/// The sender's loop, until the server is dropped. Holds only a weak reference so that a
-/// stopped server (tests start many) goes away.
+/// The sender's loop, until the server is dropped, while this process leads. Holds only a
+/// weak reference so that a stopped server (tests start many) goes away.
 pub async fn run(services: Weak<Services>) {
-    let (mut signals, mut destinations) = {
+    let (mut signals, mut leading) = {
         let Some(svc) = services.upgrade() else { return };
         let Some(signals) = svc.federation.sender.receiver.lock().unwrap_or_else(|e| e.into_inner()).take() else {
             return;
         };
-        match load(&svc).await {
-            Ok(destinations) => (signals, destinations),
-            Err(e) => {
-                tracing::error!(error = %e, "federation sender: cannot load the queue; not sending");
-                return;
-            }
-        }
+        (signals, svc.cluster.leader())
     };
+    while leader::until_leading(&mut leading, &mut signals).await {
+        let destinations = {
+            let Some(svc) = services.upgrade() else { return };
+            match load(&svc).await {
+                Ok(destinations) => destinations,
+                Err(e) => {
+                    tracing::error!(error = %e, "federation sender: cannot load the queue; not sending");
+                    return;
+                }
+            }
+        };
+        if !send_while_leading(&services, &mut signals, &mut leading, destinations).await {
+            return;
+        }
+    }
+}
+
+/// Sends what is queued and signalled until this process stops leading (true) or the
+/// server is gone (false).
+async fn send_while_leading(
+    services: &Weak<Services>,
+    signals: &mut mpsc::UnboundedReceiver<Signal>,
+    leading: &mut tokio::sync::watch::Receiver<bool>,
+    mut destinations: HashMap<OwnedServerName, Destination>,
+) -> bool {
     let (done_tx, mut done) = mpsc::unbounded_channel::<(OwnedServerName, bool)>();
     loop {
         let now = Instant::now();
@@ -166,7 +199,7 @@ pub async fn run(services: Weak<Services>) {
             .unwrap_or(now + Duration::from_secs(3600));
         tokio::select! {
             signal = signals.recv() => match signal {
-                None => return,
+                None => return false,
                 Some(Signal::Queued(name)) => destinations.entry(name).or_default().pending = true,
                 Some(Signal::Up(name)) => {
                     let destination = destinations.entry(name.clone()).or_default();
@@ -175,7 +208,7 @@ pub async fn run(services: Weak<Services>) {
                         destination.failures = 0;
                         destination.retry_at = None;
                         destination.pending = true;
-                        record(&services, &name, 0, None).await;
+                        record(services, &name, 0, None).await;
                     }
                 }
             },
@@ -186,7 +219,7 @@ pub async fn run(services: Weak<Services>) {
                     if destination.failures > 0 {
                         destination.failures = 0;
                         destination.retry_at = None;
-                        record(&services, &name, 0, None).await;
+                        record(services, &name, 0, None).await;
                     }
                 } else {
                     destination.failures += 1;
@@ -194,13 +227,14 @@ pub async fn run(services: Weak<Services>) {
                     destination.retry_at = Some(Instant::now() + wait);
                     destination.pending = true;
                     tracing::info!(destination = %name, failures = destination.failures, retry_in_s = wait.as_secs(), "delivery failed");
-                    record(&services, &name, destination.failures, Some(wait)).await;
+                    record(services, &name, destination.failures, Some(wait)).await;
                 }
                 if !destination.pending && !destination.in_flight && destination.failures == 0 {
                     destinations.remove(&name);
                 }
             }
             _ = tokio::time::sleep_until(next_retry.into()) => {}
+            () = leader::deposed(leading) => return true,
         }
     }
 }
@@ -220,15 +254,16 @@ async fn load(svc: &Services) -> Result<HashMap<OwnedServerName, Destination>> {
         destination.failures = u32::try_from(failures).unwrap_or(u32::MAX);
         let wait = Duration::from_millis(u64::try_from(retry_at_ts - now).unwrap_or(0));
         destination.retry_at = Some(now_instant + wait);
-        svc.federation.sender.set_failing(&name, true);
+        cluster::publish(svc, Message::FederationFailing { destination: name.clone(), failing: true }).await;
     }
     Ok(destinations)
 }
 
-/// Persists a destination's backoff (None: it is up).
+/// Persists a destination's backoff (None: it is up), and tells every process whether the
+/// destination is failing (any of them may be the one it contacts when it is back).
 async fn record(services: &Weak<Services>, name: &ServerName, failures: u32, wait: Option<Duration>) {
     let Some(svc) = services.upgrade() else { return };
-    svc.federation.sender.set_failing(name, wait.is_some());
+    cluster::publish(&svc, Message::FederationFailing { destination: name.to_owned(), failing: wait.is_some() }).await;
     let retry_at = now_ms() + wait.map_or(0, |w| w.as_millis() as i64);
     if let Err(e) = storage::federation::set_destination_state(&svc.db, name.as_str(), failures.into(), retry_at).await
     {

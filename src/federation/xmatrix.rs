@@ -198,7 +198,7 @@ pub async fn verify_request(
         [(auth.origin.to_string(), PublicKeySet::from([(auth.key.clone(), public_key.clone())]))].into();
     ruma::signatures::verify_json(&map, &object)
         .map_err(|e| Error::unauthorized(format!("Invalid signature from {}: {e}", auth.origin)))?;
-    svc.federation.sender.mark_up(&auth.origin);
+    super::sender::Sender::mark_up(svc, &auth.origin).await;
     Ok(auth.origin)
 }
 

@@ -51,7 +51,7 @@ pub struct Queued(Vec<i64>);
 impl Queued {
     pub fn wake(self, svc: &Services) {
         for pusher in self.0 {
-            svc.push.gateway.outbox.wake(PusherId(pusher));
+            outbox::wake(svc, PusherId(pusher));
         }
     }
 }
@@ -68,7 +68,7 @@ pub async fn queue_badges(tx: &mut Tx, user: &UserId) -> Result<Queued> {
 }
 
 /// A pusher, as a delivery target.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct PusherId(i64);
 
 impl std::fmt::Display for PusherId {
@@ -78,6 +78,8 @@ impl std::fmt::Display for PusherId {
 }
 
 impl Target for PusherId {
+    const KIND: &'static str = "pusher";
+
     fn outbox(svc: &Services) -> &Outbox<Self> {
         &svc.push.gateway.outbox
     }

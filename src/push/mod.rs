@@ -46,6 +46,15 @@ impl Push {
     fn remember(&self, user: &UserId, rules: Arc<Ruleset>) {
         self.loaded.lock().unwrap_or_else(|e| e.into_inner()).insert(user.to_owned(), rules);
     }
+
+    /// Drops a ruleset changed elsewhere (another process); it is loaded again on next use.
+    pub(crate) fn forget(&self, user: &UserId) {
+        self.loaded.lock().unwrap_or_else(|e| e.into_inner()).remove(user);
+    }
+
+    pub(crate) fn forget_all(&self) {
+        self.loaded.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
 }
 
 /// A ruleset as clients see it: every kind present, empty or not.
@@ -105,6 +114,7 @@ pub async fn update(svc: &Services, user: &UserId, change: impl FnOnce(&mut Rule
     let mut rules = (*load(svc, user).await?).clone();
     change(&mut rules)?;
     save(svc, user, &rules).await?;
+    crate::cluster::publish(svc, crate::cluster::Message::PushRulesChanged { user: user.to_owned() }).await;
     svc.push.remember(user, Arc::new(rules));
     svc.notifier.notify(std::iter::once(user));
     Ok(())

@@ -828,8 +828,7 @@ async fn store_joined_room(
     join: Pdu,
 ) -> Result<()> {
     let room = join.room_id.as_str();
-    let lock = svc.rooms.lock_for(&join.room_id);
-    let _guard = lock.lock().await;
+    let _guard = svc.rooms.lock(&svc.db, &join.room_id).await?;
     let rows = state::to_rows(&state);
     let mut tx = svc.db.begin().await?;
     storage::rooms::create(&mut tx, room, version.as_str(), create.sender.as_str()).await?;
@@ -893,8 +892,7 @@ pub async fn invite(
     invitee: &UserId,
     draft: Draft,
 ) -> Result<OwnedEventId> {
-    let lock = svc.rooms.lock_for(room_id);
-    let _guard = lock.lock().await;
+    let _guard = svc.rooms.lock(&svc.db, room_id).await?;
     let head = super::head::to_build_on(svc, room_id).await?;
     let built = build(svc, &head.version, Some(room_id), sender, &draft, &head.prevs, &head.state).await?;
     let server = invitee.server_name();

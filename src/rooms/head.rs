@@ -132,19 +132,47 @@ pub(crate) fn advance(svc: &Services, room_id: &RoomId, head: Head) {
         rooms.clear();
     }
     rooms.insert(room_id.to_owned(), Arc::new(head));
+    drop(rooms);
+    announce(svc, room_id);
 }
 
-/// Forgets a room's head: its rows were changed other than by `append`.
+/// Forgets a room's head, here and in the other processes: its rows were changed other than
+/// by `append`.
 pub fn forget(svc: &Services, room_id: &RoomId) {
+    forget_here(svc, room_id);
+    announce(svc, room_id);
+}
+
+/// Tells the other processes of the database that the room's head changed.
+fn announce(svc: &Services, room_id: &RoomId) {
+    svc.cluster.publisher().send(crate::cluster::Message::RoomHeadChanged { room: room_id.to_owned() });
+}
+
+/// Forgets a room's head in this process only (another process announced a change).
+pub fn forget_here(svc: &Services, room_id: &RoomId) {
     let heads = &svc.rooms.heads;
     let mut rooms = heads.rooms.lock().unwrap_or_else(|e| e.into_inner());
     heads.epoch.fetch_add(1, Ordering::AcqRel);
     rooms.remove(room_id);
 }
 
-/// The head of a room a new event is to be built on: 500 when the room has no state yet.
+/// The head of a room a new event is to be built on (the caller holds the room lock): 500
+/// when the room has no state yet. When several processes share the database, the head in
+/// memory is checked against the stored forward extremities first: another process may have
+/// appended under the same lock moments ago, before its announcement arrived here.
 pub(crate) async fn to_build_on(svc: &Services, room_id: &RoomId) -> Result<Arc<Head>> {
-    let head = load(svc, room_id).await?;
+    let mut head = load(svc, room_id).await?;
+    if svc.cluster.publisher().is_shared() {
+        let stored = storage::rooms::extremities(&svc.db, room_id.as_str()).await?;
+        let mut cached: Vec<&str> = head.prevs.iter().map(|p| p.event_id.as_str()).collect();
+        let mut stored: Vec<&str> = stored.iter().map(String::as_str).collect();
+        cached.sort_unstable();
+        stored.sort_unstable();
+        if cached != stored {
+            forget_here(svc, room_id);
+            head = load(svc, room_id).await?;
+        }
+    }
     if head.group.is_none() {
         return Err(Error::Internal(anyhow::anyhow!("room {room_id} has no state")));
     }

@@ -139,8 +139,7 @@ pub async fn receive(
         auth_events.insert(create_id, create);
     }
 
-    let lock = svc.rooms.lock_for(room_id);
-    let _guard = lock.lock().await;
+    let _guard = svc.rooms.lock(&svc.db, room_id).await?;
     // 4. Auth against its auth events.
     if let Err(e) = ruma::state_res::check_state_independent_auth_rules(&rules.authorization, &pdu, |id: &EventId| {
         auth_events.get(id).cloned()

@@ -71,8 +71,7 @@ pub async fn join(
     if storage::rooms::blocked_by(&svc.db, room_id.as_str()).await?.is_some() {
         return Err(Error::forbidden("This room has been blocked on this server"));
     }
-    let lock = svc.rooms.remote_join_lock_for(room_id);
-    let remote_join = lock.lock().await;
+    let remote_join = svc.rooms.remote_join_lock(&svc.db, room_id).await?;
     if handled_here(svc, room_id).await? {
         drop(remote_join);
         let version = super::room_version(svc, room_id).await?;

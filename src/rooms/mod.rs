@@ -42,21 +42,40 @@ use crate::storage::{self, events::NewEvent, events::TimelineEntry, rooms::State
 /// Largest PDU, in bytes of canonical JSON (spec).
 pub const MAX_PDU_BYTES: usize = 65_536;
 
-/// One async lock per room.
-#[derive(Default)]
-struct RoomLocks(Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>);
+/// One async lock per room, held across the processes of the database: a local mutex (so
+/// that one process waits on one database lock per room at most), then a PostgreSQL
+/// advisory lock named after `purpose` and the room.
+struct RoomLocks {
+    purpose: &'static str,
+    local: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// A room's lock, released when dropped.
+pub(crate) struct RoomGuard {
+    _shared: Option<storage::cluster::AdvisoryLock>,
+    _local: tokio::sync::OwnedMutexGuard<()>,
+}
 
 impl RoomLocks {
-    fn get(&self, room_id: &RoomId) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        locks.entry(room_id.to_owned()).or_default().clone()
+    fn new(purpose: &'static str) -> Self {
+        RoomLocks { purpose, local: Mutex::default() }
+    }
+
+    async fn lock(&self, db: &storage::Db, room_id: &RoomId) -> Result<RoomGuard> {
+        let local = {
+            let mut locks = self.local.lock().unwrap_or_else(|e| e.into_inner());
+            locks.entry(room_id.to_owned()).or_default().clone()
+        };
+        let local = local.lock_owned().await;
+        let key = storage::cluster::lock_key(&format!("{}:{room_id}", self.purpose));
+        let shared = storage::cluster::advisory_lock(db, key).await?;
+        Ok(RoomGuard { _shared: shared, _local: local })
     }
 }
 
 /// Caches of immutable data (state groups, events), the rooms' heads (`head.rs`), the
 /// per-room write locks, the per-room locks of joins over federation, and the rooms being
 /// upgraded.
-#[derive(Default)]
 pub struct Rooms {
     locks: RoomLocks,
     /// Held by a join over federation, so that a second local user joining the same room
@@ -70,13 +89,27 @@ pub struct Rooms {
 
 const CACHE_LIMIT: usize = 20_000;
 
+impl Default for Rooms {
+    fn default() -> Self {
+        Rooms {
+            locks: RoomLocks::new("room"),
+            remote_joins: RoomLocks::new("remote-join"),
+            state_cache: Mutex::default(),
+            event_cache: Mutex::default(),
+            heads: head::Heads::default(),
+            upgrades: upgrade::InProgress::default(),
+        }
+    }
+}
+
 impl Rooms {
-    fn lock_for(&self, room_id: &RoomId) -> Arc<tokio::sync::Mutex<()>> {
-        self.locks.get(room_id)
+    /// The room's write lock: held from reading its forward extremities to appending.
+    pub(crate) async fn lock(&self, db: &storage::Db, room_id: &RoomId) -> Result<RoomGuard> {
+        self.locks.lock(db, room_id).await
     }
 
-    fn remote_join_lock_for(&self, room_id: &RoomId) -> Arc<tokio::sync::Mutex<()>> {
-        self.remote_joins.get(room_id)
+    async fn remote_join_lock(&self, db: &storage::Db, room_id: &RoomId) -> Result<RoomGuard> {
+        self.remote_joins.lock(db, room_id).await
     }
 
     fn cached_event(&self, event_id: &EventId) -> Option<Arc<Pdu>> {
@@ -91,8 +124,12 @@ impl Rooms {
         cache.insert(pdu.event_id.clone(), pdu);
     }
 
-    fn forget_event(&self, event_id: &EventId) {
+    pub(crate) fn forget_event(&self, event_id: &EventId) {
         self.event_cache.lock().unwrap_or_else(|e| e.into_inner()).remove(event_id);
+    }
+
+    pub(crate) fn forget_all_events(&self) {
+        self.event_cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 }
 
@@ -258,8 +295,7 @@ pub async fn send(
     draft: Draft,
     txn: Option<(&str, &str)>,
 ) -> Result<OwnedEventId> {
-    let lock = svc.rooms.lock_for(room_id);
-    let _guard = lock.lock().await;
+    let _guard = svc.rooms.lock(&svc.db, room_id).await?;
     if let Some((device, txn_id)) = txn
         && let Some(existing) =
             storage::events::txn_event(&svc.db, sender.as_str(), device, room_id.as_str(), txn_id).await?
@@ -294,8 +330,7 @@ pub async fn send_create(
     let mut tx = svc.db.begin().await?;
     storage::rooms::create(&mut tx, room_id.as_str(), version.as_str(), sender.as_str()).await?;
     tx.commit().await?;
-    let lock = svc.rooms.lock_for(&room_id);
-    let _guard = lock.lock().await;
+    let _guard = svc.rooms.lock(&svc.db, &room_id).await?;
     append_local(svc, built, &empty, None, None).await?;
     Ok(room_id)
 }
@@ -716,12 +751,15 @@ pub(crate) async fn append(
     head::advance(svc, &pdu.room_id, new_head);
     pushes.wake(svc);
     appservices.wake(svc);
+    if let Some(event_id) = redacted {
+        crate::cluster::publish(svc, crate::cluster::Message::EventChanged { event_id }).await;
+    }
     if pdu.kind == TimelineEventType::RoomMember
         && let Some(target) = pdu.state_key.as_deref().and_then(|k| OwnedUserId::try_from(k).ok())
     {
         // Whoever is no longer in the room is no longer typing there.
-        if pdu.content_str("membership").as_deref() != Some("join") {
-            svc.typing.stop(&pdu.room_id, &target);
+        if pdu.content_str("membership").as_deref() != Some("join") && svc.typing.is_typing(&pdu.room_id, &target) {
+            crate::cluster::publish_typing(svc, pdu.room_id.clone(), target.clone(), None).await?;
         }
         wake.push(target);
     }

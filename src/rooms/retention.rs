@@ -116,8 +116,7 @@ impl Expiry {
 /// Returns how many events were deleted.
 pub async fn purge_before(svc: &Services, room_id: &RoomId, before: i64, delete_local_events: bool) -> Result<usize> {
     // No event is appended to the room meanwhile (its extremities are what the purge keeps).
-    let lock = svc.rooms.lock_for(room_id);
-    let _guard = lock.lock().await;
+    let _guard = svc.rooms.lock(&svc.db, room_id).await?;
     let kept_senders = if delete_local_events { String::new() } else { format!("%:{}", svc.config.server_name) };
     let mut tx = svc.db.begin().await?;
     let purged = storage::purge::history(&mut tx, room_id.as_str(), before, &kept_senders).await?;

@@ -111,6 +111,12 @@ impl ErasedUsers {
         self.0.write().unwrap_or_else(|e| e.into_inner()).remove(user_id.as_str());
     }
 
+    /// Takes the list of another (freshly loaded) instance.
+    pub fn replace(&self, other: ErasedUsers) {
+        let users = other.0.into_inner().unwrap_or_else(|e| e.into_inner());
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = users;
+    }
+
     fn contains(&self, user_id: &UserId) -> bool {
         self.0.read().unwrap_or_else(|e| e.into_inner()).contains(user_id.as_str())
     }

@@ -278,7 +278,11 @@ pub async fn complete(svc: &Services, params: CallbackParams, browser_state: Opt
             // Only an existing link proves who this is; nothing is created.
             let linked = storage::sso::linked_user(&svc.db, &provider.config.id, &subject).await?;
             let user = linked.map(OwnedUserId::try_from).transpose().map_err(|e| Error::Internal(e.into()))?;
-            if user.is_some_and(|user| svc.uia.complete_sso(&ui_auth_session, &user)) {
+            let proved = match user {
+                Some(user) => svc.uia.complete_sso(&svc.db, &ui_auth_session, &user).await?,
+                None => false,
+            };
+            if proved {
                 Ok(Completed::Reauthenticated)
             } else {
                 Err(Error::forbidden("You signed in as someone else than the user to authenticate"))

@@ -4,6 +4,7 @@
 pub mod account_data;
 pub mod appservice;
 pub mod batch;
+pub mod cluster;
 pub mod cross_signing;
 pub mod dehydrated_devices;
 pub mod device_lists;
@@ -46,13 +47,16 @@ pub enum DbKind {
 }
 
 /// The database. SQLite allows one writer at a time, so writes go through a pool of one
-/// connection there (no `SQLITE_BUSY` on lock upgrades); on PostgreSQL both pools are one.
+/// connection there (no `SQLITE_BUSY` on lock upgrades); on PostgreSQL both pools are one,
+/// and advisory locks held across processes (`cluster::advisory_lock`) have a pool of their
+/// own, so that lock holders never wait for a connection a lock holder needs.
 #[derive(Clone, Debug)]
 pub struct Db {
     pub kind: DbKind,
     read: AnyPool,
     write: AnyPool,
     batches: Arc<batch::Batches>,
+    locks: Option<AnyPool>,
 }
 
 pub type Tx = sqlx::Transaction<'static, sqlx::Any>;
@@ -91,6 +95,7 @@ impl Db {
                 read: pool(max_connections).await?,
                 write,
                 batches: batch::Batches::start(),
+                locks: None,
             };
             sqlx::migrate!("migrations/sqlite").run(&db.write).await.context("database migration failed")?;
             Ok(db)
@@ -99,11 +104,23 @@ impl Db {
             let pool = AnyPoolOptions::new()
                 .max_connections(max_connections)
                 .acquire_timeout(Duration::from_secs(30))
-                .connect_with(options)
+                .connect_with(options.clone())
                 .await
                 .with_context(|| format!("cannot connect to database {url}"))?;
             sqlx::migrate!("migrations/postgres").run(&pool).await.context("database migration failed")?;
-            Ok(Db { kind: DbKind::Postgres, read: pool.clone(), write: pool, batches: batch::Batches::start() })
+            let locks = AnyPoolOptions::new()
+                .max_connections(max_connections.max(8))
+                .min_connections(0)
+                .idle_timeout(Duration::from_secs(60))
+                .acquire_timeout(Duration::from_secs(30))
+                .connect_lazy_with(options);
+            Ok(Db {
+                kind: DbKind::Postgres,
+                read: pool.clone(),
+                write: pool,
+                batches: batch::Batches::start(),
+                locks: Some(locks),
+            })
         }
     }
 
@@ -126,6 +143,10 @@ impl Db {
 
 /// Takes the next position of the global stream, inside the writing transaction, so that
 /// positions become visible in the order they were taken (the row stays locked until commit).
+/// This holds with several processes writing to one PostgreSQL too: a writer that took
+/// position N blocks every other writer's UPDATE until it commits or rolls back, so no
+/// position above N is committed before N, and a reader that sees the counter at N sees
+/// every event up to N (a rolled-back position is taken again by the next writer).
 pub async fn next_stream_pos(tx: &mut Tx) -> sqlx::Result<i64> {
     sqlx::query_scalar("UPDATE stream_counter SET value = value + 1 WHERE id = 1 RETURNING value")
         .fetch_one(&mut **tx)

@@ -36,8 +36,12 @@ pub struct LazyLoadCache {
 }
 
 impl LazyLoadCache {
-    fn reset(&self, user: &str, device: &str) {
+    pub(crate) fn reset(&self, user: &str, device: &str) {
         self.sent.lock().unwrap_or_else(|e| e.into_inner()).retain(|(u, d, _), _| !(u == user && d == device));
+    }
+
+    pub(crate) fn reset_all(&self) {
+        self.sent.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
     /// Keeps the member events not yet sent, and remembers them as sent.
@@ -61,7 +65,8 @@ pub async fn sync(svc: &Services, me: &Identity, req: SyncRequest) -> Result<Val
     let mut wake = svc.notifier.subscribe(&me.user_id);
     let deadline = tokio::time::Instant::now() + req.timeout.min(MAX_TIMEOUT);
     if req.since.is_none() || req.full_state {
-        svc.lazy_load.reset(me.user_id.as_str(), &me.device_id);
+        let reset = crate::cluster::Message::LazyLoadReset { user: me.user_id.clone(), device: me.device_id.clone() };
+        crate::cluster::publish(svc, reset).await;
     }
     // The client has the to-device messages the token says it was given: drop them.
     if let Some(since) = req.since {

@@ -32,6 +32,7 @@ mod resolve_props;
 mod retention;
 mod room_util;
 mod rooms;
+mod scale;
 mod search;
 mod send_path;
 mod sliding_sync;

@@ -17,7 +17,7 @@ pub fn router() -> Router<AppState> {
 }
 
 async fn nonce(State(state): State<AppState>) -> Result<Json<Value>> {
-    Ok(Json(json!({ "nonce": register::new_nonce(&state)? })))
+    Ok(Json(json!({ "nonce": register::new_nonce(&state).await? })))
 }
 
 #[derive(Deserialize)]

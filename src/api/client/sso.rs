@@ -88,7 +88,7 @@ struct FallbackQuery {
 /// The fallback page of the `m.login.sso` UIA stage: the user signs in again at a provider
 /// their account is linked to (chosen on this page, then `?idp_id=` starts the login).
 async fn reauth_fallback(State(state): State<AppState>, Query(q): Query<FallbackQuery>) -> Result<Response> {
-    let Some(user) = state.uia.user_of(&q.session) else {
+    let Some(user) = state.uia.user_of(&state.db, &q.session).await? else {
         return Ok(page(StatusCode::BAD_REQUEST, "Unknown session", "This authentication session has expired."));
     };
     let providers = sso::linked_providers(&state, &user).await?;
