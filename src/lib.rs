@@ -115,7 +115,6 @@ impl AppState {
         tokio::spawn(sso::Sso::preload(Arc::downgrade(&state.0)));
         tokio::spawn(rooms::retention::run(Arc::downgrade(&state.0)));
         tokio::spawn(media::make_thumbnails(Arc::downgrade(&state.0)));
-        // Periodic and shared by all processes of a deployment: one process should run it.
         tokio::spawn(media::housekeeping(Arc::downgrade(&state.0)));
         Ok(state)
     }

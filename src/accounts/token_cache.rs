@@ -68,6 +68,13 @@ impl TokenCache {
         self.others.send(Message::TokensChanged { user: user_id.to_owned() });
     }
 
+    /// Forgets every token in this process (announcements may have been missed).
+    pub fn forget_all(&self) {
+        let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        tokens.clear();
+    }
+
     /// Forgets every token of a user in this process only (another process announced it).
     pub fn forget_user_here(&self, user_id: &UserId) {
         let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());

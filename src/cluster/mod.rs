@@ -134,6 +134,12 @@ impl Cluster {
         self.leadership.receiver()
     }
 
+    /// Whether this process leads now: periodic jobs of the whole deployment run only where
+    /// this holds when they are due.
+    pub fn leads(&self) -> bool {
+        *self.leadership.receiver().borrow()
+    }
+
     /// Starts sending this process's messages and listening to the others' (PostgreSQL).
     pub fn start(&self, services: Weak<Services>, db: Db) {
         let Some(outgoing) = self.outgoing.lock().unwrap_or_else(|e| e.into_inner()).take() else { return };
@@ -336,6 +342,8 @@ async fn connect_listener(url: &str) -> sqlx::Result<sqlx::postgres::PgListener>
 /// wake every long-poll, so that each looks at the database again.
 async fn resynchronise(svc: &Services) {
     svc.rooms.forget_all_events();
+    crate::rooms::head::forget_all(svc);
+    svc.token_cache.forget_all();
     svc.push.forget_all();
     svc.lazy_load.reset_all();
     match crate::rooms::visibility::ErasedUsers::load(&svc.db).await {

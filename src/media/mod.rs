@@ -547,6 +547,10 @@ pub async fn housekeeping(services: Weak<Services>) {
     loop {
         ticks.tick().await;
         let Some(svc) = services.upgrade() else { return };
+        // One process of a deployment is enough (the leader's).
+        if !svc.cluster.leads() {
+            continue;
+        }
         if let Err(e) = housekeep(&svc).await {
             tracing::warn!(error = %e, "media housekeeping failed");
         }

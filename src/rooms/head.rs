@@ -148,6 +148,14 @@ fn announce(svc: &Services, room_id: &RoomId) {
     svc.cluster.publisher().send(crate::cluster::Message::RoomHeadChanged { room: room_id.to_owned() });
 }
 
+/// Forgets every room's head in this process (announcements may have been missed).
+pub fn forget_all(svc: &Services) {
+    let heads = &svc.rooms.heads;
+    let mut rooms = heads.rooms.lock().unwrap_or_else(|e| e.into_inner());
+    heads.epoch.fetch_add(1, Ordering::AcqRel);
+    rooms.clear();
+}
+
 /// Forgets a room's head in this process only (another process announced a change).
 pub fn forget_here(svc: &Services, room_id: &RoomId) {
     let heads = &svc.rooms.heads;

@@ -171,6 +171,9 @@ async fn run_job(svc: Weak<Services>, job: PurgeJobConfig) {
     loop {
         ticks.tick().await;
         let Some(svc): Option<Arc<Services>> = svc.upgrade() else { return };
+        if !svc.cluster.leads() {
+            continue;
+        }
         let shortest = job.shortest_max_lifetime.map(u64::from);
         let longest = job.longest_max_lifetime.map(u64::from);
         if let Err(e) = purge_expired(&svc, shortest, longest).await {
