@@ -2,6 +2,7 @@
 //! per-request tracing and metrics, and the JSON 404/405 answers.
 
 pub mod extract;
+pub mod guest_access;
 pub mod rate_limit;
 
 use std::time::Instant;

@@ -61,6 +61,8 @@ async fn servers_to_ask(
 
 /// Joins a room, filling in `join_authorised_via_users_server` for restricted rooms; over
 /// federation, through `via` and the other known servers, when this server is not in it.
+/// A guest joins only rooms whose `m.room.guest_access` is `can_join` (spec "Guest
+/// access"); rooms this server is not in are closed to guests, as in Synapse.
 pub async fn join(
     svc: &Services,
     room_id: &RoomId,
@@ -71,6 +73,9 @@ pub async fn join(
     if storage::rooms::blocked_by(&svc.db, room_id.as_str()).await?.is_some() {
         return Err(Error::forbidden("This room has been blocked on this server"));
     }
+    let guest = user.server_name() == svc.config.server_name.as_str()
+        && storage::users::get(&svc.db, user.as_str()).await?.is_some_and(|u| u.is_guest);
+    let guests_refused = || Error::forbidden("Guests may not join this room");
     let lock = svc.rooms.remote_join_lock_for(room_id);
     let remote_join = lock.lock().await;
     if handled_here(svc, room_id).await? {
@@ -78,10 +83,21 @@ pub async fn join(
         let version = super::room_version(svc, room_id).await?;
         let mut draft = member_draft(svc, user, "join", reason).await?;
         let current = current_state(svc, room_id).await?;
+        if guest
+            && state_pdu(svc, &current, &StateEventType::RoomGuestAccess, "")
+                .await?
+                .and_then(|p| p.content_str("guest_access"))
+                .as_deref()
+                != Some("can_join")
+        {
+            return Err(guests_refused());
+        }
         if let Some(authoriser) = federation::restricted_join_authoriser(svc, &current, &version, user).await? {
             draft.content["join_authorised_via_users_server"] = json!(authoriser);
         }
         send(svc, room_id, user, draft, None).await?;
+    } else if guest {
+        return Err(guests_refused());
     } else {
         let servers = servers_to_ask(svc, room_id, user, via).await?;
         federation::join(svc, user, room_id, &servers, reason).await?;
