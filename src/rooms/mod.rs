@@ -255,7 +255,7 @@ pub async fn send(
     txn: Option<(&str, &str)>,
 ) -> Result<OwnedEventId> {
     let lock = svc.rooms.lock_for(room_id);
-    let _guard = lock.lock().await;
+    let guard = lock.lock().await;
     if let Some((device, txn_id)) = txn
         && let Some(existing) =
             storage::events::txn_event(&svc.db, sender.as_str(), device, room_id.as_str(), txn_id).await?
@@ -264,7 +264,12 @@ pub async fn send(
     }
     let head = Head::load(svc, room_id).await?;
     let built = build(svc, &head.version, Some(room_id), sender, &draft, &head.prevs, &head.state).await?;
-    append_local(svc, built, &head.state, head.group, txn.map(|(d, t)| (sender, d, t))).await
+    let event_id = append_local(svc, built, &head.state, head.group, txn.map(|(d, t)| (sender, d, t))).await?;
+    drop(guard);
+    if draft.kind == TimelineEventType::RoomGuestAccess {
+        membership::remove_guests_unless_open(svc, room_id).await?;
+    }
+    Ok(event_id)
 }
 
 /// What a new event of a room is built on: the room's version, current state (and its

@@ -528,7 +528,7 @@ async fn guests_reach_only_the_endpoints_the_spec_opens_to_them() {
 }
 
 #[tokio::test]
-async fn guests_join_only_rooms_whose_guest_access_is_can_join() {
+async fn guests_join_only_rooms_whose_guest_access_is_can_join_and_leave_when_it_closes() {
     let server = TestServer::start_with(|c| c.registration.allow_guests = true).await;
     let alice = server.register("alice").await;
     // A public room without m.room.guest_access (the public_chat preset sets none).
@@ -544,7 +544,11 @@ async fn guests_join_only_rooms_whose_guest_access_is_can_join() {
     let sent = guest.send_text(&room_id, "hello from a guest").await;
     let messages = alice.get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b", enc(&room_id))).await.ok();
     assert!(messages["chunk"].as_array().unwrap().iter().any(|e| e["event_id"] == sent.as_str()), "{messages}");
-    guest.post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&room_id)), json!({})).await.ok();
+    // Closing the room to guests makes them leave.
+    alice.put(&guest_access, json!({ "guest_access": "forbidden" })).await.ok();
+    let member = format!("/_matrix/client/v3/rooms/{}/state/m.room.member/{}", enc(&room_id), enc(&guest.user_id));
+    assert_eq!(alice.get(&member).await.ok()["membership"], "leave");
+    guest.post(&join, json!({})).await.assert_error(403, "M_FORBIDDEN");
     // The join-by-alias route and room creation are not for guests.
     guest
         .post(&format!("/_matrix/client/v3/join/{}", enc(&room_id)), json!({}))
