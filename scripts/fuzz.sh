@@ -12,7 +12,7 @@ seconds=${1:-600}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(pdu canonical_json sync_filter xmatrix server_name thumbnail content_disposition)
+    targets=(pdu canonical_json sync_filter xmatrix server_name thumbnail content_disposition room_content)
 fi
 
 triple=$(rustc -vV | sed -n 's/^host: //p')

@@ -243,11 +243,18 @@ pub struct MetricsConfig {
 pub struct LimitsConfig {
     /// Largest accepted JSON request body, in bytes.
     pub max_request_bytes: usize,
+    /// Most client connections open at once (0: the process's descriptor limit less 256).
+    #[serde(default)]
+    pub max_connections: usize,
+    /// Most client connections open at once from one address (0: no limit, for a reverse
+    /// proxy, through which every connection comes from one address).
+    #[serde(default)]
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        Self { max_request_bytes: 1024 * 1024 }
+        Self { max_request_bytes: 1024 * 1024, max_connections: 0, max_connections_per_ip: 0 }
     }
 }
 

@@ -139,7 +139,11 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    use axum::serve::ListenerExt;
     let shutdown = stopping(&state, shutdown);
+    // `tap_io` does nothing but makes `ConnectInfo<SocketAddr>` available (axum provides it
+    // for `TapIo` over any listener, and for no other listener but its own).
+    let listener = http::connections::LimitedListener::new(listener, &state.config.limits).tap_io(|_| {});
     let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
     let serve = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone()).into_future();
     within_grace(serve, shutdown).await.context("HTTP server failed")

@@ -69,7 +69,9 @@ pub struct Appservice {
     pub id: String,
     /// None: the appservice gets no transactions or queries.
     url: Option<String>,
-    as_token: String,
+    /// SHA-256 of the as_token: requests are matched by hash, so no comparison with the
+    /// secret itself can leak it through its timing.
+    as_token_hash: [u8; 32],
     hs_token: String,
     /// The appservice's own user (sender_localpart).
     pub sender: OwnedUserId,
@@ -80,6 +82,11 @@ pub struct Appservice {
     pub rate_limited: bool,
     ephemeral: Option<EphemeralKey>,
     push_to_device: bool,
+}
+
+fn token_hash(token: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes()).into()
 }
 
 /// A namespace regex as Synapse applies it to the whole string.
@@ -117,7 +124,7 @@ impl Appservice {
         Ok(Appservice {
             id: reg.id,
             url: url.map(|u| u.trim_end_matches('/').to_owned()),
-            as_token: reg.as_token,
+            as_token_hash: token_hash(&reg.as_token),
             hs_token: reg.hs_token,
             sender,
             users: compile(&reg.namespaces.users, "users")?,
@@ -183,7 +190,7 @@ impl Appservices {
             if !ids.insert(appservice.id.clone()) {
                 bail!("appservice registration {}: id {:?} is used twice", path.display(), appservice.id);
             }
-            if !tokens.insert(appservice.as_token.clone()) {
+            if !tokens.insert(appservice.as_token_hash) {
                 bail!("appservice registration {}: its as_token is another appservice's", path.display());
             }
             list.push(Arc::new(appservice));
@@ -197,7 +204,8 @@ impl Appservices {
     }
 
     pub fn by_token(&self, token: &str) -> Option<&Arc<Appservice>> {
-        self.list.iter().find(|a| a.as_token == token)
+        let hash = token_hash(token);
+        self.list.iter().find(|a| a.as_token_hash == hash)
     }
 
     fn by_id(&self, id: &str) -> Option<&Arc<Appservice>> {

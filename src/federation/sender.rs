@@ -19,7 +19,7 @@ use super::transaction::{MAX_EDUS, MAX_PDUS};
 use crate::Services;
 use crate::cluster::{self, Message, leader};
 use crate::error::Result;
-use crate::storage::{self, now_ms};
+use crate::storage::{self, Tx, now_ms};
 
 const MIN_BACKOFF: Duration = Duration::from_secs(2);
 const MAX_BACKOFF: Duration = Duration::from_secs(600);
@@ -86,12 +86,30 @@ pub async fn send_pdu<'a>(
         return Ok(());
     }
     let mut tx = svc.db.begin().await?;
-    let now = now_ms();
-    for destination in &destinations {
-        storage::federation::enqueue_pdu(&mut tx, destination.as_str(), event_id.as_str(), now).await?;
-    }
+    enqueue_pdu(&mut tx, &destinations, event_id).await?;
     tx.commit().await?;
     wake(svc, destinations).await;
+    Ok(())
+}
+
+/// Queues a PDU of ours in the transaction that stores it, so that a crash cannot keep the
+/// event and lose its sending; the caller `wake`s the returned servers after the commit.
+pub async fn queue_pdu_in<'a>(
+    svc: &Services,
+    tx: &mut Tx,
+    destinations: impl IntoIterator<Item = &'a ServerName>,
+    event_id: &EventId,
+) -> Result<Vec<OwnedServerName>> {
+    let destinations = others(svc, destinations);
+    enqueue_pdu(tx, &destinations, event_id).await?;
+    Ok(destinations)
+}
+
+async fn enqueue_pdu(tx: &mut Tx, destinations: &[OwnedServerName], event_id: &EventId) -> Result<()> {
+    let now = now_ms();
+    for destination in destinations {
+        storage::federation::enqueue_pdu(tx, destination.as_str(), event_id.as_str(), now).await?;
+    }
     Ok(())
 }
 
@@ -122,7 +140,9 @@ fn others<'a>(svc: &Services, destinations: impl IntoIterator<Item = &'a ServerN
     set.into_iter().map(ToOwned::to_owned).collect()
 }
 
-async fn wake(svc: &Services, destinations: Vec<OwnedServerName>) {
+/// Tells the sender (on whichever process leads) that items were queued for these
+/// destinations.
+pub async fn wake(svc: &Services, destinations: Vec<OwnedServerName>) {
     for destination in destinations {
         cluster::publish(svc, Message::FederationQueued { destination }).await;
     }

@@ -4,7 +4,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, MatchedPath, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use bytes::Bytes;
@@ -69,7 +69,8 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T>
 }
 
 /// The authenticated user of a request (access token in the `Authorization: Bearer`
-/// header or, deprecated, the `access_token` query parameter).
+/// header or, deprecated, the `access_token` query parameter). Guests only reach the
+/// endpoints `guest_access` opens to them.
 pub struct Auth(pub Identity);
 
 impl FromRequestParts<AppState> for Auth {
@@ -77,7 +78,12 @@ impl FromRequestParts<AppState> for Auth {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
         let token = access_token(parts).ok_or_else(Error::missing_token)?;
-        authenticate(parts, state, &token).await.map(Auth)
+        let identity = authenticate(parts, state, &token).await?;
+        if identity.is_guest {
+            let route = parts.extensions.get::<MatchedPath>().map(MatchedPath::as_str);
+            super::guest_access::check(&parts.method, route, parts.uri.path())?;
+        }
+        Ok(Auth(identity))
     }
 }
 

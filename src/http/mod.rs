@@ -1,7 +1,9 @@
 //! HTTP assembly: the router of every API, the spec's CORS headers, body limits,
 //! per-request tracing and metrics, and the JSON 404/405 answers.
 
+pub mod connections;
 pub mod extract;
+pub mod guest_access;
 pub mod rate_limit;
 
 use std::time::Instant;

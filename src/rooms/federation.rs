@@ -843,7 +843,8 @@ async fn store_joined_room(
     super::head::forget(svc, &join.room_id);
     let state = Arc::new(state);
     state::remember(svc, group, state.clone());
-    append(svc, &join, rules, &state, Some(group), Arrival { txn: None, soft_failed: false }).await?;
+    append(svc, &join, rules, &state, Some(group), Arrival { txn: None, soft_failed: false, destinations: &[] })
+        .await?;
     tracing::info!(room_id = %join.room_id, user = %join.sender, "joined over federation");
     Ok(())
 }

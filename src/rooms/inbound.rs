@@ -174,7 +174,8 @@ pub async fn receive(
             Some(g)
         }
     };
-    append(svc, &pdu, &rules, &state_before, group_before, Arrival { txn: None, soft_failed }).await?;
+    append(svc, &pdu, &rules, &state_before, group_before, Arrival { txn: None, soft_failed, destinations: &[] })
+        .await?;
     Ok(if soft_failed { Outcome::SoftFailed(event_id) } else { Outcome::Accepted(event_id) })
 }
 

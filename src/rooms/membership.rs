@@ -61,6 +61,8 @@ async fn servers_to_ask(
 
 /// Joins a room, filling in `join_authorised_via_users_server` for restricted rooms; over
 /// federation, through `via` and the other known servers, when this server is not in it.
+/// A guest joins only rooms whose `m.room.guest_access` is `can_join` (spec "Guest
+/// access"); rooms this server is not in are closed to guests, as in Synapse.
 pub async fn join(
     svc: &Services,
     room_id: &RoomId,
@@ -71,16 +73,23 @@ pub async fn join(
     if storage::rooms::blocked_by(&svc.db, room_id.as_str()).await?.is_some() {
         return Err(Error::forbidden("This room has been blocked on this server"));
     }
+    let guest = is_local_guest(svc, user).await?;
+    let guests_refused = || Error::forbidden("Guests may not join this room");
     let remote_join = svc.rooms.remote_join_lock(&svc.db, room_id).await?;
     if handled_here(svc, room_id).await? {
         drop(remote_join);
         let version = super::room_version(svc, room_id).await?;
         let mut draft = member_draft(svc, user, "join", reason).await?;
         let current = current_state(svc, room_id).await?;
+        if guest && !guests_may_join(svc, &current).await? {
+            return Err(guests_refused());
+        }
         if let Some(authoriser) = federation::restricted_join_authoriser(svc, &current, &version, user).await? {
             draft.content["join_authorised_via_users_server"] = json!(authoriser);
         }
         send(svc, room_id, user, draft, None).await?;
+    } else if guest {
+        return Err(guests_refused());
     } else {
         let servers = servers_to_ask(svc, room_id, user, via).await?;
         federation::join(svc, user, room_id, &servers, reason).await?;
@@ -88,6 +97,34 @@ pub async fn join(
     let mut tx = svc.db.begin().await?;
     storage::rooms::unforget(&mut tx, user.as_str(), room_id.as_str()).await?;
     tx.commit().await?;
+    Ok(())
+}
+
+async fn is_local_guest(svc: &Services, user: &UserId) -> Result<bool> {
+    Ok(user.server_name() == svc.config.server_name.as_str()
+        && storage::users::get(&svc.db, user.as_str()).await?.is_some_and(|u| u.is_guest))
+}
+
+async fn guests_may_join(svc: &Services, state: &super::state::StateMap) -> Result<bool> {
+    let guest_access = state_pdu(svc, state, &StateEventType::RoomGuestAccess, "").await?;
+    Ok(guest_access.and_then(|p| p.content_str("guest_access")).as_deref() == Some("can_join"))
+}
+
+/// Makes the local guests of a room leave it once its `m.room.guest_access` is no longer
+/// `can_join` (spec "Guest access": the server MUST set their membership to leave; as in
+/// Synapse, each guest leaves by an event of their own).
+pub async fn remove_guests_unless_open(svc: &Services, room_id: &RoomId) -> Result<()> {
+    let current = current_state(svc, room_id).await?;
+    if guests_may_join(svc, &current).await? {
+        return Ok(());
+    }
+    for member in storage::rooms::joined_users(&svc.db, room_id.as_str()).await? {
+        let Ok(user) = UserId::parse(member.as_str()) else { continue };
+        if is_local_guest(svc, &user).await? {
+            let draft = member_draft(svc, &user, "leave", None).await?;
+            Box::pin(send(svc, room_id, &user, draft, None)).await?;
+        }
+    }
     Ok(())
 }
 

@@ -295,7 +295,7 @@ pub async fn send(
     draft: Draft,
     txn: Option<(&str, &str)>,
 ) -> Result<OwnedEventId> {
-    let _guard = svc.rooms.lock(&svc.db, room_id).await?;
+    let guard = svc.rooms.lock(&svc.db, room_id).await?;
     if let Some((device, txn_id)) = txn
         && let Some(existing) =
             storage::events::txn_event(&svc.db, sender.as_str(), device, room_id.as_str(), txn_id).await?
@@ -304,7 +304,12 @@ pub async fn send(
     }
     let head = head::to_build_on(svc, room_id).await?;
     let built = build(svc, &head.version, Some(room_id), sender, &draft, &head.prevs, &head.state).await?;
-    append_local(svc, built, &head.state, head.group, txn.map(|(d, t)| (sender, d, t))).await
+    let event_id = append_local(svc, built, &head.state, head.group, txn.map(|(d, t)| (sender, d, t))).await?;
+    drop(guard);
+    if draft.kind == TimelineEventType::RoomGuestAccess {
+        membership::remove_guests_unless_open(svc, room_id).await?;
+    }
+    Ok(event_id)
 }
 
 /// Creates a room by sending its `m.room.create` event; returns the room ID (derived from
@@ -530,6 +535,8 @@ pub(crate) struct Arrival<'a> {
     pub txn: Option<(&'a UserId, &'a str, &'a str)>,
     /// Failed auth against the room's current state: stored, but neither shown nor built on.
     pub soft_failed: bool,
+    /// The servers a local event is sent to, queued in the transaction that stores it.
+    pub destinations: &'a [OwnedServerName],
 }
 
 /// Persists a built local event on top of `state_before` (group `group_before`).
@@ -541,22 +548,19 @@ async fn append_local(
     txn: Option<(&UserId, &str, &str)>,
 ) -> Result<OwnedEventId> {
     let Built { pdu, rules } = built;
-    // A member who leaves or is kicked or banned is not in the room after the event: their
-    // server (and every server in the room before) must still hear of it.
-    let mut destinations = match pdu.kind {
-        TimelineEventType::RoomMember if matches!(pdu.content_str("membership").as_deref(), Some("leave" | "ban")) => {
-            let mut servers = servers_in_room(svc, &pdu.room_id).await?;
-            if let Some(target) = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok()) {
-                servers.insert(target.server_name().to_owned());
-            }
-            servers
-        }
-        _ => BTreeSet::new(),
-    };
-    let event_id = append(svc, &pdu, &rules, state_before, group_before, Arrival { txn, soft_failed: false }).await?;
-    destinations.extend(servers_in_room(svc, &pdu.room_id).await?);
-    crate::federation::sender::send_pdu(svc, destinations.iter().map(|s| &**s), &event_id).await?;
-    Ok(event_id)
+    // The servers in the room before the event (after it, only this server may be added,
+    // by a local join). A member who leaves or is kicked or banned is not in the room
+    // after the event: their server must still hear of it.
+    let mut destinations = servers_in_room(svc, &pdu.room_id).await?;
+    if pdu.kind == TimelineEventType::RoomMember
+        && matches!(pdu.content_str("membership").as_deref(), Some("leave" | "ban"))
+        && let Some(target) = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok())
+    {
+        destinations.insert(target.server_name().to_owned());
+    }
+    let destinations: Vec<OwnedServerName> = destinations.into_iter().collect();
+    let arrival = Arrival { txn, soft_failed: false, destinations: &destinations };
+    append(svc, &pdu, &rules, state_before, group_before, arrival).await
 }
 
 /// Appends an authorised event to its room (the caller holds the room lock): its state
@@ -722,6 +726,9 @@ pub(crate) async fn append(
         _ => None,
     };
     let appservices = crate::appservice::queue_event(svc, &mut tx, pdu).await?;
+    let federated =
+        crate::federation::sender::queue_pdu_in(svc, &mut tx, arrival.destinations.iter().map(|s| &**s), &pdu.event_id)
+            .await?;
     let mut prevs: Vec<Arc<Pdu>> = remaining.into_iter().cloned().collect();
     prevs.push(stored.clone());
     prevs.sort_by(|a, b| a.event_id.cmp(&b.event_id));
@@ -751,6 +758,7 @@ pub(crate) async fn append(
     head::advance(svc, &pdu.room_id, new_head);
     pushes.wake(svc);
     appservices.wake(svc);
+    crate::federation::sender::wake(svc, federated).await;
     if let Some(event_id) = redacted {
         crate::cluster::publish(svc, crate::cluster::Message::EventChanged { event_id }).await;
     }

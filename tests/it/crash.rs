@@ -4,7 +4,10 @@
 //! transactions are not duplicated; the room's state is the last topic in the timeline; and
 //! no sync token goes backwards. SQLite, or PostgreSQL with PLEXUS_TEST_DATABASE_URL.
 //!
-//! `PLEXUS_CRASH_KILLS` sets how many kills (default 5; 50 for the full proof).
+//! The same for the federation queue: what a server acknowledged stays queued for a
+//! destination that is down, across kills, and arrives when it is back.
+//!
+//! `PLEXUS_CRASH_KILLS` sets how many kills each test makes (default 5; 50 for the full proof).
 
 use std::collections::{BTreeMap, HashMap};
 use std::process::{Child, Command, Stdio};
@@ -14,7 +17,7 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use serde_json::{Value, json};
 
-use crate::harness::{enc, fresh_database};
+use crate::harness::{enc, fed_server, fresh_database, name_of, wait_for};
 
 /// A server process, killed when dropped (also when the test fails).
 struct Process(Child);
@@ -28,23 +31,39 @@ impl Drop for Process {
 
 struct Setup {
     dir: tempfile::TempDir,
-    port: u16,
+    /// Server name and listening address: a loopback address and port.
+    address: String,
     database: String,
 }
 
 impl Setup {
-    fn base(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+    /// A fresh database and a free port on a loopback address.
+    async fn new(ip: &str) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let database = fresh_database(dir.path()).await;
+        let address = std::net::TcpListener::bind(format!("{ip}:0")).unwrap().local_addr().unwrap().to_string();
+        Setup { dir, address, database }
     }
 
-    /// Starts `plexus serve` the way the acceptance harness does and waits until it answers.
+    fn base(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    /// Starts `plexus serve` the way the acceptance harness does (plus plain-HTTP federation
+    /// with other test servers, which only a config file can turn on) and waits until it
+    /// answers.
     async fn start(&self) -> Process {
+        let config = self.dir.path().join("plexus.toml");
+        let toml = format!("server_name = \"{}\"\n[federation]\ninsecure_plain_http = true\n", self.address);
+        std::fs::write(&config, toml).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_plexus"))
             .arg("serve")
+            .arg("--config")
+            .arg(&config)
             .env_clear()
             .current_dir(self.dir.path())
-            .env("PLEXUS_SERVER_NAME", format!("127.0.0.1:{}", self.port))
-            .env("PLEXUS_LISTEN", format!("127.0.0.1:{}", self.port))
+            .env("PLEXUS_SERVER_NAME", &self.address)
+            .env("PLEXUS_LISTEN", &self.address)
             .env("PLEXUS_DATABASE_URL", &self.database)
             .env("PLEXUS_DATA_DIR", self.dir.path())
             .env("PLEXUS_REGISTRATION", "open")
@@ -232,13 +251,15 @@ async fn verify(client: &Client, room: &str, acked: &[Acked], last_topic: Option
     }
 }
 
+/// How many kills a test makes: `PLEXUS_CRASH_KILLS`, default 5.
+fn kills() -> usize {
+    std::env::var("PLEXUS_CRASH_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(5)
+}
+
 #[tokio::test]
 async fn acknowledged_events_survive_sigkill() {
-    let kills: usize = std::env::var("PLEXUS_CRASH_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
-    let dir = tempfile::tempdir().unwrap();
-    let database = fresh_database(dir.path()).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let setup = Setup { dir, port, database };
+    let kills = kills();
+    let setup = Setup::new("127.0.0.1").await;
     let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
     let mut process = setup.start().await;
     let mut clients = Vec::new();
@@ -329,10 +350,7 @@ async fn acknowledged_events_survive_sigkill() {
 /// acknowledged is there after a restart.
 #[tokio::test]
 async fn sigterm_stops_promptly_without_losing_acknowledged_events() {
-    let dir = tempfile::tempdir().unwrap();
-    let database = fresh_database(dir.path()).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let setup = Setup { dir, port, database };
+    let setup = Setup::new("127.0.0.1").await;
     let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
     let mut process = setup.start().await;
     let alice = register(&http, &setup.base(), "alice").await;
@@ -373,4 +391,74 @@ async fn sigterm_stops_promptly_without_losing_acknowledged_events() {
     let _process = setup.start().await;
     let event = format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&room), enc(sent["event_id"].as_str().unwrap()));
     assert_eq!(alice.ok(reqwest::Method::GET, &event, None).await["content"]["body"], "kept");
+}
+
+/// The federation queue across SIGKILLs: a real `plexus` process (A) shares a room with a
+/// user of another server (B, in-process); B goes down; A's user keeps sending while A is
+/// SIGKILLed at random moments and restarted. Every event A acknowledged is still queued for
+/// B after the last kill, and all of them reach B once it is back.
+#[tokio::test]
+async fn events_queued_for_federation_survive_sigkill() {
+    let kills = kills();
+    let b = fed_server("127.0.0.2").await;
+    let b_name = name_of(&b);
+    let bob = b.register("bob").await;
+    let setup = Setup::new("127.0.0.3").await;
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+    let mut process = setup.start().await;
+    let alice = register(&http, &setup.base(), "alice").await;
+    let room = alice
+        .ok(reqwest::Method::POST, "/_matrix/client/v3/createRoom", Some(json!({ "preset": "public_chat" })))
+        .await["room_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    bob.post(&format!("/_matrix/client/v3/join/{}?server_name={}", enc(&room), enc(&setup.address)), json!({}))
+        .await
+        .ok();
+    let b = b.stop_keeping_data().await;
+
+    // Client 1 of `send_load`: messages only.
+    const SENDER: usize = 1;
+    let acked: Arc<Mutex<Vec<Acked>>> = Arc::default();
+    let mut next_seq = 0;
+    let mut rng = rand::thread_rng();
+    for _ in 0..kills {
+        let task = tokio::spawn(send_load(alice.clone(), SENDER, room.clone(), next_seq, acked.clone()));
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(20..400))).await;
+        process.0.kill().unwrap(); // SIGKILL
+        process.0.wait().unwrap();
+        let in_flight = task.await.unwrap();
+        process = setup.start().await;
+        // The retry returns the event if it was committed before the kill.
+        let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/{}", enc(&room), in_flight.txn);
+        let body = json!({ "msgtype": "m.text", "body": body_of(SENDER, in_flight.seq) });
+        let event_id = alice.ok(reqwest::Method::PUT, &path, Some(body)).await["event_id"].as_str().unwrap().to_owned();
+        acked.lock().unwrap().push(Acked { client: SENDER, seq: in_flight.seq, event_id });
+        next_seq = in_flight.seq + 1;
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() > kills, "the load sent too little to prove anything ({} events)", acked.len());
+
+    // B has been down all along: every acknowledged event waits in A's queue for B.
+    let db = plexus::storage::Db::connect(&setup.database, 1).await.unwrap();
+    let queued: std::collections::HashSet<String> =
+        plexus::storage::federation::next_batch(&db, b_name.as_str(), i64::MAX, 0)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(|item| item.event_id)
+            .collect();
+    let lost: Vec<_> = acked.iter().filter(|a| !queued.contains(&a.event_id)).collect();
+    assert!(lost.is_empty(), "acknowledged but not queued for {b_name}: {lost:?}");
+
+    // B is back and says so (a message from bob reaches A, which then retries at once).
+    let b = b.start().await;
+    bob.send_text(&room, "back").await;
+    for a in &acked {
+        let path = format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&room), enc(&a.event_id));
+        wait_for(&format!("{} on {b_name}", a.event_id), async || bob.get(&path).await.status == 200).await;
+    }
+    eprintln!("{kills} kills, {} acknowledged events all queued for and delivered to {b_name}", acked.len());
+    drop((process, b));
 }

@@ -209,6 +209,21 @@ async fn transactions_are_idempotent_and_judge_each_pdu() {
     assert!(refused.is_err(), "{refused:?}");
 }
 
+/// A server may not send events of another server's users: B signs a message as alice@A
+/// (who is in the room), and A refuses it without storing it.
+#[tokio::test]
+async fn events_of_another_servers_users_are_refused() {
+    let Shared { a, b, alice, room_id, .. } = shared_room().await;
+    let room = RoomId::parse(&room_id).unwrap();
+    let prev = plexus::storage::rooms::extremities(&a.state.db, &room_id).await.unwrap();
+    let spoofed = signed_message(&b, &a, &room, &alice.user_id, &prev, "spoofed").await;
+    let spoofed_id = event_id_of(&spoofed);
+    let answer = send_txn(&b, &a, "spoof1", vec![serde_json::to_value(&spoofed).unwrap()], vec![]).await;
+    assert!(answer["pdus"][&spoofed_id]["error"].is_string(), "{answer}");
+    assert!(plexus::storage::events::get(&a.state.db, &spoofed_id).await.unwrap().is_none());
+    assert!(!synced_bodies(&alice, &room_id).await.contains(&"spoofed".into()));
+}
+
 #[tokio::test]
 async fn a_gap_is_filled_with_get_missing_events() {
     let Shared { a, b, alice, bob, room_id } = shared_room().await;

@@ -2,6 +2,7 @@
 //! before it can exhaust the stack (serde_json's recursion limit of 128 in every parse of a
 //! body, a query parameter or a federation request), on client and federation routes, and
 //! the server stays up; nesting within the limit goes through every stage of an event.
+//! Connections are limited in total and per address.
 
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -95,4 +96,62 @@ async fn nesting_within_the_limit_goes_through_every_stage() {
     let too_deep = json!({ "msgtype": "m.text", "body": "deep", "x": nested_value(200) });
     let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/deep2", enc(&room_id));
     alice.put(&path, too_deep).await.assert_error(400, "M_NOT_JSON");
+}
+
+/// A raw HTTP/1.1 connection from a given loopback address, which stays open.
+async fn connect_from(ip: &str, server: &TestServer) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+    socket.connect(server.addr).await.unwrap()
+}
+
+/// Sends `GET /_matrix/client/versions` on a connection and reads the answer's status line
+/// (None: the server closed the connection without answering).
+async fn versions(stream: &mut tokio::net::TcpStream) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = "GET /_matrix/client/versions HTTP/1.1\r\nHost: test\r\n\r\n";
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return None;
+    }
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    // The whole answer: headers and the JSON body (which ends with '}').
+    while !answer.ends_with(b"}") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    text.lines().next().filter(|l| !l.is_empty()).map(str::to_owned)
+}
+
+#[tokio::test]
+async fn connections_are_limited_per_address_and_in_total() {
+    let server = TestServer::start_with(|c| {
+        c.limits.max_connections = 3;
+        c.limits.max_connections_per_ip = 2;
+    })
+    .await;
+    let ok = Some("HTTP/1.1 200 OK".to_owned());
+    // Two kept-alive connections from 127.0.0.1: its maximum.
+    let mut first = connect_from("127.0.0.1", &server).await;
+    assert_eq!(versions(&mut first).await, ok);
+    let mut second = connect_from("127.0.0.1", &server).await;
+    assert_eq!(versions(&mut second).await, ok);
+    // A third from the same address is closed unanswered.
+    let mut third = connect_from("127.0.0.1", &server).await;
+    assert_eq!(versions(&mut third).await, None);
+    // Another address gets the last of the three places.
+    let mut other = connect_from("127.0.0.2", &server).await;
+    assert_eq!(versions(&mut other).await, ok);
+    // With three open, a fourth waits until one closes, then is answered.
+    let mut waiting = connect_from("127.0.0.3", &server).await;
+    let answered = tokio::spawn(async move { versions(&mut waiting).await });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(!answered.is_finished(), "answered beyond the connection limit");
+    drop(first);
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(10), answered).await;
+    assert_eq!(answer.expect("answered once a connection closed").unwrap(), ok);
+    drop((second, other));
 }
