@@ -229,6 +229,12 @@ const ROUTES: &[(&str, &str, Access)] = &[
     ("DELETE", "/_synapse/admin/v1/media/{server_name}/{media_id}", Admin),
     ("GET", "/_synapse/admin/v1/users/{user_id}/media", Admin),
     ("DELETE", "/_synapse/admin/v1/users/{user_id}/media", Admin),
+    ("POST", "/_synapse/admin/v1/media/delete", Admin),
+    ("POST", "/_synapse/admin/v1/purge_media_cache", Admin),
+    ("GET", "/_synapse/admin/v1/statistics/users/media", Admin),
+    ("POST", "/_synapse/admin/v1/purge_history/{room_id}", Admin),
+    ("POST", "/_synapse/admin/v1/purge_history/{room_id}/{event_id}", Admin),
+    ("GET", "/_synapse/admin/v1/purge_history_status/{purge_id}", Admin),
     ("POST", "/_synapse/admin/v1/send_server_notice", Admin),
     // The server-server API.
     ("GET", "/_matrix/federation/v1/version", Public),
@@ -387,7 +393,7 @@ impl Fixture<'_> {
     fn fill(&self, template: &str) -> String {
         let server = &self.server.server_name;
         let alias = format!("#nowhere:{server}");
-        let values: [(&str, String); 27] = [
+        let values: [(&str, String); 28] = [
             ("{room_id_or_alias}", enc(self.room_id)),
             ("{room_id}", enc(self.room_id)),
             ("{user_id}", enc(&self.owner.user_id)),
@@ -414,6 +420,7 @@ impl Fixture<'_> {
             ("{token}", "abcd".into()),
             ("{report_id}", "1".into()),
             ("{delete_id}", "d1".into()),
+            ("{purge_id}", "p1".into()),
             ("{key_id}", "ed25519%3Aa".into()),
         ];
         let mut path = template.to_owned();
