@@ -10,24 +10,14 @@
 //! `PLEXUS_CRASH_KILLS` sets how many kills each test makes (default 5; 50 for the full proof).
 
 use std::collections::{BTreeMap, HashMap};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
 use serde_json::{Value, json};
 
-use crate::harness::{enc, fed_server, fresh_database, name_of, wait_for};
-
-/// A server process, killed when dropped (also when the test fails).
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use crate::harness::{Process, enc, fed_server, fresh_database, name_of, wait_for};
 
 struct Setup {
     dir: tempfile::TempDir,

@@ -335,3 +335,13 @@ pub async fn wait_for(what: &str, mut done: impl AsyncFnMut() -> bool) {
     }
     panic!("timed out waiting for {what}");
 }
+
+/// A server process started by a test, killed when dropped (also when the test fails).
+pub struct Process(pub std::process::Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -5,7 +5,7 @@
 //! PLEXUS_TEST_DATABASE_URL. The acceptance scenarios run through the proxy when
 //! PLEXUS_ACCEPTANCE_DIR names the acceptance suite (its `run.sh`).
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -15,7 +15,7 @@ use axum::extract::{Request, State};
 use axum::response::Response;
 use serde_json::{Value, json};
 
-use crate::harness::{enc, fed_server, fresh_database};
+use crate::harness::{Process, enc, fed_server, fresh_database};
 
 const PROCESSES: usize = 3;
 
@@ -25,16 +25,6 @@ fn postgres() -> bool {
         eprintln!("scale: skipped, several processes need PostgreSQL (set PLEXUS_TEST_DATABASE_URL)");
     }
     set
-}
-
-/// A server process, killed when dropped (also when the test fails).
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// The processes of one server, and the proxy whose address is the server name.
