@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use serde_json::{Value, json};
 
-use crate::harness::{Process, enc, fed_server, fresh_database, name_of, wait_for};
+use crate::harness::{Process, ProcessClient as Client, enc, fed_server, fresh_database, name_of, wait_for};
 
 struct Setup {
     dir: tempfile::TempDir,
@@ -82,38 +82,8 @@ impl Setup {
     }
 }
 
-#[derive(Clone)]
-struct Client {
-    http: reqwest::Client,
-    base: String,
-    token: String,
-}
-
-impl Client {
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> reqwest::Result<(u16, Value)> {
-        let mut req = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await?;
-        let status = resp.status().as_u16();
-        Ok((status, resp.json().await.unwrap_or(Value::Null)))
-    }
-
-    async fn ok(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-        let (status, body) = self.call(method, path, body).await.expect("request sent");
-        assert_eq!(status, 200, "{path}: {body}");
-        body
-    }
-}
-
 async fn register(http: &reqwest::Client, base: &str, name: &str) -> Client {
-    let url = format!("{base}/_matrix/client/v3/register");
-    let mut body = json!({ "username": name, "password": "password" });
-    let r: Value = http.post(&url).json(&body).send().await.unwrap().json().await.unwrap();
-    body["auth"] = json!({ "type": "m.login.dummy", "session": r["session"] });
-    let r: Value = http.post(&url).json(&body).send().await.unwrap().json().await.unwrap();
-    Client { http: http.clone(), base: base.to_owned(), token: r["access_token"].as_str().expect("token").to_owned() }
+    Client::register(http, base, name).await
 }
 
 /// An event a client sent and got a 200 for.

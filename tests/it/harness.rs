@@ -345,3 +345,48 @@ impl Drop for Process {
         let _ = self.0.wait();
     }
 }
+
+/// A user of a server that runs as a separate process (crash and scale tests): its requests
+/// may fail, as they do while the process is killed.
+#[derive(Clone)]
+pub struct ProcessClient {
+    pub http: reqwest::Client,
+    pub base: String,
+    pub token: String,
+    pub user_id: String,
+}
+
+impl ProcessClient {
+    /// Registers `name` (password "password") through UIA's dummy stage: two requests, which
+    /// may land on different processes.
+    pub async fn register(http: &reqwest::Client, base: &str, name: &str) -> ProcessClient {
+        let url = format!("{base}/_matrix/client/v3/register");
+        let mut body = json!({ "username": name, "password": "password" });
+        let r: Value = http.post(&url).json(&body).send().await.unwrap().json().await.unwrap();
+        body["auth"] = json!({ "type": "m.login.dummy", "session": r["session"] });
+        let r: Value = http.post(&url).json(&body).send().await.unwrap().json().await.unwrap();
+        let token = r["access_token"].as_str().unwrap_or_else(|| panic!("registered: {r}")).to_owned();
+        ProcessClient {
+            http: http.clone(),
+            base: base.to_owned(),
+            token,
+            user_id: r["user_id"].as_str().unwrap().into(),
+        }
+    }
+
+    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> reqwest::Result<(u16, Value)> {
+        let mut req = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.json().await.unwrap_or(Value::Null)))
+    }
+
+    pub async fn ok(&self, method: Method, path: &str, body: Option<Value>) -> Value {
+        let (status, body) = self.call(method, path, body).await.expect("request sent");
+        assert_eq!(status, 200, "{path}: {body}");
+        body
+    }
+}

@@ -15,7 +15,7 @@ use axum::extract::{Request, State};
 use axum::response::Response;
 use serde_json::{Value, json};
 
-use crate::harness::{Process, enc, fed_server, fresh_database};
+use crate::harness::{Process, ProcessClient as Client, enc, fed_server, fresh_database};
 
 const PROCESSES: usize = 3;
 
@@ -144,46 +144,16 @@ impl Cluster {
         panic!("no single leader among the processes: {logs:#?}");
     }
 
+    /// The first request gets a UIA session from one process, the second continues it on another.
     async fn register(&self, name: &str) -> Client {
-        let url = format!("{}/_matrix/client/v3/register", self.base());
-        let mut body = json!({ "username": name, "password": "password" });
-        // The first request gets a UIA session from one process, the second continues it on another.
-        let r: Value = self.http.post(&url).json(&body).send().await.unwrap().json().await.unwrap();
-        body["auth"] = json!({ "type": "m.login.dummy", "session": r["session"] });
-        let r: Value = self.http.post(&url).json(&body).send().await.unwrap().json().await.unwrap();
-        let token = r["access_token"].as_str().unwrap_or_else(|| panic!("registered: {r}")).to_owned();
-        Client { http: self.http.clone(), base: self.base(), token, user_id: r["user_id"].as_str().unwrap().into() }
+        Client::register(&self.http, &self.base(), name).await
     }
-}
-
-#[derive(Clone)]
-struct Client {
-    http: reqwest::Client,
-    base: String,
-    token: String,
-    user_id: String,
 }
 
 impl Client {
     /// The same user, talking to another address (one process directly).
     fn via(&self, base: String) -> Client {
         Client { base, ..self.clone() }
-    }
-
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> reqwest::Result<(u16, Value)> {
-        let mut req = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await?;
-        let status = resp.status().as_u16();
-        Ok((status, resp.json().await.unwrap_or(Value::Null)))
-    }
-
-    async fn ok(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-        let (status, body) = self.call(method, path, body).await.expect("request sent");
-        assert_eq!(status, 200, "{path}: {body}");
-        body
     }
 
     async fn create_room(&self) -> String {
