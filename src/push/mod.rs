@@ -84,10 +84,12 @@ async fn load(svc: &Services, user: &UserId) -> Result<Arc<Ruleset>> {
         return Ok(rules);
     }
     let rules = match storage::push::ruleset(&svc.db, user.as_str()).await? {
-        Some(stored) => serde_json::from_str(&stored).map_err(|e| Error::Internal(e.into()))?,
+        Some(stored) => parse(&stored)?,
         None => {
             let rules = Ruleset::server_default(user);
-            save(svc, user, &rules).await?;
+            let mut tx = svc.db.begin().await?;
+            save(&mut tx, user, &rules).await?;
+            tx.commit().await?;
             rules
         }
     };
@@ -96,24 +98,35 @@ async fn load(svc: &Services, user: &UserId) -> Result<Arc<Ruleset>> {
     Ok(rules)
 }
 
-/// Stores a ruleset and its `m.push_rules` account data in one transaction.
-async fn save(svc: &Services, user: &UserId, rules: &Ruleset) -> Result<()> {
+fn parse(stored: &str) -> Result<Ruleset> {
+    serde_json::from_str(stored).map_err(|e| Error::Internal(e.into()))
+}
+
+/// Stores a ruleset and its `m.push_rules` account data.
+async fn save(tx: &mut storage::Tx, user: &UserId, rules: &Ruleset) -> Result<()> {
     let stored = serde_json::to_string(rules).map_err(|e| Error::Internal(e.into()))?;
     let account_data = json!({ "global": ruleset_json(rules)? }).to_string();
-    let mut tx = svc.db.begin().await?;
-    storage::push::put_ruleset(&mut tx, user.as_str(), &stored).await?;
-    storage::account_data::put(&mut tx, user.as_str(), "", "m.push_rules", &account_data).await?;
-    tx.commit().await?;
+    storage::push::put_ruleset(tx, user.as_str(), &stored).await?;
+    storage::account_data::put(tx, user.as_str(), "", "m.push_rules", &account_data).await?;
     Ok(())
 }
 
 /// Changes a user's ruleset with `change`, then stores it; the change's error is returned
-/// untouched (nothing stored).
+/// untouched (nothing stored). The change applies to the stored ruleset read with its row
+/// locked, not to this process's copy, which may not have heard of another process's edit
+/// yet: concurrent edits through several processes are applied one after the other.
 pub async fn update(svc: &Services, user: &UserId, change: impl FnOnce(&mut Ruleset) -> Result<()>) -> Result<()> {
     let _edit = svc.push.edit.lock().await;
-    let mut rules = (*load(svc, user).await?).clone();
+    // Stores the default ruleset on first use, so that there is a row to lock.
+    load(svc, user).await?;
+    let mut tx = svc.db.begin().await?;
+    let mut rules = match storage::push::ruleset_for_update(&mut tx, svc.db.kind, user.as_str()).await? {
+        Some(stored) => parse(&stored)?,
+        None => Ruleset::server_default(user),
+    };
     change(&mut rules)?;
-    save(svc, user, &rules).await?;
+    save(&mut tx, user, &rules).await?;
+    tx.commit().await?;
     crate::cluster::publish(svc, crate::cluster::Message::PushRulesChanged { user: user.to_owned() }).await;
     svc.push.remember(user, Arc::new(rules));
     svc.notifier.notify(std::iter::once(user));

@@ -1,12 +1,23 @@
 //! Push rules and the notifying events behind unread counts and `/notifications`.
 
-use super::{Db, Tx};
+use super::{Db, DbKind, Tx};
 
 pub async fn ruleset(db: &Db, user_id: &str) -> sqlx::Result<Option<String>> {
     sqlx::query_scalar("SELECT ruleset FROM push_rules WHERE user_id = $1")
         .bind(user_id)
         .fetch_optional(db.read())
         .await
+}
+
+/// A user's stored ruleset, its row locked until the transaction ends (PostgreSQL), so that
+/// an edit on another process waits to read it until this one is committed. SQLite has one
+/// writer process, whose edits are serialised in memory.
+pub async fn ruleset_for_update(tx: &mut Tx, kind: DbKind, user_id: &str) -> sqlx::Result<Option<String>> {
+    let sql = match kind {
+        DbKind::Postgres => "SELECT ruleset FROM push_rules WHERE user_id = $1 FOR UPDATE",
+        DbKind::Sqlite => "SELECT ruleset FROM push_rules WHERE user_id = $1",
+    };
+    sqlx::query_scalar(sql).bind(user_id).fetch_optional(&mut **tx).await
 }
 
 pub async fn put_ruleset(tx: &mut Tx, user_id: &str, ruleset: &str) -> sqlx::Result<()> {
