@@ -68,7 +68,7 @@ for n in $COUNTS; do
     UPSTREAM="$UPSTREAM    server 127.0.0.1:$port;"$'\n'
     (cd "$WORK" && PLEXUS_SERVER_NAME="127.0.0.1:$LB" PLEXUS_LISTEN="127.0.0.1:$port" \
       PLEXUS_DATABASE_URL="$POSTGRES/$DB" PLEXUS_DATA_DIR="$WORK" PLEXUS_REGISTRATION=open \
-      PLEXUS_RATE_LIMITS=off PLEXUS_LOG=warn exec "$PLEXUS" serve >"$WORK/server$i.log" 2>&1) &
+      PLEXUS_RATE_LIMITS=off PLEXUS_PRESENCE=off PLEXUS_LOG=warn exec "$PLEXUS" serve >"$WORK/server$i.log" 2>&1) &
     PIDS+=($!)
     # One at a time: the first creates the schema and the signing key.
     for _ in $(seq 600); do

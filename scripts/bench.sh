@@ -80,7 +80,7 @@ trap 'exit 130' INT TERM
 start_plexus() {  # work dir, database URL
   local port; port=$(free_port)
   (cd "$1" && PLEXUS_SERVER_NAME="127.0.0.1:$port" PLEXUS_LISTEN="127.0.0.1:$port" PLEXUS_DATABASE_URL="$2" \
-    PLEXUS_DATA_DIR="$1" PLEXUS_REGISTRATION=open PLEXUS_RATE_LIMITS=off PLEXUS_LOG=warn \
+    PLEXUS_DATA_DIR="$1" PLEXUS_REGISTRATION=open PLEXUS_RATE_LIMITS=off PLEXUS_PRESENCE=off PLEXUS_LOG=warn \
     exec "$PLEXUS" serve >"$1/server.log" 2>&1) &
   SERVER_PID=$!
   HS="http://127.0.0.1:$port"

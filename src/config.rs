@@ -58,6 +58,8 @@ pub struct Config {
     pub retention: RetentionConfig,
     #[serde(default)]
     pub user_directory: UserDirectoryConfig,
+    #[serde(default)]
+    pub presence: PresenceConfig,
 }
 
 /// Application services (bridges), see docs/appservices.md.
@@ -425,6 +427,25 @@ impl RetentionConfig {
     }
 }
 
+/// Presence (Synapse's `presence` section): when off, syncs and `PUT /presence` change
+/// nothing, and no presence is sent or shown.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PresenceConfig {
+    pub enabled: bool,
+    /// A user online without activity for this long becomes `unavailable` (Synapse: 5 minutes).
+    pub idle_after: Lifetime,
+    /// A user whose syncs stopped this long ago, and who was not active since, becomes
+    /// `offline` (Synapse: 30 seconds).
+    pub offline_after: Lifetime,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        Self { enabled: true, idle_after: Lifetime(5 * 60_000), offline_after: Lifetime(30_000) }
+    }
+}
+
 /// A duration in milliseconds, written as a number of milliseconds or, as in Synapse's
 /// config, a number with a unit: `500ms`, `30s`, `15m`, `12h`, `1d`, `1w`, `1y`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -523,6 +544,7 @@ impl Config {
             login_via_existing_session: false,
             retention: RetentionConfig::default(),
             user_directory: UserDirectoryConfig::default(),
+            presence: PresenceConfig::default(),
         }
     }
 
@@ -590,6 +612,13 @@ impl Config {
                 "on" => true,
                 "off" => false,
                 _ => bail!("PLEXUS_RATE_LIMITS must be on or off, not {v:?}"),
+            };
+        }
+        if let Some(v) = env("PLEXUS_PRESENCE") {
+            self.presence.enabled = match v.as_str() {
+                "on" => true,
+                "off" => false,
+                _ => bail!("PLEXUS_PRESENCE must be on or off, not {v:?}"),
             };
         }
         if let Some(v) = env("PLEXUS_LOG") {
@@ -714,6 +743,9 @@ impl Config {
         for notary in &federation.notary_servers {
             ruma::ServerName::parse(notary)
                 .map_err(|e| anyhow::anyhow!("federation.notary_servers: {notary:?} is not a server name: {e}"))?;
+        }
+        if self.presence.offline_after.0 < 600 || self.presence.idle_after.0 < 600 {
+            bail!("presence.offline_after and presence.idle_after must be at least 600ms");
         }
         self.validate_retention()?;
         self.validate_sso()

@@ -53,6 +53,7 @@ pub struct Services {
     pub typing: rooms::typing::Typing,
     pub lazy_load: sync::v2::LazyLoadCache,
     pub push: push::Push,
+    pub presence: accounts::presence::Tracker,
     pub media: media::MediaService,
     pub federation: federation::Federation,
     pub room_deletions: admin::rooms::Deletions,
@@ -88,13 +89,14 @@ impl AppState {
         let state = AppState(Arc::new(Services {
             sessions: accounts::sessions::SessionTracker::new(cluster.publisher()),
             token_cache: accounts::token_cache::TokenCache::new(cluster.publisher()),
-            rate_limiter: RateLimiter::new(config.rate_limits.clone()),
+            rate_limiter: RateLimiter::shared(config.rate_limits.clone(), &db),
             uia: UiaSessions,
             notifier: Notifier::new(cluster.publisher()),
             rooms: rooms::Rooms::default(),
             typing,
             lazy_load: sync::v2::LazyLoadCache::default(),
             push: push::Push::default(),
+            presence: accounts::presence::Tracker::new(&config.presence),
             media: media::MediaService::new(&config)?,
             federation: federation::Federation::new(&config)?,
             room_deletions: Default::default(),
@@ -116,6 +118,8 @@ impl AppState {
         tokio::spawn(rooms::retention::run(Arc::downgrade(&state.0)));
         tokio::spawn(media::make_thumbnails(Arc::downgrade(&state.0)));
         tokio::spawn(media::housekeeping(Arc::downgrade(&state.0)));
+        tokio::spawn(accounts::presence::run(Arc::downgrade(&state.0)));
+        tokio::spawn(admin::rooms::resume_interrupted(Arc::downgrade(&state.0)));
         Ok(state)
     }
 }

@@ -1,15 +1,18 @@
 //! Rooms as admins see them: summaries from the current state, shutdown (evict, block,
 //! purge) and granting admin power in a room.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::HashSet;
+use std::sync::{Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use rand::Rng;
 use ruma::events::{StateEventType, TimelineEventType};
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::Services;
+use crate::cluster::leader;
 use crate::error::{Error, Result};
 use crate::rooms::{self, Draft, create};
 use crate::storage;
@@ -119,9 +122,10 @@ pub async fn all_summaries(svc: &Services, search_term: Option<&str>) -> Result<
     Ok(found)
 }
 
-/// How a room is shut down.
-pub struct Shutdown<'a> {
-    pub requester: &'a UserId,
+/// How a room is shut down (stored with a deletion, to resume it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Shutdown {
+    pub requester: OwnedUserId,
     pub block: bool,
     pub purge: bool,
     /// A room to move the evicted local users into, with a message there.
@@ -130,6 +134,7 @@ pub struct Shutdown<'a> {
 
 /// The room the evicted users are moved into: made by `sender` (a local user) under
 /// `room_name`, where `message` tells them why.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Notice {
     pub sender: OwnedUserId,
     pub room_name: String,
@@ -137,7 +142,7 @@ pub struct Notice {
 }
 
 /// What a shutdown did.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct ShutdownReport {
     pub kicked_users: Vec<String>,
     pub failed_to_kick_users: Vec<String>,
@@ -145,40 +150,165 @@ pub struct ShutdownReport {
     pub new_room_id: Option<String>,
 }
 
-/// Finished room deletions of `DELETE /_synapse/admin/v2/rooms`, by delete ID, kept in
-/// memory for their status queries (Synapse also forgets them on restart).
+/// The room deletions of `DELETE /_synapse/admin/v2/rooms` running in this process. Their
+/// status is stored (`storage::room_deletions`), so that every process answers status
+/// queries and a deletion cut short by a crash is resumed (as Synapse's task scheduler
+/// resumes its active tasks): on PostgreSQL the process running one holds an advisory lock
+/// named after it, which a dead process no longer holds.
 #[derive(Default)]
-pub struct Deletions(Mutex<HashMap<String, (OwnedRoomId, ShutdownReport)>>);
+pub struct Deletions(Mutex<HashSet<String>>);
 
-impl Deletions {
-    const KEPT: usize = 1000;
+/// How often the leader looks for deletions to resume (Synapse's task scheduler: every minute).
+const RESUME_PERIOD: Duration = Duration::from_secs(60);
 
-    pub fn record(&self, room_id: &RoomId, report: ShutdownReport) -> String {
-        let id: String =
-            rand::thread_rng().sample_iter(rand::distributions::Alphanumeric).take(16).map(char::from).collect();
-        let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if all.len() >= Self::KEPT {
-            all.clear();
-        }
-        all.insert(id.clone(), (room_id.to_owned(), report));
-        id
-    }
+/// A deletion being run here: released when dropped.
+struct Running<'a> {
+    deletions: &'a Deletions,
+    delete_id: String,
+    _lock: Option<storage::cluster::AdvisoryLock>,
+}
 
-    pub fn get(&self, delete_id: &str) -> Option<(OwnedRoomId, ShutdownReport)> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).get(delete_id).cloned()
-    }
-
-    pub fn of_room(&self, room_id: &RoomId) -> Vec<(String, ShutdownReport)> {
-        let all = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        all.iter().filter(|(_, (r, _))| r == room_id).map(|(id, (_, report))| (id.clone(), report.clone())).collect()
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.deletions.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.delete_id);
     }
 }
 
-/// Shuts a room down: every local member leaves, the room leaves the directory and loses its
-/// aliases, and optionally local users may not join again (`block`) and everything stored
-/// about it goes (`purge`). Like Synapse, the members are made to leave themselves, which
-/// needs no power in the room.
-pub async fn shutdown(svc: &Services, room_id: &RoomId, how: Shutdown<'_>) -> Result<ShutdownReport> {
+impl Deletions {
+    /// Claims a deletion for this process; None when it runs already, here or elsewhere.
+    async fn claim<'a>(&'a self, db: &storage::Db, delete_id: &str) -> Result<Option<Running<'a>>> {
+        if !self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(delete_id.to_owned()) {
+            return Ok(None);
+        }
+        let mut running = Running { deletions: self, delete_id: delete_id.to_owned(), _lock: None };
+        let key = storage::cluster::lock_key(&format!("plexus:room-deletion:{delete_id}"));
+        match storage::cluster::try_lock(db, key).await? {
+            storage::cluster::Tried::Taken(lock) => running._lock = Some(lock),
+            storage::cluster::Tried::Busy => return Ok(None),
+            storage::cluster::Tried::Alone => {}
+        }
+        Ok(Some(running))
+    }
+}
+
+/// A deletion as the status API shows it.
+pub struct DeletionStatus {
+    pub delete_id: String,
+    pub room_id: String,
+    /// active, complete or failed
+    pub status: String,
+    pub report: Option<ShutdownReport>,
+    pub error: Option<String>,
+}
+
+impl TryFrom<storage::room_deletions::Deletion> for DeletionStatus {
+    type Error = Error;
+    fn try_from(d: storage::room_deletions::Deletion) -> Result<Self> {
+        let report =
+            d.result.as_deref().map(serde_json::from_str).transpose().map_err(|e| Error::Internal(e.into()))?;
+        Ok(DeletionStatus { delete_id: d.delete_id, room_id: d.room_id, status: d.status, report, error: d.error })
+    }
+}
+
+/// Deletes a room (version 2 of the admin API): checked, recorded, then run to its end
+/// before this answers; returns the delete ID to ask its status with.
+pub async fn delete(svc: &Services, room_id: &RoomId, how: Shutdown) -> Result<String> {
+    let running = storage::room_deletions::of_room(&svc.db, room_id.as_str()).await?;
+    if running.iter().any(|d| d.status == "active") {
+        return Err(Error::matrix(
+            axum::http::StatusCode::BAD_REQUEST,
+            "M_UNKNOWN",
+            format!("Purge already in progress for {room_id}"),
+        ));
+    }
+    check(svc, room_id, &how).await?;
+    let delete_id: String =
+        rand::thread_rng().sample_iter(rand::distributions::Alphanumeric).take(16).map(char::from).collect();
+    let params = serde_json::to_string(&how).map_err(|e| Error::Internal(e.into()))?;
+    let mut tx = svc.db.begin().await?;
+    storage::room_deletions::start(&mut tx, &delete_id, room_id.as_str(), &params, storage::now_ms()).await?;
+    tx.commit().await?;
+    run(svc, &delete_id, false).await?;
+    Ok(delete_id)
+}
+
+/// Runs a recorded deletion that is still active, unless it is running already; `resumed`:
+/// a process running it died.
+async fn run(svc: &Services, delete_id: &str, resumed: bool) -> Result<()> {
+    let Some(_running) = svc.room_deletions.claim(&svc.db, delete_id).await? else { return Ok(()) };
+    let Some(deletion) = storage::room_deletions::get(&svc.db, delete_id).await? else { return Ok(()) };
+    if deletion.status != "active" {
+        return Ok(());
+    }
+    let done = async {
+        let how: Shutdown = serde_json::from_str(&deletion.params).map_err(|e| Error::Internal(e.into()))?;
+        let room_id = RoomId::parse(&deletion.room_id).map_err(|e| Error::Internal(e.into()))?;
+        // A purge is the last step: cut short after it, nothing is left to do.
+        let purged = resumed && how.purge && storage::rooms::get(&svc.db, room_id.as_str()).await?.is_none();
+        let report = if purged { ShutdownReport::default() } else { shutdown(svc, &room_id, &how).await? };
+        serde_json::to_string(&report).map_err(|e| Error::Internal(e.into()))
+    }
+    .await;
+    let now = storage::now_ms();
+    match done {
+        Ok(report) => storage::room_deletions::finish(&svc.db, delete_id, Ok(&report), now).await?,
+        Err(e) => {
+            tracing::warn!(delete_id, room_id = deletion.room_id, error = %e, "room deletion failed");
+            storage::room_deletions::finish(&svc.db, delete_id, Err(&e.to_string()), now).await?;
+        }
+    }
+    Ok(())
+}
+
+/// A deletion's status, by its ID.
+pub async fn deletion(svc: &Services, delete_id: &str) -> Result<Option<DeletionStatus>> {
+    storage::room_deletions::get(&svc.db, delete_id).await?.map(DeletionStatus::try_from).transpose()
+}
+
+/// The deletions of a room.
+pub async fn deletions_of_room(svc: &Services, room_id: &RoomId) -> Result<Vec<DeletionStatus>> {
+    storage::room_deletions::of_room(&svc.db, room_id.as_str())
+        .await?
+        .into_iter()
+        .map(DeletionStatus::try_from)
+        .collect()
+}
+
+/// Resumes, on the leader, the deletions still active that no process runs (their process
+/// died): as soon as it leads, then every `RESUME_PERIOD`. Started in `AppState::build`.
+pub async fn resume_interrupted(services: Weak<Services>) {
+    // Leadership is polled (a receiver held here would outlive the server).
+    let mut ticks = tokio::time::interval(leader::CAMPAIGN_INTERVAL);
+    let mut last_round: Option<Instant> = None;
+    loop {
+        ticks.tick().await;
+        let Some(svc) = services.upgrade() else { return };
+        if !svc.cluster.leads() {
+            last_round = None;
+            continue;
+        }
+        if last_round.is_some_and(|at| at.elapsed() < RESUME_PERIOD) {
+            continue;
+        }
+        last_round = Some(Instant::now());
+        let active = match storage::room_deletions::active(&svc.db).await {
+            Ok(active) => active,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look for room deletions to resume");
+                continue;
+            }
+        };
+        for delete_id in active {
+            if let Err(e) = run(&svc, &delete_id, true).await {
+                tracing::warn!(delete_id, error = %e, "cannot resume a room deletion");
+            }
+        }
+    }
+}
+
+/// Whether a shutdown may go ahead: the room is known (or is to be blocked, which needs no
+/// room) and the notice room's sender is a local user. Whether the room is known.
+async fn check(svc: &Services, room_id: &RoomId, how: &Shutdown) -> Result<bool> {
     let known = storage::rooms::get(&svc.db, room_id.as_str()).await?.is_some();
     if !known && !how.block {
         return Err(Error::not_found("Unknown room"));
@@ -186,6 +316,15 @@ pub async fn shutdown(svc: &Services, room_id: &RoomId, how: Shutdown<'_>) -> Re
     if let Some(notice) = &how.notice {
         crate::admin::users::local_user(svc, &notice.sender).await?;
     }
+    Ok(known)
+}
+
+/// Shuts a room down: every local member leaves, the room leaves the directory and loses its
+/// aliases, and optionally local users may not join again (`block`) and everything stored
+/// about it goes (`purge`). Like Synapse, the members are made to leave themselves, which
+/// needs no power in the room. Run again on a room partly shut down, it does what is left.
+pub async fn shutdown(svc: &Services, room_id: &RoomId, how: &Shutdown) -> Result<ShutdownReport> {
+    let known = check(svc, room_id, how).await?;
     if how.block {
         let mut tx = svc.db.begin().await?;
         storage::rooms::block(&mut tx, room_id.as_str(), how.requester.as_str()).await?;

@@ -54,6 +54,8 @@ pub enum Message {
     EventChanged { event_id: OwnedEventId },
     /// A user's push rules changed.
     PushRulesChanged { user: OwnedUserId },
+    /// A user's presence changed: drop what is known of it here.
+    PresenceChanged { user: OwnedUserId },
     /// A user's access tokens, devices or account flags changed: drop their cached tokens.
     TokensChanged { user: OwnedUserId },
     /// A room's head (extremities, current state, members) changed: drop it from memory.
@@ -192,6 +194,7 @@ async fn apply(svc: &Services, message: &Message, own: bool) {
         }
         Message::EventChanged { event_id } => svc.rooms.forget_event(event_id),
         Message::PushRulesChanged { user } => svc.push.forget(user),
+        Message::PresenceChanged { user } => svc.presence.forget(user),
         Message::TokensChanged { user } => svc.token_cache.forget_user_here(user),
         Message::RoomHeadChanged { room } => crate::rooms::head::forget_here(svc, room),
         Message::Erased { user, erased: true } => svc.erased_users.insert(user),
@@ -345,6 +348,7 @@ async fn resynchronise(svc: &Services) {
     crate::rooms::head::forget_all(svc);
     svc.token_cache.forget_all();
     svc.push.forget_all();
+    svc.presence.forget_all();
     svc.lazy_load.reset_all();
     match crate::rooms::visibility::ErasedUsers::load(&svc.db).await {
         Ok(erased) => svc.erased_users.replace(erased),

@@ -170,14 +170,18 @@ struct PresenceUpdate {
     last_active_ago: Option<i64>,
 }
 
-/// Presence of remote users, kept like our users' (shown to their room-mates).
+/// Presence of remote users, kept like our users' (shown to their room-mates); dropped when
+/// presence is off.
 async fn presence_edu(state: &AppState, origin: &ServerName, content: PresenceContent) -> Result<()> {
+    if !state.presence.enabled() {
+        return Ok(());
+    }
     let now = storage::now_ms();
     let mut watchers: Vec<OwnedUserId> = Vec::new();
     let mut tx = state.db.begin().await?;
     for update in &content.push {
         if require_user_of(origin, &update.user_id).is_err()
-            || !["online", "unavailable", "offline"].contains(&update.presence.as_str())
+            || !crate::accounts::presence::STATES.contains(&update.presence.as_str())
         {
             continue;
         }

@@ -184,6 +184,63 @@ pub async fn advisory_lock(db: &Db, key: i64) -> sqlx::Result<Option<AdvisoryLoc
     waiting.await.map_err(|_| sqlx::Error::WorkerCrashed).and_then(|r| r.map(Some))
 }
 
+/// Takes a token from the bucket of `action` for `subject` (a token bucket of `burst` tokens
+/// refilled at `rate` a second), in one statement so that concurrent takers on several
+/// processes each see the other's take. Whether one was taken, and the tokens left.
+/// PostgreSQL only (the statement commits by itself).
+pub async fn take_token(
+    db: &Db,
+    action: &str,
+    subject: &str,
+    rate: f64,
+    burst: f64,
+    now: i64,
+) -> sqlx::Result<(bool, f64)> {
+    let row = sqlx::query(
+        "INSERT INTO rate_limit_buckets AS b (action, subject, tokens, allowed, updated_ts)
+         VALUES ($1, $2, $3 - 1, TRUE, $5)
+         ON CONFLICT (action, subject) DO UPDATE SET
+             allowed = LEAST($3, b.tokens + (EXCLUDED.updated_ts - b.updated_ts) * $4 / 1000.0) >= 1,
+             tokens = LEAST($3, b.tokens + (EXCLUDED.updated_ts - b.updated_ts) * $4 / 1000.0)
+                 - CASE WHEN LEAST($3, b.tokens + (EXCLUDED.updated_ts - b.updated_ts) * $4 / 1000.0) >= 1
+                        THEN 1 ELSE 0 END,
+             updated_ts = EXCLUDED.updated_ts
+         RETURNING allowed, tokens",
+    )
+    .bind(action)
+    .bind(subject)
+    .bind(burst)
+    .bind(rate)
+    .bind(now)
+    .fetch_one(db.read())
+    .await?;
+    Ok((row.try_get("allowed")?, row.try_get("tokens")?))
+}
+
+/// Forgets the buckets last used before `full_since` (full again: as if new).
+pub async fn prune_rate_limits(db: &Db, full_since: i64) -> sqlx::Result<()> {
+    let mut tx = db.begin().await?;
+    sqlx::query("DELETE FROM rate_limit_buckets WHERE updated_ts < $1").bind(full_since).execute(&mut *tx).await?;
+    tx.commit().await
+}
+
+/// What trying an advisory lock without waiting gives.
+pub enum Tried {
+    Taken(AdvisoryLock),
+    /// Another session (process) holds it.
+    Busy,
+    /// SQLite: one process owns the database, there is nothing to lock.
+    Alone,
+}
+
+/// Takes the advisory lock `key` if no other session holds it.
+pub async fn try_lock(db: &Db, key: i64) -> sqlx::Result<Tried> {
+    let (DbKind::Postgres, Some(pool)) = (db.kind, db.locks.clone()) else { return Ok(Tried::Alone) };
+    let mut conn = pool.acquire().await?;
+    let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(key).fetch_one(&mut *conn).await?;
+    Ok(if taken { Tried::Taken(AdvisoryLock { conn: Some(conn), key }) } else { Tried::Busy })
+}
+
 /// A lock key for a name (a stable hash: every process must derive the same key).
 pub fn lock_key(name: &str) -> i64 {
     use sha2::{Digest, Sha256};

@@ -22,6 +22,7 @@ pub mod push;
 pub mod receipts;
 pub mod registration_tokens;
 pub mod reports;
+pub mod room_deletions;
 pub mod rooms;
 pub mod search;
 pub mod sliding_sync;

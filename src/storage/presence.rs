@@ -6,7 +6,7 @@ use sqlx::Row;
 use super::{Db, Tx, next_stream_pos};
 
 /// A user is shown as currently active within this long of their last activity (as Synapse).
-const CURRENTLY_ACTIVE_MS: i64 = 60_000;
+pub const CURRENTLY_ACTIVE_MS: i64 = 60_000;
 
 /// Most users named in one query (bind parameters are limited).
 const USERS_PER_QUERY: usize = 500;
@@ -18,6 +18,15 @@ pub struct Presence {
     pub state: String,
     pub status_msg: Option<String>,
     pub last_active_ts: i64,
+}
+
+/// What the presence timers need of a local user not offline.
+#[derive(Debug, Clone)]
+pub struct Timing {
+    pub user_id: String,
+    pub state: String,
+    pub last_active_ts: i64,
+    pub last_sync_ts: i64,
 }
 
 impl Presence {
@@ -62,6 +71,106 @@ pub async fn set(tx: &mut Tx, user_id: &str, state: &str, status_msg: Option<&st
     .execute(&mut **tx)
     .await?;
     Ok(pos)
+}
+
+/// Sets a user's state as a sync that sets presence does, leaving the status message: active
+/// now when `active`, and syncing now. Returns the change's stream position.
+pub async fn set_by_sync(tx: &mut Tx, user_id: &str, state: &str, active: bool, now_ms: i64) -> sqlx::Result<i64> {
+    let pos = next_stream_pos(tx).await?;
+    sqlx::query(
+        "INSERT INTO presence (user_id, state, last_active_ts, last_sync_ts, stream_pos) VALUES ($1, $2, $3, $3, $4)
+         ON CONFLICT (user_id) DO UPDATE SET state = EXCLUDED.state, last_sync_ts = EXCLUDED.last_sync_ts,
+             last_active_ts = CASE WHEN $5 THEN EXCLUDED.last_active_ts ELSE presence.last_active_ts END,
+             stream_pos = EXCLUDED.stream_pos",
+    )
+    .bind(user_id)
+    .bind(state)
+    .bind(now_ms)
+    .bind(pos)
+    .bind(active)
+    .execute(&mut **tx)
+    .await?;
+    Ok(pos)
+}
+
+/// Records that these users synced at `now_ms` (and, `active`, were active then). Not a change
+/// others see: no stream position.
+pub async fn touch(db: &Db, users: &[String], active: bool, now_ms: i64) -> sqlx::Result<()> {
+    let mut tx = db.begin().await?;
+    for batch in users.chunks(USERS_PER_QUERY) {
+        let placeholders: Vec<String> = (0..batch.len()).map(|i| format!("${}", i + 3)).collect();
+        let sql = format!(
+            "UPDATE presence SET last_sync_ts = $1,
+                 last_active_ts = CASE WHEN $2 THEN $1 ELSE last_active_ts END
+             WHERE user_id IN ({})",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now_ms).bind(active);
+        for user in batch {
+            query = query.bind(user);
+        }
+        query.execute(&mut *tx).await?;
+    }
+    tx.commit().await
+}
+
+/// Local users (IDs ending in `suffix`, `:server.name`) not offline and not active since
+/// `before`: those the presence timers may change.
+pub async fn quiet_since(db: &Db, suffix: &str, before: i64) -> sqlx::Result<Vec<Timing>> {
+    let rows = sqlx::query(
+        "SELECT user_id, state, last_active_ts, last_sync_ts FROM presence
+         WHERE state <> 'offline' AND last_active_ts < $1 AND user_id LIKE $2",
+    )
+    .bind(before)
+    .bind(format!("%{suffix}"))
+    .fetch_all(db.read())
+    .await?;
+    rows.iter().map(timing_from_row).collect()
+}
+
+fn timing_from_row(r: &sqlx::any::AnyRow) -> sqlx::Result<Timing> {
+    Ok(Timing {
+        user_id: r.try_get("user_id")?,
+        state: r.try_get("state")?,
+        last_active_ts: r.try_get("last_active_ts")?,
+        last_sync_ts: r.try_get("last_sync_ts")?,
+    })
+}
+
+/// Changes a user's state from `from` to `to` if it is still `from` and neither activity nor a
+/// sync was recorded at or after `quiet_since`: the timers change a state only if nothing
+/// happened meanwhile (on any process). The change's stream position, or None.
+pub async fn time_out(
+    tx: &mut Tx,
+    user_id: &str,
+    from: &str,
+    to: &str,
+    quiet_since: i64,
+    sync_counts: bool,
+) -> sqlx::Result<Option<i64>> {
+    let pos = next_stream_pos(tx).await?;
+    let done = sqlx::query(
+        "UPDATE presence SET state = $2, stream_pos = $3
+         WHERE user_id = $1 AND state = $4 AND last_active_ts < $5 AND (NOT $6 OR last_sync_ts < $5)",
+    )
+    .bind(user_id)
+    .bind(to)
+    .bind(pos)
+    .bind(from)
+    .bind(quiet_since)
+    .bind(sync_counts)
+    .execute(&mut **tx)
+    .await?;
+    Ok((done.rows_affected() == 1).then_some(pos))
+}
+
+/// Like `get`, with when the user last synced.
+pub async fn timing(db: &Db, user_id: &str) -> sqlx::Result<Option<Timing>> {
+    let row = sqlx::query("SELECT user_id, state, last_active_ts, last_sync_ts FROM presence WHERE user_id = $1")
+        .bind(user_id)
+        .fetch_optional(db.read())
+        .await?;
+    row.as_ref().map(timing_from_row).transpose()
 }
 
 pub async fn get(db: &Db, user_id: &str) -> sqlx::Result<Option<Presence>> {

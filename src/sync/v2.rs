@@ -248,7 +248,7 @@ async fn compute(svc: &Services, me: &Identity, req: &SyncRequest, mut now: Sync
     if since.is_some() && !global.is_empty() {
         news = true;
     }
-    let presence = match kinds.presence {
+    let presence = match kinds.presence && svc.presence.enabled() {
         true => presence(svc, me, since, now.stream, &req.filter.presence).await?,
         false => vec![],
     };

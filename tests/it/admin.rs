@@ -494,3 +494,32 @@ async fn tokens_reports_media_and_notices() {
     let path = format!("{C}/rooms/{}/send/m.room.message/n1", enc(&notice_room));
     bob.put(&path, json!({ "msgtype": "m.text", "body": "reply" })).await.assert_error(403, "M_FORBIDDEN");
 }
+
+/// A room deletion cut short (its process died with the row still `active`) is resumed when
+/// the server starts again, as Synapse's task scheduler resumes its active tasks.
+#[tokio::test]
+async fn interrupted_room_deletion_is_resumed_after_a_restart() {
+    let server = TestServer::start().await;
+    let admin = admin(&server, "root").await;
+    let alice = server.register("alice").await;
+    let room = public_room(&alice).await;
+    // What `DELETE /v2/rooms` records before it starts: the crash came right after.
+    let params = json!({ "requester": admin.user_id, "block": true, "purge": false, "notice": null });
+    let mut tx = server.state.db.begin().await.unwrap();
+    let now = plexus::storage::now_ms();
+    plexus::storage::room_deletions::start(&mut tx, "cut-short", &room, &params.to_string(), now).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let server = server.stop_keeping_data().await.start().await;
+    let status_path = format!("{A2}/rooms/delete_status/cut-short");
+    crate::harness::wait_for("the deletion resumed", async || {
+        admin.get(&status_path).await.ok()["status"] == json!("complete")
+    })
+    .await;
+    let status = admin.get(&status_path).await.ok();
+    assert_eq!(status["shutdown_room"]["kicked_users"], json!([alice.user_id]), "{status}");
+    alice.join(&room).await.assert_error(403, "M_FORBIDDEN");
+    let by_room = admin.get(&format!("{A2}/rooms/{}/delete_status", enc(&room))).await.ok();
+    assert_eq!(by_room["results"].as_array().unwrap().len(), 1, "{by_room}");
+    drop(server);
+}

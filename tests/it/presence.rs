@@ -1,8 +1,10 @@
 //! Presence.
 
-use serde_json::json;
+use std::time::{Duration, Instant};
 
-use crate::harness::TestServer;
+use serde_json::{Value, json};
+
+use crate::harness::{TestServer, TestUser};
 use crate::room_util::{C, database, enc, join, public_room};
 
 #[tokio::test]
@@ -50,4 +52,88 @@ async fn presence_set_get_and_changes() {
     assert_eq!(changes[0].content(plexus::storage::now_ms())["presence"], json!("online"));
     let only_alice = plexus::storage::presence::changes(&db, &users[..1], mid, i64::MAX).await.unwrap();
     assert!(only_alice.is_empty());
+}
+
+/// The presence of `user` in a sync's `presence` section.
+fn presence_in(sync: &Value, user: &str) -> Option<Value> {
+    sync["presence"]["events"].as_array()?.iter().find(|e| e["sender"] == user).map(|e| e["content"].clone())
+}
+
+/// Two users sharing a room, and bob's sync token.
+async fn room_mates(server: &TestServer) -> (TestUser, TestUser, String) {
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = public_room(&alice).await;
+    join(&bob, &room).await;
+    let since = bob.sync("timeout=0&set_presence=offline").await["next_batch"].as_str().unwrap().to_owned();
+    (alice, bob, since)
+}
+
+/// `/sync` sets presence as `set_presence` says (default online, `offline`: no change), room
+/// mates see it in their syncs, and a user whose syncs stop goes offline.
+#[tokio::test]
+async fn sync_sets_presence_until_the_syncs_stop() {
+    let server = TestServer::start_with(|c| c.presence.offline_after = plexus::config::Lifetime(1_000)).await;
+    let (alice, bob, since) = room_mates(&server).await;
+    alice.get(&format!("{C}/sync?set_presence=away")).await.assert_error(400, "M_INVALID_PARAM");
+
+    alice.sync("timeout=0").await;
+    let sync = bob.sync(&format!("timeout=5000&set_presence=offline&since={since}")).await;
+    let seen = presence_in(&sync, &alice.user_id).unwrap_or_else(|| panic!("{sync}"));
+    assert_eq!((seen["presence"].clone(), seen["currently_active"].clone()), (json!("online"), json!(true)));
+    assert!(seen["last_active_ago"].as_i64().unwrap() < 5_000, "{seen}");
+    let since = sync["next_batch"].as_str().unwrap().to_owned();
+
+    alice.sync("timeout=0&set_presence=unavailable").await;
+    let sync = bob.sync(&format!("timeout=5000&set_presence=offline&since={since}")).await;
+    assert_eq!(presence_in(&sync, &alice.user_id).unwrap()["presence"], json!("unavailable"), "{sync}");
+    let since = sync["next_batch"].as_str().unwrap().to_owned();
+    // `offline` leaves presence as it is; bob's own syncs with it never made him online.
+    alice.sync("timeout=0&set_presence=offline").await;
+    let path = format!("{C}/presence/{}/status", enc(&alice.user_id));
+    assert_eq!(bob.get(&path).await.ok()["presence"], json!("unavailable"));
+    let bob_path = format!("{C}/presence/{}/status", enc(&bob.user_id));
+    assert_eq!(alice.get(&bob_path).await.ok()["presence"], json!("offline"));
+
+    // Syncing on (a long-poll longer than the timeout, then more): still there.
+    let alice_since = alice.sync("timeout=0&set_presence=unavailable").await["next_batch"].clone();
+    let alice_since = alice_since.as_str().unwrap();
+    alice.sync(&format!("timeout=1500&set_presence=unavailable&since={alice_since}")).await;
+    alice.sync("timeout=0&set_presence=unavailable").await;
+    assert_eq!(bob.get(&path).await.ok()["presence"], json!("unavailable"));
+    // The syncs stop: offline about a second later, woken into bob's long-poll.
+    let stopped = Instant::now();
+    let sync = bob.sync(&format!("timeout=10000&set_presence=offline&since={since}")).await;
+    assert_eq!(presence_in(&sync, &alice.user_id).unwrap()["presence"], json!("offline"), "{sync}");
+    assert!(stopped.elapsed() >= Duration::from_millis(800), "offline after {:?}", stopped.elapsed());
+}
+
+/// An online user without activity becomes unavailable after `idle_after`.
+#[tokio::test]
+async fn online_without_activity_goes_idle() {
+    let server = TestServer::start_with(|c| c.presence.idle_after = plexus::config::Lifetime(1_000)).await;
+    let (alice, bob, since) = room_mates(&server).await;
+    alice.put(&format!("{C}/presence/{}/status", enc(&alice.user_id)), json!({ "presence": "online" })).await.ok();
+    let mut since = since;
+    let mut states = Vec::new();
+    while states.last() != Some(&json!("unavailable")) {
+        let sync = bob.sync(&format!("timeout=10000&set_presence=offline&since={since}")).await;
+        since = sync["next_batch"].as_str().unwrap().to_owned();
+        states.extend(presence_in(&sync, &alice.user_id).map(|p| p["presence"].clone()));
+        assert!(states.len() < 3, "{states:?}");
+    }
+    assert_eq!(states, vec![json!("online"), json!("unavailable")]);
+}
+
+/// With presence off, neither syncs nor `PUT /presence` change anything, and none is shown.
+#[tokio::test]
+async fn presence_can_be_turned_off() {
+    let server = TestServer::start_with(|c| c.presence.enabled = false).await;
+    let (alice, bob, since) = room_mates(&server).await;
+    alice.sync("timeout=0").await;
+    let path = format!("{C}/presence/{}/status", enc(&alice.user_id));
+    alice.put(&path, json!({ "presence": "online", "status_msg": "here" })).await.ok();
+    assert_eq!(bob.get(&path).await.ok(), json!({ "presence": "offline" }));
+    let sync = bob.sync(&format!("timeout=0&since={since}")).await;
+    assert_eq!(sync["presence"]["events"], json!([]), "{sync}");
 }

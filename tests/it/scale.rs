@@ -35,6 +35,8 @@ struct Cluster {
     ports: Vec<u16>,
     processes: Vec<Option<Process>>,
     http: reqwest::Client,
+    /// Environment of every process, after the defaults of `spawn`.
+    env: Vec<(String, String)>,
 }
 
 fn free_port() -> u16 {
@@ -43,6 +45,11 @@ fn free_port() -> u16 {
 
 impl Cluster {
     async fn start() -> Cluster {
+        Cluster::start_with("", &[]).await
+    }
+
+    /// Starts with more configuration (TOML) and environment.
+    async fn start_with(config: &str, env: &[(&str, &str)]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let database = fresh_database(dir.path()).await;
         let ports: Vec<u16> = (0..PROCESSES).map(|_| free_port()).collect();
@@ -51,10 +58,11 @@ impl Cluster {
         let backends = ports.iter().map(|p| format!("http://127.0.0.1:{p}")).collect();
         tokio::spawn(round_robin(proxy, backends));
         // Other servers in these tests are reached over plain HTTP.
-        let config = format!("server_name = \"{server_name}\"\n[federation]\ninsecure_plain_http = true\n");
+        let config = format!("server_name = \"{server_name}\"\n{config}\n[federation]\ninsecure_plain_http = true\n");
         std::fs::write(dir.path().join("plexus.toml"), config).unwrap();
         let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
-        let mut cluster = Cluster { dir, database, server_name, ports, processes: Vec::new(), http };
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut cluster = Cluster { dir, database, server_name, ports, processes: Vec::new(), http, env };
         for i in 0..PROCESSES {
             let process = cluster.spawn(i).await;
             cluster.processes.push(Some(process));
@@ -78,6 +86,7 @@ impl Cluster {
             .env("PLEXUS_REGISTRATION_SHARED_SECRET", "scale-secret")
             .env("PLEXUS_RATE_LIMITS", "off")
             .env("PLEXUS_LOG", "warn,plexus::cluster=info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -147,6 +156,31 @@ impl Cluster {
     /// The first request gets a UIA session from one process, the second continues it on another.
     async fn register(&self, name: &str) -> Client {
         Client::register(&self.http, &self.base(), name).await
+    }
+
+    /// Shared-secret registration: the nonce from process 0, the registration on process 1.
+    async fn register_with_secret(&self, name: &str, admin: bool) -> Client {
+        let nonce_url = format!("{}/_synapse/admin/v1/register", self.base_of(0));
+        let nonce: Value = self.http.get(&nonce_url).send().await.unwrap().json().await.unwrap();
+        let nonce = nonce["nonce"].as_str().unwrap();
+        let mac = {
+            use hmac::{Hmac, Mac};
+            let mut mac = Hmac::<sha1::Sha1>::new_from_slice(b"scale-secret").unwrap();
+            let kind = if admin { "admin" } else { "notadmin" };
+            mac.update(format!("{nonce}\0{name}\0password\0{kind}").as_bytes());
+            mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect::<String>()
+        };
+        let body = json!({ "nonce": nonce, "username": name, "password": "password", "mac": mac, "admin": admin });
+        let url = format!("{}/_synapse/admin/v1/register", self.base_of(1));
+        let answer = self.http.post(&url).json(&body).send().await.unwrap();
+        assert_eq!(answer.status(), 200);
+        let r: Value = answer.json().await.unwrap();
+        Client {
+            http: self.http.clone(),
+            base: self.base(),
+            token: r["access_token"].as_str().unwrap().to_owned(),
+            user_id: r["user_id"].as_str().unwrap().to_owned(),
+        }
     }
 }
 
@@ -320,19 +354,7 @@ async fn requests_spread_over_processes_see_one_server() {
     }
 
     // Shared-secret registration: the nonce from one process, the registration on another.
-    let nonce_url = format!("{}/_synapse/admin/v1/register", cluster.base_of(0));
-    let nonce: Value = cluster.http.get(&nonce_url).send().await.unwrap().json().await.unwrap();
-    let nonce = nonce["nonce"].as_str().unwrap();
-    let mac = {
-        use hmac::{Hmac, Mac};
-        let mut mac = Hmac::<sha1::Sha1>::new_from_slice(b"scale-secret").unwrap();
-        mac.update(format!("{nonce}\0carol\0password\0notadmin").as_bytes());
-        mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect::<String>()
-    };
-    let body = json!({ "nonce": nonce, "username": "carol", "password": "password", "mac": mac });
-    let url = format!("{}/_synapse/admin/v1/register", cluster.base_of(1));
-    let answer = cluster.http.post(&url).json(&body).send().await.unwrap();
-    assert_eq!(answer.status(), 200, "{}", answer.text().await.unwrap());
+    cluster.register_with_secret("carol", false).await;
 
     // Everything any process answers is the same server: the messages are all there.
     for i in 0..6 {
@@ -488,4 +510,134 @@ async fn acceptance_through_the_round_robin() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     eprintln!("{stdout}");
     assert!(output.status.success(), "acceptance failed: {}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// A room deleted through one process: every process answers its status, by delete ID and
+/// by room, from the database.
+#[tokio::test]
+async fn room_deletion_status_from_any_process() {
+    if !postgres() {
+        return;
+    }
+    let cluster = Cluster::start().await;
+    let admin = cluster.register_with_secret("root", true).await;
+    let alice = cluster.register("alice").await;
+    let room = alice.create_room().await;
+    let path = format!("/_synapse/admin/v2/rooms/{}", enc(&room));
+    let body = json!({ "purge": true });
+    let deleted = admin.via(cluster.base_of(0)).ok(reqwest::Method::DELETE, &path, Some(body)).await;
+    let delete_id = deleted["delete_id"].as_str().unwrap();
+    for i in 1..PROCESSES {
+        let admin_here = admin.via(cluster.base_of(i));
+        let by_id = format!("/_synapse/admin/v2/rooms/delete_status/{delete_id}");
+        let status = admin_here.ok(reqwest::Method::GET, &by_id, None).await;
+        assert_eq!((status["status"].as_str(), status["room_id"].as_str()), (Some("complete"), Some(room.as_str())));
+        assert_eq!(status["shutdown_room"]["kicked_users"], json!([alice.user_id]), "{status}");
+        let by_room = admin_here.ok(reqwest::Method::GET, &format!("{path}/delete_status"), None).await;
+        assert_eq!(by_room["results"][0]["delete_id"], json!(delete_id), "{by_room}");
+    }
+    let admin_on_2 = admin.via(cluster.base_of(2));
+    let unknown = admin_on_2.call(reqwest::Method::GET, "/_synapse/admin/v2/rooms/delete_status/x", None).await;
+    assert_eq!(unknown.unwrap().0, 404);
+}
+
+/// Edits of one user's push rules through every process at once: none is lost (each reads
+/// the stored rules with their row locked).
+#[tokio::test]
+async fn concurrent_push_rule_edits_on_several_processes_are_all_kept() {
+    if !postgres() {
+        return;
+    }
+    let cluster = Cluster::start().await;
+    let alice = cluster.register("alice").await;
+    // The rules exist (the server default) before the race, as for any user who synced.
+    alice.ok(reqwest::Method::GET, "/_matrix/client/v3/pushrules/", None).await;
+    const EDITS: usize = 24;
+    let edits = (0..EDITS).map(|n| {
+        let alice = alice.via(cluster.base_of(n % PROCESSES));
+        async move {
+            let path = format!("/_matrix/client/v3/pushrules/global/override/rule{n}");
+            let rule = json!({ "actions": ["dont_notify"], "conditions": [
+                { "kind": "event_match", "key": "content.body", "pattern": format!("word{n}") }
+            ] });
+            alice.ok(reqwest::Method::PUT, &path, Some(rule)).await;
+        }
+    });
+    futures::future::join_all(edits).await;
+    for i in 0..PROCESSES {
+        let rules = alice.via(cluster.base_of(i)).ok(reqwest::Method::GET, "/_matrix/client/v3/pushrules/", None).await;
+        let ids: Vec<&str> =
+            rules["global"]["override"].as_array().unwrap().iter().filter_map(|r| r["rule_id"].as_str()).collect();
+        let missing: Vec<usize> = (0..EDITS).filter(|n| !ids.contains(&format!("rule{n}").as_str())).collect();
+        assert!(missing.is_empty(), "process {i} lacks the rules {missing:?}: {ids:?}");
+    }
+}
+
+/// The login rate limit holds for the deployment, not for each process: failed logins spread
+/// over the processes are refused once the one shared bucket is empty.
+#[tokio::test]
+async fn login_rate_limit_is_shared_by_the_processes() {
+    if !postgres() {
+        return;
+    }
+    let config = "[rate_limits]\nenabled = true\nper_second = 0.01\nburst = 4.0\n";
+    let cluster = Cluster::start_with(config, &[("PLEXUS_RATE_LIMITS", "on")]).await;
+    let mut statuses = Vec::new();
+    for n in 0..3 * PROCESSES {
+        let url = format!("{}/_matrix/client/v3/login", cluster.base_of(n % PROCESSES));
+        let body = json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "nobody" },
+            "password": "wrong" });
+        statuses.push(cluster.http.post(&url).json(&body).send().await.unwrap().status().as_u16());
+    }
+    // Four attempts in all, not four on each process.
+    assert_eq!(statuses.iter().filter(|&&s| s != 429).count(), 4, "{statuses:?}");
+    assert!(statuses[..4].iter().all(|&s| s == 403), "{statuses:?}");
+}
+
+/// Presence across processes: a user syncing through one process is online for a room-mate
+/// syncing through another, stays online while syncs go on through any process, and goes
+/// offline once they stop (the timers of the leader, with a 2 s timeout here).
+#[tokio::test]
+async fn presence_follows_syncs_across_processes() {
+    if !postgres() {
+        return;
+    }
+    let cluster = Cluster::start_with("[presence]\noffline_after = \"2s\"\n", &[]).await;
+    let alice = cluster.register("alice").await;
+    let bob = cluster.register("bob").await;
+    let room = alice.create_room().await;
+    bob.join(&room).await;
+    let bob_on_0 = bob.via(cluster.base_of(0));
+    let since = bob_on_0.sync("timeout=0&set_presence=offline").await["next_batch"].as_str().unwrap().to_owned();
+    let presence_of = |sync: &Value, user: &str| {
+        sync["presence"]["events"].as_array().unwrap().iter().find(|e| e["sender"] == user).cloned()
+    };
+
+    alice.via(cluster.base_of(1)).sync("timeout=0").await;
+    let sync = bob_on_0.sync(&format!("timeout=10000&since={since}&set_presence=offline")).await;
+    let seen = presence_of(&sync, &alice.user_id).unwrap_or_else(|| panic!("no presence of alice: {sync}"));
+    assert_eq!(
+        (seen["content"]["presence"].as_str(), seen["content"]["currently_active"].as_bool()),
+        (Some("online"), Some(true))
+    );
+    let since = sync["next_batch"].as_str().unwrap().to_owned();
+
+    // Syncs through every process for three times the timeout: still online.
+    let status_path = format!("/_matrix/client/v3/presence/{}/status", enc(&alice.user_id));
+    let until = Instant::now() + Duration::from_secs(6);
+    let mut i = 0;
+    while Instant::now() < until {
+        alice.via(cluster.base_of(i % PROCESSES)).sync("timeout=500").await;
+        i += 1;
+    }
+    let status = bob.via(cluster.base_of(2)).ok(reqwest::Method::GET, &status_path, None).await;
+    assert_eq!(status["presence"], "online", "{status}");
+
+    // Once the syncs stop: offline, seen by bob's long-poll on another process.
+    let stopped = Instant::now();
+    let sync = bob_on_0.sync(&format!("timeout=20000&since={since}&set_presence=offline")).await;
+    let seen = presence_of(&sync, &alice.user_id).unwrap_or_else(|| panic!("no presence of alice: {sync}"));
+    assert_eq!(seen["content"]["presence"], "offline", "{sync}");
+    let after = stopped.elapsed();
+    assert!(after >= Duration::from_millis(1500) && after < Duration::from_secs(10), "offline after {after:?}");
 }

@@ -5,14 +5,14 @@ use std::cmp::Ordering;
 use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use ruma::{OwnedUserId, RoomId};
+use ruma::OwnedUserId;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::users::{paging, parse_user_id};
 use super::{admin_v1, admin_v2, descending};
 use crate::AppState;
-use crate::admin::rooms::{self, RoomSummary, Shutdown, ShutdownReport};
+use crate::admin::rooms::{self, DeletionStatus, RoomSummary, Shutdown, ShutdownReport};
 use crate::api::client::rooms::parse_room_id;
 use crate::error::{Error, Result};
 use crate::http::extract::{self, Admin, Path, Query};
@@ -164,7 +164,7 @@ fn yes() -> bool {
     true
 }
 
-async fn shut_down(state: &AppState, me: &OwnedUserId, room_id: &RoomId, body: DeleteBody) -> Result<ShutdownReport> {
+fn shutdown_of(me: &OwnedUserId, body: DeleteBody) -> Shutdown {
     let notice = body.new_room_user_id.map(|sender| rooms::Notice {
         sender,
         room_name: body.room_name.unwrap_or_else(|| "Content Violation Notification".into()),
@@ -172,8 +172,7 @@ async fn shut_down(state: &AppState, me: &OwnedUserId, room_id: &RoomId, body: D
             "Sharing illegal content on this server is not permitted and rooms in violation will be blocked.".into()
         }),
     });
-    let how = Shutdown { requester: me, block: body.block, purge: body.purge, notice };
-    rooms::shutdown(state, room_id, how).await
+    Shutdown { requester: me.clone(), block: body.block, purge: body.purge, notice }
 }
 
 fn report_json(report: &ShutdownReport) -> Value {
@@ -192,7 +191,7 @@ async fn delete_v1(
     extract::Json(body): extract::Json<DeleteBody>,
 ) -> Result<Json<Value>> {
     let room_id = parse_room_id(&room_id)?;
-    let report = shut_down(&state, &me.user_id, &room_id, body).await?;
+    let report = rooms::shutdown(&state, &room_id, &shutdown_of(&me.user_id, body)).await?;
     Ok(Json(report_json(&report)))
 }
 
@@ -204,17 +203,20 @@ async fn delete_v2(
     extract::Json(body): extract::Json<DeleteBody>,
 ) -> Result<Json<Value>> {
     let room_id = parse_room_id(&room_id)?;
-    let report = shut_down(&state, &me.user_id, &room_id, body).await?;
-    let delete_id = state.room_deletions.record(&room_id, report);
+    let delete_id = rooms::delete(&state, &room_id, shutdown_of(&me.user_id, body)).await?;
     Ok(Json(json!({ "delete_id": delete_id })))
 }
 
-fn status_json(delete_id: &str, report: &ShutdownReport) -> Value {
-    json!({
-        "delete_id": delete_id,
-        "status": "complete",
-        "shutdown_room": report_json(report),
-    })
+/// A deletion as Synapse shows it: `shutdown_room` once complete, `error` once failed.
+fn status_json(deletion: &DeletionStatus) -> Value {
+    let mut body = json!({ "delete_id": deletion.delete_id, "status": deletion.status });
+    if let Some(report) = &deletion.report {
+        body["shutdown_room"] = report_json(report);
+    }
+    if let Some(error) = &deletion.error {
+        body["error"] = json!(error);
+    }
+    body
 }
 
 async fn delete_status_of_room(
@@ -223,8 +225,7 @@ async fn delete_status_of_room(
     Path(room_id): Path<String>,
 ) -> Result<Json<Value>> {
     let room_id = parse_room_id(&room_id)?;
-    let results: Vec<Value> =
-        state.room_deletions.of_room(&room_id).iter().map(|(id, report)| status_json(id, report)).collect();
+    let results: Vec<Value> = rooms::deletions_of_room(&state, &room_id).await?.iter().map(status_json).collect();
     if results.is_empty() {
         return Err(Error::not_found("No delete task for room"));
     }
@@ -236,10 +237,9 @@ async fn delete_status(
     Admin(_): Admin,
     Path(delete_id): Path<String>,
 ) -> Result<Json<Value>> {
-    let (room_id, report) =
-        state.room_deletions.get(&delete_id).ok_or_else(|| Error::not_found("delete id not found"))?;
-    let mut body = status_json(&delete_id, &report);
-    body["room_id"] = json!(room_id);
+    let deletion = rooms::deletion(&state, &delete_id).await?.ok_or_else(|| Error::not_found("delete id not found"))?;
+    let mut body = status_json(&deletion);
+    body["room_id"] = json!(deletion.room_id);
     Ok(Json(body))
 }
 

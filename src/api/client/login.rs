@@ -58,7 +58,7 @@ async fn get_token(
     if !state.config.login_via_existing_session {
         return Err(Error::unrecognized());
     }
-    state.rate_limiter.check("login", ip)?;
+    state.rate_limiter.check_address("login", ip).await?;
     super::account::require_reauth(&state, &me, body.auth.as_ref()).await?;
     let token = accounts::login_tokens::issue(&state.db, &me.user_id).await?;
     Ok(Json(json!({ "login_token": token, "expires_in_ms": accounts::login_tokens::LIFETIME_MS })))
@@ -101,7 +101,7 @@ async fn login(
     extract::Json(body): extract::Json<LoginBody>,
 ) -> Result<Json<Value>> {
     if body.kind != APPSERVICE_LOGIN {
-        state.rate_limiter.check("login", ip)?;
+        state.rate_limiter.check_address("login", ip).await?;
     }
     let user_id = match body.kind.as_str() {
         "m.login.password" if state.config.password_login_enabled => password_user(&state, &body).await?,

@@ -18,8 +18,6 @@ pub fn router() -> Router<AppState> {
     Router::new().route(v3!("/presence/{user_id}/status"), get(get_presence).put(set_presence))
 }
 
-const STATES: [&str; 3] = ["online", "unavailable", "offline"];
-
 fn parse_user(user_id: &str) -> Result<OwnedUserId> {
     UserId::parse(user_id).map_err(|_| Error::invalid_param(format!("Invalid user ID {user_id}")))
 }
@@ -41,7 +39,7 @@ async fn set_presence(
     if user_id != me.user_id {
         return Err(Error::forbidden("You cannot set the presence of another user"));
     }
-    if !STATES.contains(&body.presence.as_str()) {
+    if !presence::STATES.contains(&body.presence.as_str()) {
         return Err(Error::invalid_param(format!("Invalid presence state {:?}", body.presence)));
     }
     presence::set(&state, &me.user_id, &body.presence, body.status_msg.as_deref()).await?;
@@ -61,7 +59,7 @@ async fn get_presence(
         return Err(Error::forbidden("You are not allowed to see their presence"));
     }
     match storage::presence::get(&state.db, user_id.as_str()).await? {
-        Some(presence) => Ok(Json(presence.content(storage::now_ms()))),
-        None => Ok(Json(json!({ "presence": "offline" }))),
+        Some(presence) if state.presence.enabled() => Ok(Json(presence.content(storage::now_ms()))),
+        _ => Ok(Json(json!({ "presence": "offline" }))),
     }
 }

@@ -68,7 +68,7 @@ async fn register(
     if body.by_appservice() {
         return register_by_appservice(&state, token, body).await;
     }
-    state.rate_limiter.check("register", ip)?;
+    state.rate_limiter.check_address("register", ip).await?;
     let server_name = &state.config.server_name;
     let guest = match query.kind.as_deref() {
         None | Some("user") => false,
@@ -170,7 +170,7 @@ async fn available(
     ClientIp(ip): ClientIp,
     Query(query): Query<AvailableQuery>,
 ) -> Result<Json<Value>> {
-    state.rate_limiter.check("register", ip)?;
+    state.rate_limiter.check_address("register", ip).await?;
     let user_id = accounts::validate_new_localpart(&query.username, &state.config.server_name)?;
     state.appservices.check_user_free(&user_id, None)?;
     if storage::users::exists(&state.db, user_id.as_str()).await? {
@@ -189,7 +189,7 @@ async fn token_validity(
     ClientIp(ip): ClientIp,
     Query(query): Query<TokenQuery>,
 ) -> Result<Json<Value>> {
-    state.rate_limiter.check("register", ip)?;
+    state.rate_limiter.check_address("register", ip).await?;
     if state.config.registration.mode != RegistrationMode::Token {
         return Err(Error::forbidden("Registration tokens are not in use"));
     }

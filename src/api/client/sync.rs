@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use super::v3;
 use crate::AppState;
+use crate::accounts::presence;
 use crate::error::Result;
 use crate::http::extract::{Auth, Query};
 use crate::sync::token::SyncToken;
@@ -30,11 +31,12 @@ struct SyncQuery {
     #[serde(default)]
     filter: Option<String>,
     #[serde(default)]
-    #[allow(dead_code)]
     set_presence: Option<String>,
 }
 
 async fn sync(State(state): State<AppState>, Auth(me): Auth, Query(q): Query<SyncQuery>) -> Result<Json<Value>> {
+    // The user counts as syncing until the answer (presence).
+    let _syncing = presence::syncing(&state, &me.user_id, q.set_presence.as_deref()).await?;
     let req = v2::SyncRequest {
         since: q.since.as_deref().map(SyncToken::parse).transpose()?,
         timeout: Duration::from_millis(q.timeout.unwrap_or(0)),
