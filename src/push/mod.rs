@@ -6,6 +6,7 @@ pub mod gateway;
 pub mod pushers;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ruma::events::room::power_levels::{RoomPowerLevels, RoomPowerLevelsEventContent, RoomPowerLevelsSource};
@@ -34,6 +35,9 @@ const MAIN_THREAD: &str = "main";
 #[derive(Default)]
 pub struct Push {
     loaded: Mutex<HashMap<OwnedUserId, Arc<Ruleset>>>,
+    /// Counts the rulesets dropped: a ruleset read before a drop may be older than the change
+    /// that dropped it, and is not kept.
+    dropped: AtomicU64,
     edit: tokio::sync::Mutex<()>,
     gateway: gateway::Sender,
 }
@@ -43,17 +47,25 @@ impl Push {
         self.loaded.lock().unwrap_or_else(|e| e.into_inner()).get(user).cloned()
     }
 
-    fn remember(&self, user: &UserId, rules: Arc<Ruleset>) {
-        self.loaded.lock().unwrap_or_else(|e| e.into_inner()).insert(user.to_owned(), rules);
+    /// Keeps a ruleset read when `dropped` was `seen`, unless one was dropped since.
+    fn remember(&self, user: &UserId, rules: Arc<Ruleset>, seen: u64) {
+        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        if self.dropped.load(Ordering::SeqCst) == seen {
+            loaded.insert(user.to_owned(), rules);
+        }
     }
 
-    /// Drops a ruleset changed elsewhere (another process); it is loaded again on next use.
+    /// Drops a changed ruleset (here or in another process); it is loaded again on next use.
     pub(crate) fn forget(&self, user: &UserId) {
-        self.loaded.lock().unwrap_or_else(|e| e.into_inner()).remove(user);
+        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        self.dropped.fetch_add(1, Ordering::SeqCst);
+        loaded.remove(user);
     }
 
     pub(crate) fn forget_all(&self) {
-        self.loaded.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        self.dropped.fetch_add(1, Ordering::SeqCst);
+        loaded.clear();
     }
 }
 
@@ -83,6 +95,7 @@ async fn load(svc: &Services, user: &UserId) -> Result<Arc<Ruleset>> {
     if let Some(rules) = svc.push.cached(user) {
         return Ok(rules);
     }
+    let seen = svc.push.dropped.load(Ordering::SeqCst);
     let rules = match storage::push::ruleset(&svc.db, user.as_str()).await? {
         Some(stored) => parse(&stored)?,
         None => {
@@ -94,7 +107,7 @@ async fn load(svc: &Services, user: &UserId) -> Result<Arc<Ruleset>> {
         }
     };
     let rules = Arc::new(rules);
-    svc.push.remember(user, rules.clone());
+    svc.push.remember(user, rules.clone(), seen);
     Ok(rules)
 }
 
@@ -127,8 +140,9 @@ pub async fn update(svc: &Services, user: &UserId, change: impl FnOnce(&mut Rule
     change(&mut rules)?;
     save(&mut tx, user, &rules).await?;
     tx.commit().await?;
+    // Drops this process's copy too: another process's edit may follow this one at once, and
+    // its announcement must not be overtaken by keeping this version.
     crate::cluster::publish(svc, crate::cluster::Message::PushRulesChanged { user: user.to_owned() }).await;
-    svc.push.remember(user, Arc::new(rules));
     svc.notifier.notify(std::iter::once(user));
     Ok(())
 }

@@ -78,6 +78,13 @@ async fn sync_sets_presence_until_the_syncs_stop() {
     alice.get(&format!("{C}/sync?set_presence=away")).await.assert_error(400, "M_INVALID_PARAM");
 
     alice.sync("timeout=0").await;
+    // Syncing on changes nothing: no write, no stream position taken.
+    let db = database(&server).await;
+    let before = plexus::storage::current_stream_pos(&db).await.unwrap();
+    for _ in 0..10 {
+        alice.sync("timeout=0").await;
+    }
+    assert_eq!(plexus::storage::current_stream_pos(&db).await.unwrap(), before);
     let sync = bob.sync(&format!("timeout=5000&set_presence=offline&since={since}")).await;
     let seen = presence_in(&sync, &alice.user_id).unwrap_or_else(|| panic!("{sync}"));
     assert_eq!((seen["presence"].clone(), seen["currently_active"].clone()), (json!("online"), json!(true)));
