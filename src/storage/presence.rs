@@ -96,6 +96,9 @@ pub async fn set_by_sync(tx: &mut Tx, user_id: &str, state: &str, active: bool, 
 /// Records that these users synced at `now_ms` (and, `active`, were active then). Not a change
 /// others see: no stream position.
 pub async fn touch(db: &Db, users: &[String], active: bool, now_ms: i64) -> sqlx::Result<()> {
+    if users.is_empty() {
+        return Ok(());
+    }
     let mut tx = db.begin().await?;
     for batch in users.chunks(USERS_PER_QUERY) {
         let placeholders: Vec<String> = (0..batch.len()).map(|i| format!("${}", i + 3)).collect();
