@@ -58,6 +58,18 @@ pub struct Db {
     write: AnyPool,
     batches: Arc<batch::Batches>,
     locks: Option<AnyPool>,
+    /// SQLite: the WAL checkpoint task, stopped with the last clone.
+    _checkpointer: Option<Arc<AbortOnDrop>>,
+}
+
+/// A background task that ends when this is dropped.
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 pub type Tx = sqlx::Transaction<'static, sqlx::Any>;
@@ -74,32 +86,43 @@ impl Db {
             }
             let url = if url.contains('?') { url.to_owned() } else { format!("{url}?mode=rwc") };
             let options = AnyConnectOptions::from_str(&url).context("invalid database URL")?;
-            let pool = |max: u32| {
+            let pool = |max: u32, extra_pragmas: Option<&'static str>| {
                 AnyPoolOptions::new()
                     .max_connections(max)
                     .acquire_timeout(Duration::from_secs(30))
-                    .after_connect(|conn, _| {
+                    .after_connect(move |conn, _| {
                         Box::pin(async move {
                             conn.execute(
                                 "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
                                  PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
                             )
                             .await?;
+                            if let Some(pragmas) = extra_pragmas {
+                                conn.execute(pragmas).await?;
+                            }
                             Ok(())
                         })
                     })
                     .connect_with(options.clone())
             };
-            let write = pool(1).await.with_context(|| format!("cannot open database {url}"))?;
-            let db = Db {
+            // The single writer is what every send waits for, so it does not copy the WAL
+            // back into the database on commit (SQLite's default every 1,000 pages, with an
+            // fsync): `checkpoint_wal` does it beside it. The writer still checkpoints if the
+            // WAL grows far beyond that (a safety net should the background task fall behind).
+            let write = pool(1, Some("PRAGMA wal_autocheckpoint = 20000;"))
+                .await
+                .with_context(|| format!("cannot open database {url}"))?;
+            let read = pool(max_connections, None).await?;
+            sqlx::migrate!("migrations/sqlite").run(&write).await.context("database migration failed")?;
+            let checkpointer = Some(Arc::new(AbortOnDrop(tokio::spawn(checkpoint_wal(read.clone())).abort_handle())));
+            Ok(Db {
                 kind: DbKind::Sqlite,
-                read: pool(max_connections).await?,
+                read,
                 write,
                 batches: batch::Batches::start(),
                 locks: None,
-            };
-            sqlx::migrate!("migrations/sqlite").run(&db.write).await.context("database migration failed")?;
-            Ok(db)
+                _checkpointer: checkpointer,
+            })
         } else {
             let options = AnyConnectOptions::from_str(url).context("invalid database URL")?;
             let pool = AnyPoolOptions::new()
@@ -121,6 +144,7 @@ impl Db {
                 write: pool,
                 batches: batch::Batches::start(),
                 locks: Some(locks),
+                _checkpointer: None,
             })
         }
     }
@@ -141,6 +165,21 @@ impl Db {
         batch::BatchTx::join(&self.batches, &self.write).await
     }
 }
+
+/// Copies SQLite's write-ahead log back into the database file every `WAL_CHECKPOINT_EVERY`
+/// from a reading connection (PASSIVE: never waits for, nor blocks, the writer or readers).
+async fn checkpoint_wal(read: AnyPool) {
+    let mut ticks = tokio::time::interval(WAL_CHECKPOINT_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&read).await {
+            tracing::warn!(error = %e, "WAL checkpoint failed");
+        }
+    }
+}
+
+const WAL_CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 
 /// Takes the next position of the global stream, inside the writing transaction, so that
 /// positions become visible in the order they were taken (the row stays locked until commit).
