@@ -1,5 +1,7 @@
 //! Push rules and the notifying events behind unread counts and `/notifications`.
 
+use std::collections::HashMap;
+
 use super::{Db, DbKind, Tx};
 
 pub async fn ruleset(db: &Db, user_id: &str) -> sqlx::Result<Option<String>> {
@@ -76,23 +78,97 @@ const ROOMS_PER_QUERY: usize = 500;
 
 /// Unread (notification, highlight) counts of a user in some rooms, per room and thread
 /// ('main' for the main timeline): (room_id, thread_id, notifications, highlights).
+///
+/// Same rule as [`IS_READ`], without testing each notification against the receipts: a
+/// thread is read up to the later of the room's newest unthreaded receipt and its own, so
+/// counting what lies past those positions is an index range scan per room. Three
+/// statements for all rooms: the read positions, the counts past the main timeline's, and
+/// the (rare, partially indexed) threaded notifications, which are moved to their threads.
 pub async fn unread_counts(db: &Db, user_id: &str, room_ids: &[&str]) -> sqlx::Result<Vec<(String, String, i64, i64)>> {
     let mut found = Vec::new();
     for batch in room_ids.chunks(ROOMS_PER_QUERY) {
-        let rooms: Vec<String> = (0..batch.len()).map(|i| format!("${}", i + 2)).collect();
-        let sql = format!(
-            "SELECT n.room_id, n.thread_id, COUNT(*), CAST(COALESCE(SUM(n.highlight), 0) AS BIGINT)
-             FROM push_notifications n
-             WHERE n.user_id = $1 AND n.room_id IN ({}) AND NOT {IS_READ} GROUP BY n.room_id, n.thread_id",
-            rooms.join(", ")
-        );
-        let mut query = sqlx::query_as::<_, (String, String, i64, i64)>(sqlx::AssertSqlSafe(sql)).bind(user_id);
-        for room in batch {
-            query = query.bind(*room);
-        }
-        found.extend(query.fetch_all(db.read()).await?);
+        found.extend(unread_counts_in(db, user_id, batch).await?);
     }
     Ok(found)
+}
+
+/// The main timeline's thread ID in receipts and notifications.
+const MAIN: &str = "main";
+
+async fn unread_counts_in(db: &Db, user_id: &str, rooms: &[&str]) -> sqlx::Result<Vec<(String, String, i64, i64)>> {
+    let in_list = (0..rooms.len()).map(|i| format!("${}", i + 2)).collect::<Vec<_>>().join(", ");
+    let sql = format!(
+        "SELECT r.room_id, r.thread_id, MAX(e.stream_pos) FROM receipts r JOIN events e ON e.event_id = r.event_id
+         WHERE r.user_id = $1 AND r.room_id IN ({in_list}) AND r.receipt_type IN ('m.read', 'm.read.private')
+         GROUP BY r.room_id, r.thread_id"
+    );
+    let mut query = sqlx::query_as::<_, (String, String, Option<i64>)>(sqlx::AssertSqlSafe(sql)).bind(user_id);
+    for room in rooms {
+        query = query.bind(*room);
+    }
+    // Per room: read up to (unthreaded receipts, each thread's receipts).
+    let mut read: HashMap<String, (i64, HashMap<String, i64>)> = HashMap::new();
+    for (room, thread, pos) in query.fetch_all(db.read()).await? {
+        let Some(pos) = pos else { continue };
+        let (unthreaded, threads) = read.entry(room).or_insert_with(|| (-1, HashMap::new()));
+        if thread == MAIN || thread.starts_with('$') {
+            threads.insert(thread, pos);
+        } else {
+            *unthreaded = (*unthreaded).max(pos);
+        }
+    }
+    let none = (-1, HashMap::new());
+    let read_of = |room: &str| read.get(room).unwrap_or(&none);
+    let read_up_to = |room: &str, thread: &str| {
+        let (unthreaded, threads) = read_of(room);
+        threads.get(thread).map_or(*unthreaded, |t| (*t).max(*unthreaded))
+    };
+
+    // All notifications past the main timeline's read position, threaded ones included.
+    let values = |first: usize| {
+        (0..rooms.len()).map(|i| format!("(${}, ${})", first + 2 * i, first + 2 * i + 1)).collect::<Vec<_>>().join(", ")
+    };
+    let past = "FROM push_notifications n WHERE n.user_id = $1 AND n.room_id = f.column1 AND n.stream_pos > f.column2";
+    let sql = format!(
+        "SELECT f.column1, ({count}), ({count} AND n.highlight = 1) FROM (VALUES {values}) AS f",
+        count = format_args!("SELECT COUNT(*) {past}"),
+        values = values(2),
+    );
+    let mut query = sqlx::query_as::<_, (String, i64, i64)>(sqlx::AssertSqlSafe(sql)).bind(user_id);
+    for room in rooms {
+        query = query.bind(*room).bind(read_up_to(room, MAIN));
+    }
+    let mut counts: HashMap<(String, String), (i64, i64)> = HashMap::new();
+    for (room, n, h) in query.fetch_all(db.read()).await? {
+        counts.insert((room, MAIN.to_owned()), (n, h));
+    }
+
+    // Threaded notifications past the room's unthreaded read position (below it, every
+    // thread is read): moved from the main count to their thread's.
+    let sql = format!(
+        "SELECT n.room_id, n.thread_id, n.stream_pos, n.highlight FROM (VALUES {values}) AS f
+         JOIN push_notifications n ON n.user_id = $1 AND n.room_id = f.column1 AND n.thread_id <> '{MAIN}'
+         WHERE n.stream_pos > f.column2",
+        values = values(2),
+    );
+    let mut query = sqlx::query_as::<_, (String, String, i64, i64)>(sqlx::AssertSqlSafe(sql)).bind(user_id);
+    for room in rooms {
+        query = query.bind(*room).bind(read_of(room).0);
+    }
+    for (room, thread, pos, highlight) in query.fetch_all(db.read()).await? {
+        if pos > read_up_to(&room, MAIN)
+            && let Some((n, h)) = counts.get_mut(&(room.clone(), MAIN.to_owned()))
+        {
+            *n -= 1;
+            *h -= highlight;
+        }
+        if pos > read_up_to(&room, &thread) {
+            let (n, h) = counts.entry((room, thread)).or_default();
+            *n += 1;
+            *h += highlight;
+        }
+    }
+    Ok(counts.into_iter().filter(|(_, (n, _))| *n > 0).map(|((room, thread), (n, h))| (room, thread, n, h)).collect())
 }
 
 /// A stored notification with whether it has been read.

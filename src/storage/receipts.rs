@@ -1,6 +1,8 @@
 //! Read receipts: the latest receipt of each (room, user, receipt type, thread), each with
 //! the stream position of its last change.
 
+use std::collections::HashMap;
+
 use serde_json::{Map, Value, json};
 
 use super::{Db, Tx, next_stream_pos};
@@ -63,14 +65,51 @@ pub async fn in_range(
     .await?;
     let mut content = Map::new();
     for (user_id, receipt_type, thread_id, event_id, ts) in rows {
-        let mut receipt = json!({ "ts": ts });
-        if !thread_id.is_empty() {
-            receipt["thread_id"] = json!(thread_id);
-        }
-        // Indexing a null `Value` by a key makes it an object.
-        content.entry(event_id).or_insert(Value::Null)[receipt_type.as_str()][user_id.as_str()] = receipt;
+        add_receipt(&mut content, user_id, receipt_type, thread_id, event_id, ts);
     }
     Ok(content)
+}
+
+/// Adds a receipt row to `m.receipt` content.
+fn add_receipt(content: &mut Map<String, Value>, user: String, kind: String, thread: String, event: String, ts: i64) {
+    let mut receipt = json!({ "ts": ts });
+    if !thread.is_empty() {
+        receipt["thread_id"] = json!(thread);
+    }
+    // Indexing a null `Value` by a key makes it an object.
+    content.entry(event).or_insert(Value::Null)[kind.as_str()][user.as_str()] = receipt;
+}
+
+/// Most rooms named in one query (bind parameters are limited).
+const ROOMS_PER_QUERY: usize = 500;
+
+/// [`latest`] of several rooms in one statement (for an initial sync), by room; rooms
+/// without receipts are left out.
+pub async fn latest_in_rooms(
+    db: &Db,
+    room_ids: &[&str],
+    viewer: &str,
+    up_to: i64,
+) -> sqlx::Result<HashMap<String, Map<String, Value>>> {
+    let mut by_room: HashMap<String, Map<String, Value>> = HashMap::new();
+    for batch in room_ids.chunks(ROOMS_PER_QUERY) {
+        let in_list = (0..batch.len()).map(|i| format!("${}", i + 3)).collect::<Vec<_>>().join(", ");
+        let sql = format!(
+            "SELECT room_id, user_id, receipt_type, thread_id, event_id, ts FROM receipts
+             WHERE room_id IN ({in_list}) AND stream_pos <= $1 AND (receipt_type <> 'm.read.private' OR user_id = $2)
+             ORDER BY stream_pos"
+        );
+        let mut query = sqlx::query_as::<_, (String, String, String, String, String, i64)>(sqlx::AssertSqlSafe(sql))
+            .bind(up_to)
+            .bind(viewer);
+        for room in batch {
+            query = query.bind(*room);
+        }
+        for (room, user_id, receipt_type, thread_id, event_id, ts) in query.fetch_all(db.read()).await? {
+            add_receipt(by_room.entry(room).or_default(), user_id, receipt_type, thread_id, event_id, ts);
+        }
+    }
+    Ok(by_room)
 }
 
 /// The latest receipts of a room as of position `up_to` (for an initial sync), in the shape

@@ -29,29 +29,47 @@ pub(super) fn bump_statement(room_id: &str, pos: &str) -> String {
     )
 }
 
+const LISTED_ROOM: &str = "SELECT cs.room_id, cs.membership, cs.event_id, e.sender, e.stream_pos, b.bump_pos
+     FROM current_state cs
+     LEFT JOIN events e ON e.event_id = cs.event_id
+     LEFT JOIN room_bump_stamps b ON b.room_id = cs.room_id
+     WHERE cs.state_key = $1 AND cs.event_type = 'm.room.member' AND cs.membership IS NOT NULL";
+
+/// Most rooms named in one query (bind parameters are limited).
+const ROOMS_PER_QUERY: usize = 500;
+
 /// Every room where `user_id` has a membership, with what sorting and filtering need.
 pub async fn rooms_of_user(db: &Db, user_id: &str) -> sqlx::Result<Vec<ListedRoom>> {
-    let rows = sqlx::query(
-        "SELECT cs.room_id, cs.membership, cs.event_id, e.sender, e.stream_pos, b.bump_pos FROM current_state cs
-         LEFT JOIN events e ON e.event_id = cs.event_id
-         LEFT JOIN room_bump_stamps b ON b.room_id = cs.room_id
-         WHERE cs.state_key = $1 AND cs.event_type = 'm.room.member' AND cs.membership IS NOT NULL",
-    )
-    .bind(user_id)
-    .fetch_all(db.read())
-    .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(ListedRoom {
-                room_id: r.try_get("room_id")?,
-                membership: r.try_get("membership")?,
-                membership_event_id: r.try_get("event_id")?,
-                membership_sender: r.try_get::<Option<String>, _>("sender")?.unwrap_or_default(),
-                membership_pos: r.try_get("stream_pos")?,
-                bump_pos: r.try_get("bump_pos")?,
-            })
-        })
-        .collect()
+    let rows = sqlx::query(LISTED_ROOM).bind(user_id).fetch_all(db.read()).await?;
+    rows.iter().map(listed_room).collect()
+}
+
+/// The rooms among `room_ids` where `user_id` has a membership, as [`rooms_of_user`] has them.
+pub async fn rooms_of_user_among(db: &Db, user_id: &str, room_ids: &[&str]) -> sqlx::Result<Vec<ListedRoom>> {
+    let mut found = Vec::new();
+    for batch in room_ids.chunks(ROOMS_PER_QUERY) {
+        let params: Vec<String> = (0..batch.len()).map(|i| format!("${}", i + 2)).collect();
+        let sql = format!("{LISTED_ROOM} AND cs.room_id IN ({})", params.join(", "));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(user_id);
+        for room in batch {
+            query = query.bind(*room);
+        }
+        for row in query.fetch_all(db.read()).await? {
+            found.push(listed_room(&row)?);
+        }
+    }
+    Ok(found)
+}
+
+fn listed_room(r: &sqlx::any::AnyRow) -> sqlx::Result<ListedRoom> {
+    Ok(ListedRoom {
+        room_id: r.try_get("room_id")?,
+        membership: r.try_get("membership")?,
+        membership_event_id: r.try_get("event_id")?,
+        membership_sender: r.try_get::<Option<String>, _>("sender")?.unwrap_or_default(),
+        membership_pos: r.try_get("stream_pos")?,
+        bump_pos: r.try_get("bump_pos")?,
+    })
 }
 
 /// Rooms of `user_id` (any membership) that have a current state event of `event_type`

@@ -147,20 +147,28 @@ async fn compute(svc: &Services, me: &Identity, req: &SyncRequest, mut now: Sync
         }
         _ => HashSet::new(),
     };
-    let changes = Changes {
-        rooms: changed_rooms,
-        memberships: membership_changed,
-        typing: typing_changed,
-        receipts: receipt_rooms,
-        account_data: room_data,
-    };
-
     // One query for every membership of the user, instead of one per membership kind.
     let memberships = storage::rooms::memberships_of_user(&svc.db, user).await?;
     let rooms_with = |wanted: &str| -> Vec<String> {
         memberships.iter().filter(|(_, m)| m == wanted).map(|(r, _)| r.clone()).collect()
     };
     let joined: Vec<String> = rooms_with("join").into_iter().filter(|r| room_filter.allows_room(r)).collect();
+    // A full sync shows the current receipts of every room: one statement for all of them.
+    let latest_receipts = match since {
+        None if room_filter.ephemeral.allows_type("m.receipt") => {
+            let ids: Vec<&str> = joined.iter().map(String::as_str).collect();
+            Some(storage::receipts::latest_in_rooms(&svc.db, &ids, user, now.stream).await?)
+        }
+        _ => None,
+    };
+    let changes = Changes {
+        rooms: changed_rooms,
+        memberships: membership_changed,
+        typing: typing_changed,
+        receipts: receipt_rooms,
+        latest_receipts,
+        account_data: room_data,
+    };
     // Rooms are independent: their queries overlap on the connection pool.
     let joined: Vec<JoinedRoom> = futures::stream::iter(joined)
         .map(|room| joined_room(svc, me, req, room, since, now.stream, &changes))
@@ -410,6 +418,8 @@ struct Changes {
     typing: HashSet<OwnedRoomId>,
     /// Rooms with new receipts.
     receipts: HashSet<String>,
+    /// The current receipts of the joined rooms that have any, read at once for a full sync.
+    latest_receipts: Option<HashMap<String, Map<String, Value>>>,
     /// The user's account data: (room or "" for global, type, content).
     account_data: Vec<(String, String, String)>,
 }
@@ -567,9 +577,11 @@ async fn ephemeral(
     }
     if (after.is_none() || changes.receipts.contains(room_id.as_str())) && filter.allows_type("m.receipt") {
         let viewer = me.user_id.as_str();
-        let receipts = match after {
-            Some(a) => storage::receipts::in_range(&svc.db, room_id.as_str(), viewer, a, up_to).await?,
-            None => storage::receipts::latest(&svc.db, room_id.as_str(), viewer, up_to).await?,
+        let receipts = match (after, &changes.latest_receipts) {
+            (Some(a), _) => storage::receipts::in_range(&svc.db, room_id.as_str(), viewer, a, up_to).await?,
+            (None, Some(latest)) => latest.get(room_id.as_str()).cloned().unwrap_or_default(),
+            // A room the user joined since an incremental sync's token.
+            (None, None) => storage::receipts::latest(&svc.db, room_id.as_str(), viewer, up_to).await?,
         };
         if !receipts.is_empty() {
             events.push(json!({ "type": "m.receipt", "content": receipts }));

@@ -41,13 +41,13 @@ async fn quick_run_measures_every_scenario() {
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
     let scenarios = report["scenarios"].as_array().unwrap();
     let names: Vec<&str> = scenarios.iter().map(|s| s["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["send", "fanout", "initial-sync", "join-storm", "federation"]);
+    assert_eq!(names, ["send", "fanout", "initial-sync", "join-storm", "federation", "sliding-sync"]);
     for s in scenarios {
         assert!(s["error"].is_null(), "{} failed: {}", s["name"], s["error"]);
         let notes = s["notes"].to_string();
         assert!(!notes.contains("WRONG ANSWER"), "{}: {notes}", s["name"]);
     }
-    let [send, fanout, _initial, storm, federation] = scenarios.as_slice() else { unreachable!() };
+    let [send, fanout, _initial, storm, federation, sliding] = scenarios.as_slice() else { unreachable!() };
     assert!(metric(send, "accepted messages") > 0.0);
     assert_eq!(metric(send, "failed sends"), 0.0);
     assert!(send["server"]["cpu_seconds"].as_f64().unwrap() > 0.0, "{}", send["server"]);
@@ -59,4 +59,8 @@ async fn quick_run_measures_every_scenario() {
     assert_eq!(metric(storm, "users who did not see all"), 0.0);
     assert_eq!(storm["latencies_ms"]["user sees all"]["count"], 10);
     assert!(federation["skipped"].as_str().unwrap().contains("--hs2"));
+    // --quick: 10 messages, each into another of the 20 rooms, each carried by the long-poll.
+    assert_eq!(metric(sliding, "updates"), 10.0);
+    assert_eq!(metric(sliding, "missing updates"), 0.0);
+    assert_eq!(sliding["latencies_ms"]["update"]["count"], 10);
 }

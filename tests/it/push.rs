@@ -262,3 +262,44 @@ async fn keywords_notify_and_can_highlight() {
     alice.send_text(&room, "who likes Cheese?").await;
     assert_eq!(counts(&bob, &room).await, (1, 1));
 }
+
+#[tokio::test]
+async fn counts_of_many_rooms_follow_each_rooms_receipts() {
+    let server = TestServer::start().await;
+    let (alice, bob, first) = shared_room(&server).await;
+    let mut rooms = vec![first];
+    for _ in 0..2 {
+        let room = alice.create_room(json!({"preset": "public_chat"})).await;
+        bob.join(&room).await.ok();
+        rooms.push(room);
+    }
+    let mut sent = Vec::new();
+    for room in &rooms {
+        let root = alice.send_text(room, "one").await;
+        let reply = json!({"msgtype": "m.text", "body": "in thread",
+            "m.relates_to": {"rel_type": "m.thread", "event_id": root}});
+        let threaded = send(&alice, room, &format!("t-{room}"), reply).await;
+        let last = alice.send_text(room, "three").await;
+        sent.push((root, threaded, last));
+    }
+    // Room 0: read (unthreaded) up to the thread reply; room 1: nothing read; room 2: the
+    // main timeline read to its end, the thread not.
+    read_up_to(&bob, &rooms[0], &sent[0].1, "m.read").await;
+    let path = format!("/_matrix/client/v3/rooms/{}/receipt/m.read/{}", enc(&rooms[2]), enc(&sent[2].2));
+    bob.post(&path, json!({"thread_id": "main"})).await.ok();
+
+    let filter = enc(&json!({"room": {"timeline": {"unread_thread_notifications": true}}}).to_string());
+    let body = bob.sync(&format!("timeout=0&filter={filter}")).await;
+    let entry = |i: usize| body["rooms"]["join"][&rooms[i]].clone();
+    let counts = |n: u64| json!({"notification_count": n, "highlight_count": 0});
+    assert_eq!(entry(0)["unread_notifications"], counts(1), "{}", entry(0));
+    assert!(entry(0).get("unread_thread_notifications").is_none(), "{}", entry(0));
+    assert_eq!(entry(1)["unread_notifications"], counts(2), "{}", entry(1));
+    assert_eq!(entry(1)["unread_thread_notifications"], json!({ &sent[1].0: counts(1) }));
+    assert_eq!(entry(2)["unread_notifications"], counts(0), "{}", entry(2));
+    assert_eq!(entry(2)["unread_thread_notifications"], json!({ &sent[2].0: counts(1) }));
+    // Without per-thread counts, a room's threads add to its total.
+    let body = bob.sync("timeout=0").await;
+    let totals: Vec<Value> = rooms.iter().map(|r| body["rooms"]["join"][r]["unread_notifications"].clone()).collect();
+    assert_eq!(totals, [counts(1), counts(3), counts(1)]);
+}

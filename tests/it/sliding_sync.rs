@@ -407,3 +407,38 @@ async fn positions_survive_a_restart() {
     assert!(r.get("initial").is_none(), "the connection remembers the room: {r}");
     assert_eq!(timeline_bodies(r), vec!["after restart"]);
 }
+
+#[tokio::test]
+async fn room_lists_follow_joins_leaves_and_activity_after_the_first_response() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let a = alice.create_room(json!({ "name": "a" })).await;
+    let b = alice.create_room(json!({ "name": "b" })).await;
+    let req = list(json!([[0, 9]]), 1, json!([["m.room.name", ""]]));
+    let body = ss(&alice, req.clone(), None, 0).await;
+    assert_eq!(body["lists"]["all"]["count"], 2);
+    // Another connection of the user reads the same rooms in between.
+    let mut other = req.clone();
+    other["conn_id"] = json!("other");
+    ss(&alice, other, None, 0).await;
+
+    // A room joined and a room left since the position.
+    let c = bob.create_room(json!({ "preset": "public_chat", "name": "c" })).await;
+    alice.join(&c).await.ok();
+    alice.post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&b)), json!({})).await.ok();
+    let body = ss(&alice, req.clone(), Some(&pos(&body)), 0).await;
+    // The room left shows once, to tell the client.
+    assert_eq!(body["lists"]["all"]["count"], 3, "{body}");
+    assert_eq!(body["rooms"][&c]["initial"], true, "{body}");
+    assert_eq!(body["rooms"][&c]["name"], "c");
+    let c_stamp = body["rooms"][&c]["bump_stamp"].as_i64().unwrap();
+    let body = ss(&alice, req.clone(), Some(&pos(&body)), 0).await;
+    assert_eq!(body["lists"]["all"]["count"], 2, "{body}");
+
+    // Activity in room a moves it above c.
+    alice.send_text(&a, "news").await;
+    let body = ss(&alice, req, Some(&pos(&body)), 0).await;
+    assert_eq!(room_ids(&body), BTreeSet::from([a.clone()]), "{body}");
+    assert!(body["rooms"][&a]["bump_stamp"].as_i64().unwrap() > c_stamp, "{body}");
+}

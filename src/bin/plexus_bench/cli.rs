@@ -27,6 +27,7 @@ pub enum Scenario {
     InitialSync,
     JoinStorm,
     Federation,
+    SlidingSync,
 }
 
 impl Scenario {
@@ -37,6 +38,7 @@ impl Scenario {
             Scenario::InitialSync => "initial-sync",
             Scenario::JoinStorm => "join-storm",
             Scenario::Federation => "federation",
+            Scenario::SlidingSync => "sliding-sync",
         }
     }
 }
@@ -66,7 +68,12 @@ pub struct RunArgs {
     #[arg(long)]
     pub pid2: Option<u32>,
     /// Scenarios to run, in order.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "send,fanout,initial-sync,join-storm,federation")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "send,fanout,initial-sync,join-storm,federation,sliding-sync"
+    )]
     pub scenarios: Vec<Scenario>,
     /// Small sizes for a fast smoke run (flags given explicitly still win).
     #[arg(long)]
@@ -117,6 +124,12 @@ pub struct RunArgs {
     /// federation: messages for each of the latency and the burst phases.
     #[arg(long)]
     pub federation_messages: Option<usize>,
+    /// sliding-sync: rooms the long-polling user is in.
+    #[arg(long)]
+    pub sliding_rooms: Option<usize>,
+    /// sliding-sync: messages sent, one at a time, each into another room.
+    #[arg(long)]
+    pub sliding_updates: Option<usize>,
 }
 
 /// The sizes a run used, after the --quick preset and explicit flags.
@@ -133,6 +146,10 @@ pub struct Sizes {
     pub initial_iterations: usize,
     pub join_users: usize,
     pub federation_messages: usize,
+    #[serde(default)]
+    pub sliding_rooms: usize,
+    #[serde(default)]
+    pub sliding_updates: usize,
 }
 
 impl Sizes {
@@ -150,6 +167,8 @@ impl Sizes {
             initial_iterations: 5,
             join_users: 100,
             federation_messages: 100,
+            sliding_rooms: 1000,
+            sliding_updates: 100,
         }
     }
 
@@ -166,6 +185,8 @@ impl Sizes {
             initial_iterations: 3,
             join_users: 10,
             federation_messages: 10,
+            sliding_rooms: 20,
+            sliding_updates: 10,
         }
     }
 }
@@ -185,6 +206,8 @@ impl RunArgs {
             initial_iterations: self.initial_iterations.unwrap_or(base.initial_iterations).max(1),
             join_users: self.join_users.unwrap_or(base.join_users).max(1),
             federation_messages: self.federation_messages.unwrap_or(base.federation_messages).max(1),
+            sliding_rooms: self.sliding_rooms.unwrap_or(base.sliding_rooms).max(1),
+            sliding_updates: self.sliding_updates.unwrap_or(base.sliding_updates).max(1),
         }
     }
 }

@@ -235,6 +235,32 @@ impl User {
         let body: Value = serde_json::from_slice(&bytes).context("GET /sync: not JSON")?;
         Ok(SyncAnswer { body, received, bytes: bytes.len() })
     }
+    /// A Simplified Sliding Sync (MSC4186) request: `pos` continues a connection.
+    pub async fn sliding_sync(&self, pos: Option<&str>, timeout_ms: u64, body: &Value) -> anyhow::Result<SyncAnswer> {
+        let timeout = timeout_ms.to_string();
+        let mut query = vec![("timeout", timeout.as_str())];
+        if let Some(p) = pos {
+            query.push(("pos", p));
+        }
+        let resp = self
+            .server
+            .http
+            .post(self.server.url("/_matrix/client/unstable/org.matrix.simplified_msc3575/sync"))
+            .bearer_auth(&self.token)
+            .query(&query)
+            .json(body)
+            .send()
+            .await
+            .context("POST sliding sync")?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.context("sliding sync: reading the body")?;
+        let received = Instant::now();
+        if !status.is_success() {
+            bail!("sliding sync: {status} {}", String::from_utf8_lossy(&bytes));
+        }
+        let body: Value = serde_json::from_slice(&bytes).context("sliding sync: not JSON")?;
+        Ok(SyncAnswer { body, received, bytes: bytes.len() })
+    }
 }
 
 impl SyncAnswer {

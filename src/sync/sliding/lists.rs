@@ -1,6 +1,7 @@
 //! Room lists: the user's rooms sorted by recency (`bump_stamp`), filtered, cut to ranges.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
 
 use ruma::events::TimelineEventType;
 use serde::Deserialize;
@@ -62,33 +63,127 @@ impl Candidate {
     }
 }
 
-/// The rooms the user's lists draw from, most recent first. Rooms the user left on their
-/// own appear only when they left after `since` (so the client learns of it once).
-pub async fn candidates(svc: &Services, me: &Identity, since: Option<i64>) -> Result<Vec<Candidate>> {
-    let mut out: Vec<Candidate> = storage::sliding_sync::rooms_of_user(&svc.db, me.user_id.as_str())
-        .await?
-        .into_iter()
-        .filter(|r| match r.membership.as_str() {
-            "join" | "invite" | "knock" | "ban" => true,
-            "leave" => {
-                r.membership_sender != me.user_id.as_str()
-                    || since.is_some_and(|s| r.membership_pos.is_some_and(|p| p > s))
+/// Most room rows the cache keeps over all users; past it, it starts over.
+const CACHED_ROWS: usize = 200_000;
+
+/// Beyond this many rooms with news since a user's rows were read, reading them all again
+/// is cheaper than picking out the changed ones.
+const MAX_CHANGED_ROOMS: usize = 200;
+
+/// The room rows of each user with a sliding sync connection, as of a stream position, and
+/// brought up to date from what the stream says changed: a response for a user in 1,000
+/// rooms re-reads the rows of the rooms with news since the previous one, not all 1,000.
+/// Every change to a row (membership, bump stamp) comes with an event of that room on the
+/// stream, so the cache needs no invalidation, and it holds for every process of a cluster.
+#[derive(Default)]
+pub struct RoomListCache {
+    inner: Mutex<CachedRows>,
+}
+
+#[derive(Default)]
+struct CachedRows {
+    users: HashMap<String, UserRooms>,
+    rows: usize,
+}
+
+struct UserRooms {
+    /// The rows hold every change up to this stream position (and maybe later ones).
+    at: i64,
+    rooms: HashMap<String, ListedRoom>,
+}
+
+impl RoomListCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CachedRows> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `f` of the user's rows as of `stream` or later, reading from the database only the
+    /// rows of rooms with news since they were last read.
+    async fn with_rooms<T>(
+        &self,
+        svc: &Services,
+        user: &str,
+        stream: i64,
+        f: impl Fn(&HashMap<String, ListedRoom>) -> T,
+    ) -> Result<T> {
+        let base = match self.lock().users.get(user) {
+            Some(cached) if cached.at >= stream => return Ok(f(&cached.rooms)),
+            Some(cached) => Some(cached.at),
+            None => None,
+        };
+        if let Some(base) = base {
+            let news = storage::events::rooms_with_news(&svc.db, base, stream).await?;
+            if news.len() <= MAX_CHANGED_ROOMS {
+                let ids: Vec<&str> = news.iter().map(String::as_str).collect();
+                let fresh = storage::sliding_sync::rooms_of_user_among(&svc.db, user, &ids).await?;
+                let mut cache = self.lock();
+                let CachedRows { users, rows } = &mut *cache;
+                // Another request may have moved the rows meanwhile: then read them all.
+                if let Some(cached) = users.get_mut(user).filter(|c| c.at == base) {
+                    for id in &news {
+                        *rows -= usize::from(cached.rooms.remove(id).is_some());
+                    }
+                    *rows += fresh.len();
+                    cached.rooms.extend(fresh.into_iter().map(|r| (r.room_id.clone(), r)));
+                    cached.at = stream;
+                    return Ok(f(&cached.rooms));
+                }
             }
-            _ => false,
+        }
+        let rooms: HashMap<String, ListedRoom> = storage::sliding_sync::rooms_of_user(&svc.db, user)
+            .await?
+            .into_iter()
+            .map(|r| (r.room_id.clone(), r))
+            .collect();
+        let answer = f(&rooms);
+        let mut cache = self.lock();
+        if cache.users.get(user).is_none_or(|c| c.at < stream) {
+            if cache.rows + rooms.len() > CACHED_ROWS {
+                *cache = CachedRows::default();
+            }
+            cache.rows += rooms.len();
+            if let Some(old) = cache.users.insert(user.to_owned(), UserRooms { at: stream, rooms }) {
+                cache.rows -= old.rooms.len();
+            }
+        }
+        Ok(answer)
+    }
+}
+
+/// The rooms the user's lists draw from as of `stream`, most recent first. Rooms the user
+/// left on their own appear only when they left after `since` (so the client learns of it
+/// once).
+pub async fn candidates(svc: &Services, me: &Identity, since: Option<i64>, stream: i64) -> Result<Vec<Candidate>> {
+    let user = me.user_id.as_str();
+    let mut out: Vec<Candidate> = svc
+        .sliding_rooms
+        .with_rooms(svc, user, stream, |rooms| {
+            rooms.values().filter(|r| listed(r, user, since)).map(|room| Candidate::of(room.clone())).collect()
         })
-        .map(|room| {
-            let membership_pos = room.membership_pos.unwrap_or(0);
-            // A joined room moves with its activity (and the join itself); otherwise the
-            // membership event is the last thing the user saw happen.
-            let bump_stamp = match room.membership.as_str() {
-                "join" => room.bump_pos.unwrap_or(0).max(membership_pos),
-                _ => membership_pos,
-            };
-            Candidate { room, bump_stamp }
-        })
-        .collect();
+        .await?;
     out.sort_by(|a, b| b.bump_stamp.cmp(&a.bump_stamp).then_with(|| a.room.room_id.cmp(&b.room.room_id)));
     Ok(out)
+}
+
+fn listed(room: &ListedRoom, user: &str, since: Option<i64>) -> bool {
+    match room.membership.as_str() {
+        "join" | "invite" | "knock" | "ban" => true,
+        "leave" => room.membership_sender != user || since.is_some_and(|s| room.membership_pos.is_some_and(|p| p > s)),
+        _ => false,
+    }
+}
+
+impl Candidate {
+    fn of(room: ListedRoom) -> Self {
+        let membership_pos = room.membership_pos.unwrap_or(0);
+        // A joined room moves with its activity (and the join itself); otherwise the
+        // membership event is the last thing the user saw happen.
+        let bump_stamp = match room.membership.as_str() {
+            "join" => room.bump_pos.unwrap_or(0).max(membership_pos),
+            _ => membership_pos,
+        };
+        Candidate { room, bump_stamp }
+    }
 }
 
 /// Facts about the user's rooms that filters need, each read once per request when a

@@ -115,7 +115,7 @@ async fn compute(
     typing: u64,
 ) -> Result<(Value, Vec<Sent>, bool)> {
     let since = conn.since.map(|p| p.stream);
-    let candidates = lists::candidates(svc, me, since).await?;
+    let candidates = lists::candidates(svc, me, since, stream).await?;
     let by_id: HashMap<&str, &Candidate> = candidates.iter().map(|c| (c.room.room_id.as_str(), c)).collect();
     let mut lookups = Lookups::default();
 

@@ -165,12 +165,10 @@ async fn timeline_window(
         events.clear();
     }
     events.reverse();
-    let start = match events.first() {
-        Some(first) => {
-            storage::events::get(&svc.db, first.event_id.as_str()).await?.and_then(|e| e.stream_pos).unwrap_or(up_to)
-                - 1
-        }
-        None => up_to,
+    // Positions come newest first, as the events did.
+    let start = match page.positions.last() {
+        Some(oldest) if !events.is_empty() => oldest - 1,
+        _ => up_to,
     };
     let from = if limit == 0 { up_to } else { page.next.unwrap_or(start) };
     Ok((events, limited, SyncToken::at(from).to_string(), any))

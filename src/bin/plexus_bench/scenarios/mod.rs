@@ -6,6 +6,7 @@ mod federation;
 mod initial_sync;
 mod join_storm;
 mod send;
+mod sliding_sync;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -40,6 +41,7 @@ pub async fn run_one(ctx: &Ctx, scenario: Scenario) -> ScenarioResult {
         Scenario::InitialSync => initial_sync::run(ctx, &mut result).await,
         Scenario::JoinStorm => join_storm::run(ctx, &mut result).await,
         Scenario::Federation => federation::run(ctx, &mut result).await,
+        Scenario::SlidingSync => sliding_sync::run(ctx, &mut result).await,
     };
     if let Err(e) = outcome {
         result.error = Some(format!("{e:#}"));
