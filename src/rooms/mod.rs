@@ -321,20 +321,32 @@ pub async fn send_create(
     content: Value,
 ) -> Result<OwnedRoomId> {
     let rules = versions::rules(version)?;
-    let room_id = if rules.authorization.room_create_event_id_as_room_id {
-        None
-    } else {
-        Some(ruma::RoomId::new_v1(
-            svc.config.server_name.as_str().try_into().map_err(|e: ruma::IdParseError| Error::Internal(e.into()))?,
-        ))
-    };
     let draft = Draft::state(TimelineEventType::RoomCreate, "", content);
     let empty = StateMap::new();
-    let built = build(svc, version, room_id.as_deref(), sender, &draft, &[], &empty).await?;
-    let room_id = built.pdu.room_id.clone();
-    let mut tx = svc.db.begin().await?;
-    storage::rooms::create(&mut tx, room_id.as_str(), version.as_str(), sender.as_str()).await?;
-    tx.commit().await?;
+    let (built, room_id) = loop {
+        let room_id = if rules.authorization.room_create_event_id_as_room_id {
+            None
+        } else {
+            Some(ruma::RoomId::new_v1(
+                svc.config
+                    .server_name
+                    .as_str()
+                    .try_into()
+                    .map_err(|e: ruma::IdParseError| Error::Internal(e.into()))?,
+            ))
+        };
+        let built = build(svc, version, room_id.as_deref(), sender, &draft, &[], &empty).await?;
+        let room_id = built.pdu.room_id.clone();
+        let mut tx = svc.db.begin().await?;
+        let created = storage::rooms::create(&mut tx, room_id.as_str(), version.as_str(), sender.as_str()).await?;
+        tx.commit().await?;
+        if created {
+            break (built, room_id);
+        }
+        // Room version 12 derives the room ID from the create event, so one user creating
+        // two rooms alike in the same millisecond would get one room: build again later.
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    };
     let _guard = svc.rooms.lock(&svc.db, &room_id).await?;
     append_local(svc, built, &empty, None, None).await?;
     Ok(room_id)

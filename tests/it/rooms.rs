@@ -266,3 +266,18 @@ async fn profile_changes_update_member_events_of_joined_rooms() {
     let member = state(&alice, &joined, "m.room.member", &bob.user_id).await;
     assert_eq!(member, json!({ "membership": "join", "avatar_url": "mxc://x/a" }));
 }
+
+/// Room version 12 derives the room ID from the create event: rooms created alike at the same
+/// moment by one user must still be distinct rooms.
+#[tokio::test]
+async fn concurrent_creations_by_one_user_make_distinct_rooms() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let rooms = futures::future::join_all((0..8).map(|_| alice.create_room(json!({})))).await;
+    let distinct: BTreeSet<&String> = rooms.iter().collect();
+    assert_eq!(distinct.len(), rooms.len(), "{rooms:?}");
+    for room in &rooms {
+        let members = alice.get(&format!("/_matrix/client/v3/rooms/{}/joined_members", enc(room))).await.ok();
+        assert!(members["joined"][alice.user_id.as_str()].is_object(), "{room}: {members}");
+    }
+}
