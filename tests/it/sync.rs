@@ -341,3 +341,29 @@ async fn a_window_read_from_memory_answers_as_the_database_does() {
     assert_eq!(entry["unread_notifications"]["notification_count"], json!(3), "{entry}");
     assert_eq!(entry, without_age(&from_db));
 }
+
+/// A purge keeps local events out of the timeline: a window over them, which memory would
+/// otherwise answer, must not show them.
+#[tokio::test]
+async fn a_purge_keeps_purged_events_out_of_windows_read_from_memory() {
+    let server = TestServer::start().await;
+    let admin = server.register("root").await;
+    let mut tx = server.state.db.begin().await.unwrap();
+    plexus::storage::users::set_admin(&mut tx, &admin.user_id, true).await.unwrap();
+    tx.commit().await.unwrap();
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.join(&room).await.ok();
+    alice.send_text(&room, "warm-up").await;
+    let since = bob.sync("timeout=0").await["next_batch"].as_str().unwrap().to_owned();
+    alice.send_text(&room, "purged").await;
+    let kept = alice.send_text(&room, "kept").await;
+    let path = format!("/_synapse/admin/v1/purge_history/{}", enc(&room));
+    let id =
+        admin.post(&path, json!({ "purge_up_to_event_id": kept })).await.ok()["purge_id"].as_str().unwrap().to_owned();
+    let status = format!("/_synapse/admin/v1/purge_history_status/{id}");
+    crate::harness::wait_for("the purge", async || admin.get(&status).await.ok()["status"] == "complete").await;
+    let body = bob.sync(&format!("timeout=0&since={since}")).await;
+    assert_eq!(timeline_ids(&body, "join", &room), vec![kept], "{body}");
+}
