@@ -56,6 +56,8 @@ pub enum Message {
     PushRulesChanged { user: OwnedUserId },
     /// A user's presence changed: drop what is known of it here.
     PresenceChanged { user: OwnedUserId },
+    /// A room's history was purged: recently appended events may be gone from the timeline.
+    HistoryPurged,
     /// A user's access tokens, devices or account flags changed: drop their cached tokens.
     TokensChanged { user: OwnedUserId },
     /// A room's head (extremities, current state, members) changed: drop it from memory.
@@ -195,6 +197,7 @@ async fn apply(svc: &Services, message: &Message, own: bool) {
         Message::EventChanged { event_id } => svc.rooms.forget_event(event_id),
         Message::PushRulesChanged { user } => svc.push.forget(user),
         Message::PresenceChanged { user } => svc.presence.forget(user),
+        Message::HistoryPurged => svc.notifier.recent.clear(),
         Message::TokensChanged { user } => svc.token_cache.forget_user_here(user),
         Message::RoomHeadChanged { room } => crate::rooms::head::forget_here(svc, room),
         Message::Erased { user, erased: true } => svc.erased_users.insert(user),
@@ -345,6 +348,7 @@ async fn connect_listener(url: &str) -> sqlx::Result<sqlx::postgres::PgListener>
 /// wake every long-poll, so that each looks at the database again.
 async fn resynchronise(svc: &Services) {
     svc.rooms.forget_all_events();
+    svc.notifier.recent.clear();
     crate::rooms::head::forget_all(svc);
     svc.token_cache.forget_all();
     svc.push.forget_all();

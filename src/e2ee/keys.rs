@@ -35,6 +35,18 @@ pub async fn one_time_key_counts(db: &Db, user_id: &str, device_id: &str) -> Res
     Ok(counts)
 }
 
+/// `device_one_time_keys_count` (as [`one_time_key_counts`]) and
+/// `device_unused_fallback_key_types` of `/sync`, read together.
+pub async fn device_key_status(
+    db: &Db,
+    user_id: &str,
+    device_id: &str,
+) -> Result<(BTreeMap<String, i64>, Vec<String>)> {
+    let (mut counts, fallback) = e2ee_keys::device_key_status(db, user_id, device_id).await?;
+    counts.entry(SIGNED_CURVE25519.to_owned()).or_insert(0);
+    Ok((counts, fallback))
+}
+
 /// Stores the keys of the caller's device; answers the one-time key counts.
 pub async fn upload(state: &AppState, me: &Identity, body: Upload) -> Result<BTreeMap<String, i64>> {
     let user_id = me.user_id.as_str();

@@ -107,15 +107,49 @@ async fn deliver_local<'a>(
 }
 
 /// Drops the device's messages up to `up_to`, which the client acknowledged (a sync token).
-/// Most syncs have nothing to acknowledge: they are answered without a write.
+/// Most syncs have nothing to acknowledge: they are answered without a write, and mostly
+/// without a read (see [`NoneWaiting`]).
 pub async fn acknowledge(svc: &Services, me: &Identity, up_to: i64) -> Result<()> {
+    if svc.to_device_none_waiting.known(me, up_to) {
+        return Ok(());
+    }
     let (user, device) = (me.user_id.as_str(), me.device_id.as_str());
     if to_device::any_up_to(&svc.db, user, device, up_to).await? {
         let mut tx = svc.db.begin().await?;
         to_device::delete_up_to(&mut tx, user, device, up_to).await?;
         tx.commit().await?;
     }
+    svc.to_device_none_waiting.learn(me, up_to);
     Ok(())
+}
+
+/// Devices entries kept before starting again (each is a few dozen bytes).
+const NONE_WAITING_LIMIT: usize = 100_000;
+
+/// Per device, a stream position up to which no message waits for it. Such a fact stays
+/// true (a new message takes a position after every committed one, and only acknowledgements
+/// delete), in every process of the database, so it needs no invalidation: a sync learns it
+/// when it acknowledged or found nothing up to its token's position, and the next sync from
+/// that token skips the probe.
+#[derive(Default)]
+pub struct NoneWaiting(std::sync::Mutex<std::collections::HashMap<(OwnedUserId, String), i64>>);
+
+impl NoneWaiting {
+    /// Whether no message for the device is known to wait at a position up to `pos`.
+    pub fn known(&self, me: &Identity, pos: i64) -> bool {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&(me.user_id.clone(), me.device_id.clone())).is_some_and(|&known| pos <= known)
+    }
+
+    /// No message waits for the device at a position up to `pos`.
+    pub fn learn(&self, me: &Identity, pos: i64) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= NONE_WAITING_LIMIT {
+            map.clear();
+        }
+        let known = map.entry((me.user_id.clone(), me.device_id.clone())).or_insert(pos);
+        *known = (*known).max(pos);
+    }
 }
 
 /// The to-device events waiting for a device at stream positions in (`after`, `up_to`],

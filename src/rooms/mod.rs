@@ -755,6 +755,21 @@ pub(crate) async fn append(
         head::forget(svc, &pdu.room_id);
         return Err(e.into());
     }
+    // For the long-polls this append wakes (before the wake-up, so they find it).
+    svc.notifier.recent.record(
+        storage::events::StoredEvent {
+            event_id: pdu.event_id.to_string(),
+            room_id: room.to_owned(),
+            json: stored.json.to_string(),
+            stream_pos: Some(pos),
+            state_group: group,
+            redacted_by: None,
+            rejected: false,
+            event_type,
+            state_key: pdu.state_key.clone(),
+        },
+        relation.is_some(),
+    );
     svc.rooms.cache_event(stored);
     if let Some(target) = &redacted {
         svc.rooms.forget_event(target);

@@ -121,6 +121,9 @@ pub async fn purge_before(svc: &Services, room_id: &RoomId, before: i64, delete_
     let mut tx = svc.db.begin().await?;
     let purged = storage::purge::history(&mut tx, room_id.as_str(), before, &kept_senders).await?;
     tx.commit().await?;
+    // Recent appends may be among what is gone or now kept out of the timeline, here and in
+    // the other processes.
+    crate::cluster::publish(svc, crate::cluster::Message::HistoryPurged).await;
     for id in &purged.deleted {
         if let Ok(id) = EventId::parse(id) {
             svc.rooms.forget_event(&id);

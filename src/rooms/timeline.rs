@@ -41,12 +41,14 @@ pub async fn paginate(
     let mut event_positions = Vec::new();
     let mut cursor = from;
     loop {
-        let rows = if backwards {
-            storage::events::timeline_range(&svc.db, room_id.as_str(), to.unwrap_or(i64::MIN), cursor, batch, true)
-                .await?
-        } else {
-            storage::events::timeline_range(&svc.db, room_id.as_str(), cursor, to.unwrap_or(i64::MAX), batch, false)
-                .await?
+        let (after, up_to) = match backwards {
+            true => (to.unwrap_or(i64::MIN), cursor),
+            false => (cursor, to.unwrap_or(i64::MAX)),
+        };
+        // The latest positions are mostly known in memory (a woken /sync reads only those).
+        let rows = match svc.notifier.recent.timeline_range(room_id.as_str(), after, up_to, batch, backwards) {
+            Some(rows) => rows,
+            None => storage::events::timeline_range(&svc.db, room_id.as_str(), after, up_to, batch, backwards).await?,
         };
         let exhausted = (rows.len() as i64) < batch;
         let positions: Vec<i64> = rows.iter().filter_map(|r| r.stream_pos).collect();

@@ -224,6 +224,37 @@ pub async fn device_unused_fallback_key_types(db: &Db, user_id: &str, device_id:
     .await
 }
 
+/// A device's unclaimed one-time keys per algorithm and its unused fallback key types
+/// (sorted), in one statement: every `/sync` answer carries both.
+pub async fn device_key_status(
+    db: &Db,
+    user_id: &str,
+    device_id: &str,
+) -> sqlx::Result<(BTreeMap<String, i64>, Vec<String>)> {
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT algorithm, COUNT(*), CAST(0 AS BIGINT) FROM e2e_one_time_keys
+         WHERE user_id = $1 AND device_id = $2 GROUP BY algorithm
+         UNION ALL
+         SELECT algorithm, CAST(0 AS BIGINT), CAST(1 AS BIGINT) FROM e2e_fallback_keys
+         WHERE user_id = $1 AND device_id = $2 AND used = 0",
+    )
+    .bind(user_id)
+    .bind(device_id)
+    .fetch_all(db.read())
+    .await?;
+    let (mut counts, mut fallback) = (BTreeMap::new(), Vec::new());
+    for (algorithm, count, is_fallback) in rows {
+        match is_fallback {
+            0 => {
+                counts.insert(algorithm, count);
+            }
+            _ => fallback.push(algorithm),
+        }
+    }
+    fallback.sort_unstable();
+    Ok((counts, fallback))
+}
+
 /// The devices of one user a deletion covers.
 #[derive(Debug, Clone, Copy)]
 pub enum DeviceSet<'a> {

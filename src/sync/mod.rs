@@ -2,6 +2,7 @@
 
 pub mod filter;
 pub mod notifier;
+pub mod recent;
 pub mod sliding;
 pub mod token;
 pub mod v2;

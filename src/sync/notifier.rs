@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use ruma::{OwnedUserId, UserId};
 use tokio::sync::watch;
 
+use super::recent::RecentEvents;
 use crate::cluster::{Message, Publisher};
 
 #[derive(Default)]
@@ -20,6 +21,8 @@ pub struct Notifier {
     stopping: AtomicBool,
     /// The other processes of the database.
     others: Publisher,
+    /// What the wake-ups of this process's appends were about, for the syncs they wake.
+    pub recent: RecentEvents,
 }
 
 impl Notifier {

@@ -12,6 +12,7 @@ use ruma::{OwnedEventId, OwnedRoomId, RoomId, UserId};
 use serde_json::{Map, Value, json};
 
 use super::filter::{Filter, RoomEventFilter};
+use super::recent::Span;
 use super::token::SyncToken;
 use crate::Services;
 use crate::accounts::Identity;
@@ -112,21 +113,29 @@ async fn compute(svc: &Services, me: &Identity, req: &SyncRequest, mut now: Sync
     let room_filter = &req.filter.room;
     let mut news = false;
 
+    // A window of nothing but events this process appended (a long-poll woken by a send)
+    // is known from memory; a to-device batch cut short leaves messages before the window.
+    let span = match req.since {
+        Some(s) if s.to_device.is_none() => svc.notifier.recent.span(s.stream, now.stream),
+        _ => None,
+    };
     // One statement says which kinds of news there are; only their queries run.
-    let kinds = match since {
-        Some(s) => storage::sync::news_kinds(&svc.db, user, &me.device_id, s, now.stream).await?,
-        None => NewsKinds::ALL,
+    let kinds = match (since, &span) {
+        (_, Some(span)) => span.kinds(user),
+        (Some(s), None) => storage::sync::news_kinds(&svc.db, user, &me.device_id, s, now.stream).await?,
+        (None, None) => NewsKinds::ALL,
     };
     // Rooms whose timeline or the user's membership changed since the token.
-    let (changed_rooms, membership_changed): (HashSet<String>, HashSet<String>) = match since {
-        Some(s) => (
+    let (changed_rooms, membership_changed): (HashSet<String>, HashSet<String>) = match (since, &span) {
+        (_, Some(span)) => (span.rooms(), span.membership_changes(user)),
+        (Some(s), None) => (
             storage::events::rooms_with_news(&svc.db, s, now.stream).await?.into_iter().collect(),
             match kinds.own_membership {
                 true => storage::events::membership_changes(&svc.db, user, s, now.stream).await?.into_iter().collect(),
                 false => HashSet::new(),
             },
         ),
-        None => (HashSet::new(), HashSet::new()),
+        (None, None) => (HashSet::new(), HashSet::new()),
     };
     // A typing serial from before a restart is meaningless: resend all typing state.
     let typing_since = req.since.map(|s| if s.typing > now.typing { 0 } else { s.typing });
@@ -140,15 +149,29 @@ async fn compute(svc: &Services, me: &Identity, req: &SyncRequest, mut now: Sync
         None => storage::account_data::changed_since(&svc.db, user, -1).await?,
     };
 
-    // Receipts are read only in the rooms that have new ones (one query, not one per room).
+    // Receipts are read only in the rooms that have new ones (one query, not one per room);
+    // a window known from memory has none.
     let receipt_rooms = match since {
-        Some(s) if room_filter.ephemeral.allows_type("m.receipt") => {
+        Some(s) if span.is_none() && room_filter.ephemeral.allows_type("m.receipt") => {
             storage::receipts::rooms_changed(&svc.db, s, now.stream).await?.into_iter().collect()
         }
         _ => HashSet::new(),
     };
-    // One query for every membership of the user, instead of one per membership kind.
-    let memberships = storage::rooms::memberships_of_user(&svc.db, user).await?;
+    let changes = Changes {
+        rooms: changed_rooms,
+        memberships: membership_changed,
+        typing: typing_changed,
+        receipts: receipt_rooms,
+        account_data: room_data,
+    };
+
+    // One query for every membership of the user, instead of one per membership kind; when
+    // only the timelines of some rooms changed, just the user's membership in those, from
+    // their heads.
+    let memberships = match &span {
+        Some(_) if changes.memberships.is_empty() => memberships_in(svc, &me.user_id, &changes.rooms).await?,
+        _ => storage::rooms::memberships_of_user(&svc.db, user).await?,
+    };
     let rooms_with = |wanted: &str| -> Vec<String> {
         memberships.iter().filter(|(_, m)| m == wanted).map(|(r, _)| r.clone()).collect()
     };
@@ -179,7 +202,7 @@ async fn compute(svc: &Services, me: &Identity, req: &SyncRequest, mut now: Sync
         .flatten()
         .collect();
     news |= !joined.is_empty();
-    let join = joined_rooms_json(svc, me, &req.filter, joined).await?;
+    let join = joined_rooms_json(svc, me, &req.filter, joined, span.as_ref()).await?;
 
     let mut invite = Map::new();
     let mut knock = Map::new();
@@ -277,6 +300,9 @@ async fn compute(svc: &Services, me: &Identity, req: &SyncRequest, mut now: Sync
     }
     if !to_device.is_empty() {
         news = true;
+    } else {
+        // Nothing waits up to this answer's position: the sync from its token need not look.
+        svc.to_device_none_waiting.learn(me, now.stream);
     }
     let (changed, left) = match since {
         Some(s) if kinds.device_lists || kinds.any_membership => {
@@ -287,8 +313,7 @@ async fn compute(svc: &Services, me: &Identity, req: &SyncRequest, mut now: Sync
     if !changed.is_empty() || !left.is_empty() {
         news = true;
     }
-    let otk_counts = crate::e2ee::keys::one_time_key_counts(&svc.db, user, &me.device_id).await?;
-    let fallback = storage::e2ee_keys::device_unused_fallback_key_types(&svc.db, user, &me.device_id).await?;
+    let (otk_counts, fallback) = crate::e2ee::keys::device_key_status(&svc.db, user, &me.device_id).await?;
     let body = json!({
         "next_batch": now.to_string(),
         "rooms": { "join": join, "invite": invite, "knock": knock, "leave": leave },
@@ -302,6 +327,21 @@ async fn compute(svc: &Services, me: &Identity, req: &SyncRequest, mut now: Sync
     Ok((body, news))
 }
 
+/// The user's memberships in these rooms (current state), as `memberships_of_user` lists
+/// them.
+async fn memberships_in(svc: &Services, user: &UserId, rooms: &HashSet<String>) -> Result<Vec<(String, String)>> {
+    let mut memberships = Vec::new();
+    for room in rooms {
+        let room_id = RoomId::parse(room).map_err(|e| Error::Internal(e.into()))?;
+        if let Some(head) = rooms::head::find(svc, &room_id).await?
+            && let Some(member) = head.members.get(user.as_str())
+        {
+            memberships.push((room.clone(), member.membership.clone()));
+        }
+    }
+    Ok(memberships)
+}
+
 /// The state entries that differ between two state maps (those of `to`).
 pub(crate) fn state_delta(from: &StateMap, to: &StateMap) -> Vec<OwnedEventId> {
     to.iter().filter(|(k, v)| from.get(*k) != Some(*v)).map(|(_, v)| v.clone()).collect()
@@ -311,9 +351,14 @@ pub(crate) fn state_delta(from: &StateMap, to: &StateMap) -> Vec<OwnedEventId> {
 /// state the room had when this server joined it over federation (empty for rooms created
 /// here).
 pub(crate) async fn state_at(svc: &Services, room_id: &RoomId, pos: i64) -> Result<Arc<StateMap>> {
-    let group = match storage::events::group_at_or_before(&svc.db, room_id.as_str(), pos).await? {
+    let room = room_id.as_str();
+    let last = match svc.notifier.recent.group_at_or_before(room, pos) {
+        Some(group) => Some(group),
+        None => storage::events::group_at_or_before(&svc.db, room, pos).await?,
+    };
+    let group = match last {
         Some(group) => group,
-        None => storage::rooms::base_state_group(&svc.db, room_id.as_str()).await?,
+        None => storage::rooms::base_state_group(&svc.db, room).await?,
     };
     match group {
         Some(g) => rooms::state::load(svc, g).await,
@@ -473,12 +518,14 @@ async fn joined_room(
 }
 
 /// The `rooms.join` object: every room's events formatted in one batch, and the unread
-/// counts of all rooms read in one query.
+/// counts of all rooms read in one query. Events of a window known from memory (`span`)
+/// that nothing in it relates to have no aggregations to read.
 async fn joined_rooms_json(
     svc: &Services,
     me: &Identity,
     filter: &Filter,
     rooms: Vec<JoinedRoom>,
+    span: Option<&Span>,
 ) -> Result<Map<String, Value>> {
     let room_ids: Vec<&str> = rooms.iter().map(|r| r.room.as_str()).collect();
     let unread = crate::push::unread_counts_by_room(svc, &me.user_id, &room_ids).await?;
@@ -488,7 +535,8 @@ async fn joined_rooms_json(
         members.entry(room).or_default().push((user, membership));
     }
     let pdus: Vec<&Pdu> = rooms.iter().flat_map(|r| r.timeline.iter().chain(r.state.iter())).map(|e| &**e).collect();
-    let mut formatted = client_events(svc, &pdus, Some(viewer(me)), true).await?.into_iter();
+    let bundle = !span.is_some_and(|s| s.nothing_to_bundle(pdus.iter().map(|p| p.event_id.as_str())));
+    let mut formatted = client_events(svc, &pdus, Some(viewer(me)), bundle).await?.into_iter();
     let per_thread = filter.room.timeline.unread_thread_notifications;
     let mut join = Map::new();
     for room in rooms {

@@ -281,3 +281,89 @@ async fn until_arrived(
     }
     panic!("never arrived; last answer {body}");
 }
+
+/// A window of nothing but messages appended by this process is answered from memory; with
+/// any other position in it (here the state group of a topic change elsewhere) from the
+/// database. Both must say the same about the room.
+#[tokio::test]
+async fn a_window_read_from_memory_answers_as_the_database_does() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let elsewhere = alice.create_room(json!({})).await;
+    bob.join(&room).await.ok();
+    let filter = enc(
+        r#"{"room":{"state":{"lazy_load_members":true,"include_redundant_members":true},"timeline":{"limit":10}}}"#,
+    );
+    // Bob's push rules are stored (as account data) when a first message concerns him.
+    alice.send_text(&room, "warm-up").await;
+    let next = |b: &Value| b["next_batch"].as_str().unwrap().to_owned();
+    let before_gap = next(&bob.sync(&format!("timeout=0&filter={filter}")).await);
+    let path = format!("/_matrix/client/v3/rooms/{}/state/m.room.topic/", enc(&elsewhere));
+    alice.put(&path, json!({ "topic": "a gap" })).await.ok();
+    let after_gap = next(&bob.sync(&format!("timeout=0&filter={filter}&since={before_gap}")).await);
+
+    let root = alice.send_text(&room, "one").await;
+    let waiter = {
+        let bob = bob.clone();
+        let (since, filter) = (after_gap.clone(), filter.clone());
+        tokio::spawn(async move { bob.sync(&format!("timeout=10000&filter={filter}&since={since}")).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let reply =
+        json!({ "msgtype": "m.text", "body": "two", "m.relates_to": { "rel_type": "m.thread", "event_id": root } });
+    let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/thread-reply-1", enc(&room));
+    let reply = alice.put(&path, reply).await.ok()["event_id"].as_str().unwrap().to_owned();
+    // Both messages are in one answer (the long-poll may have woken at the first one).
+    let mut from_memory = waiter.await.unwrap();
+    if timeline_ids(&from_memory, "join", &room).len() < 2 {
+        from_memory = bob.sync(&format!("timeout=0&filter={filter}&since={after_gap}")).await;
+    }
+    let from_db = bob.sync(&format!("timeout=0&filter={filter}&since={before_gap}")).await;
+    assert_eq!(from_memory["next_batch"], from_db["next_batch"]);
+    let without_age = |b: &Value| {
+        let mut entry = b["rooms"]["join"][&room].clone();
+        for section in ["timeline", "state"] {
+            for event in entry[section]["events"].as_array_mut().unwrap() {
+                event["unsigned"].as_object_mut().unwrap().remove("age");
+                if let Some(latest) = event["unsigned"].pointer_mut("/m.relations/m.thread/latest_event/unsigned") {
+                    latest.as_object_mut().unwrap().remove("age");
+                }
+            }
+        }
+        entry
+    };
+    let entry = without_age(&from_memory);
+    assert_eq!(timeline_ids(&from_memory, "join", &room), vec![root.clone(), reply.clone()]);
+    assert_eq!(entry["timeline"]["events"][0]["unsigned"]["m.relations"]["m.thread"]["count"], json!(1), "{entry}");
+    assert_eq!(entry["state"]["events"][0]["state_key"], json!(alice.user_id), "{entry}");
+    assert_eq!(entry["unread_notifications"]["notification_count"], json!(3), "{entry}");
+    assert_eq!(entry, without_age(&from_db));
+}
+
+/// A purge keeps local events out of the timeline: a window over them, which memory would
+/// otherwise answer, must not show them.
+#[tokio::test]
+async fn a_purge_keeps_purged_events_out_of_windows_read_from_memory() {
+    let server = TestServer::start().await;
+    let admin = server.register("root").await;
+    let mut tx = server.state.db.begin().await.unwrap();
+    plexus::storage::users::set_admin(&mut tx, &admin.user_id, true).await.unwrap();
+    tx.commit().await.unwrap();
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.join(&room).await.ok();
+    alice.send_text(&room, "warm-up").await;
+    let since = bob.sync("timeout=0").await["next_batch"].as_str().unwrap().to_owned();
+    alice.send_text(&room, "purged").await;
+    let kept = alice.send_text(&room, "kept").await;
+    let path = format!("/_synapse/admin/v1/purge_history/{}", enc(&room));
+    let id =
+        admin.post(&path, json!({ "purge_up_to_event_id": kept })).await.ok()["purge_id"].as_str().unwrap().to_owned();
+    let status = format!("/_synapse/admin/v1/purge_history_status/{id}");
+    crate::harness::wait_for("the purge", async || admin.get(&status).await.ok()["status"] == "complete").await;
+    let body = bob.sync(&format!("timeout=0&since={since}")).await;
+    assert_eq!(timeline_ids(&body, "join", &room), vec![kept], "{body}");
+}

@@ -78,6 +78,13 @@ pub async fn run(ctx: &Ctx, result: &mut ScenarioResult) -> anyhow::Result<()> {
     result.latency("send latency", &send_latencies);
     result.metric("deliveries", latencies.len() as f64, "");
     result.metric("missing deliveries", missing as f64, "");
+    // Each delivery costs the server a woken /sync, the receiver's next long-poll arriving,
+    // and its share of the send.
+    if let Some(server) = &result.server
+        && !latencies.is_empty()
+    {
+        result.metric("server CPU per delivery", server.cpu_seconds * 1e6 / latencies.len() as f64, "µs");
+    }
     result.notes.push(format!(
         "{} receivers, {} messages, {} ms pause after each; delivery = sync answer received - send answered; \
          {early} deliveries arrived before the send's answer and count as 0 ms",

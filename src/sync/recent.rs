@@ -1,0 +1,209 @@
+//! The timeline events this process appended lately, by stream position, so that a woken
+//! long-poll reads its window (since, now] from memory instead of asking the database.
+//!
+//! Exactness rests on one rule: a window is answered from here only when *every* position
+//! in it is an event recorded here. Everything else that takes a stream position (receipts,
+//! account data, presence, to-device messages, device-list changes, state group IDs, events
+//! appended by another process or outside `rooms::append`) is not recorded, so a window
+//! containing any of it is a gap, and the sync asks the database as before. Positions are
+//! recorded after their commit, before the wake-up; a sync that looks in between sees a gap.
+//!
+//! What an entry holds never changes after the commit except by a redaction or a purge:
+//! redacted content is read through the event cache (invalidated by the redaction), and a
+//! purge clears the log.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use crate::storage::events::StoredEvent;
+use crate::storage::sync::NewsKinds;
+
+/// Positions kept (the oldest are dropped first): several seconds of a busy server, enough
+/// for every long-poll that is back waiting.
+const CAPACITY: usize = 4096;
+
+#[derive(Default)]
+pub struct RecentEvents {
+    events: Mutex<BTreeMap<i64, Arc<Recent>>>,
+}
+
+struct Recent {
+    row: StoredEvent,
+    /// The event relates to another (`m.relates_to`): the target's aggregations changed.
+    relates: bool,
+}
+
+/// The events at every position of a window, oldest first.
+pub struct Span(Vec<Arc<Recent>>);
+
+impl RecentEvents {
+    /// Records an event appended to the timeline at `row.stream_pos`, once committed.
+    pub fn record(&self, row: StoredEvent, relates: bool) {
+        let Some(pos) = row.stream_pos else { return };
+        let mut events = self.lock();
+        events.insert(pos, Arc::new(Recent { row, relates }));
+        while events.len() > CAPACITY {
+            events.pop_first();
+        }
+    }
+
+    /// Forgets everything (history was purged).
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
+    /// The events of (`after`, `up_to`], when every position in it is one recorded here.
+    pub fn span(&self, after: i64, up_to: i64) -> Option<Span> {
+        let len = usize::try_from(up_to.checked_sub(after)?).ok()?;
+        if len == 0 {
+            return Some(Span(Vec::new()));
+        }
+        if len > CAPACITY {
+            return None;
+        }
+        let events = self.lock();
+        let found: Vec<Arc<Recent>> = events.range(after + 1..=up_to).map(|(_, e)| e.clone()).collect();
+        (found.len() == len).then_some(Span(found))
+    }
+
+    /// The timeline rows of a room in (`after`, `up_to`] as `storage::events::timeline_range`
+    /// reads them, when every position in it is recorded here.
+    pub fn timeline_range(
+        &self,
+        room_id: &str,
+        after: i64,
+        up_to: i64,
+        limit: i64,
+        newest_first: bool,
+    ) -> Option<Vec<StoredEvent>> {
+        let span = self.span(after, up_to)?;
+        let rows = span.rows().filter(|e| e.room_id == room_id && !e.rejected).cloned();
+        let limit = usize::try_from(limit).unwrap_or(0);
+        Some(match newest_first {
+            true => rows.rev().take(limit).collect(),
+            false => rows.take(limit).collect(),
+        })
+    }
+
+    /// The state group of a room's last event at or before `pos` (the answer of
+    /// `storage::events::group_at_or_before`), when that event is recorded here and so is
+    /// every position after it up to `pos`.
+    pub fn group_at_or_before(&self, room_id: &str, pos: i64) -> Option<Option<i64>> {
+        let events = self.lock();
+        let mut expected = pos;
+        for (&p, event) in events.range(..=pos).rev() {
+            if p != expected {
+                return None;
+            }
+            if event.row.room_id == room_id {
+                return Some(event.row.state_group);
+            }
+            expected -= 1;
+        }
+        None
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<i64, Arc<Recent>>> {
+        self.events.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Span {
+    fn rows(&self) -> impl DoubleEndedIterator<Item = &StoredEvent> {
+        self.0.iter().map(|e| &e.row)
+    }
+
+    /// The kinds of news in the window for `user`: nothing but timeline events is in it.
+    pub fn kinds(&self, user: &str) -> NewsKinds {
+        let members = || self.rows().filter(|e| e.event_type == "m.room.member");
+        NewsKinds {
+            own_membership: members().any(|e| e.state_key.as_deref() == Some(user)),
+            any_membership: members().next().is_some(),
+            account_data: false,
+            remote_memberships: false,
+            // Messages for the device would have positions in the window; those before it
+            // were acknowledged by the sync's token (when it was not cut short).
+            to_device: false,
+            device_lists: false,
+            presence: false,
+        }
+    }
+
+    /// Rooms with events in the window.
+    pub fn rooms(&self) -> HashSet<String> {
+        self.rows().map(|e| e.room_id.clone()).collect()
+    }
+
+    /// Whether these events are all in the window and nothing in it relates to an event:
+    /// then they have no aggregations to bundle up to the window's end.
+    pub fn nothing_to_bundle<'a>(&self, event_ids: impl IntoIterator<Item = &'a str>) -> bool {
+        if self.0.iter().any(|e| e.relates) {
+            return false;
+        }
+        let known: HashSet<&str> = self.rows().map(|e| e.event_id.as_str()).collect();
+        event_ids.into_iter().all(|id| known.contains(id))
+    }
+
+    /// Rooms where `user`'s membership changed in the window.
+    pub fn membership_changes(&self, user: &str) -> HashSet<String> {
+        self.rows()
+            .filter(|e| e.event_type == "m.room.member" && e.state_key.as_deref() == Some(user))
+            .map(|e| e.room_id.clone())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(pos: i64, room: &str, group: i64) -> StoredEvent {
+        StoredEvent {
+            event_id: format!("$e{pos}"),
+            room_id: room.to_owned(),
+            json: String::new(),
+            stream_pos: Some(pos),
+            state_group: Some(group),
+            redacted_by: None,
+            rejected: false,
+            event_type: "m.room.message".to_owned(),
+            state_key: None,
+        }
+    }
+
+    #[test]
+    fn answers_only_windows_without_gaps() {
+        let log = RecentEvents::default();
+        for (pos, room) in [(10, "!a"), (11, "!b"), (12, "!a"), (14, "!a")] {
+            log.record(event(pos, room, pos * 100), pos == 11);
+        }
+        assert_eq!(log.span(9, 12).map(|s| s.0.len()), Some(3));
+        assert!(log.span(8, 12).is_none(), "position 9 is not known");
+        assert!(log.span(12, 14).is_none(), "position 13 is a gap");
+        assert_eq!(log.span(12, 12).map(|s| s.0.len()), Some(0));
+        let span = log.span(9, 10).unwrap();
+        assert!(span.nothing_to_bundle(["$e10"]));
+        assert!(!span.nothing_to_bundle(["$e10", "$e1"]), "$e1 is not in the window");
+        assert!(!log.span(9, 11).unwrap().nothing_to_bundle(["$e10"]), "$e11 relates to something");
+        let rows = log.timeline_range("!a", 9, 12, 10, true).unwrap();
+        assert_eq!(rows.iter().map(|r| r.stream_pos.unwrap()).collect::<Vec<_>>(), vec![12, 10]);
+        assert_eq!(log.timeline_range("!a", 9, 12, 1, false).unwrap()[0].stream_pos, Some(10));
+        // The last event of !a at or before 11 is at 10, and 11 is known: group of 10.
+        assert_eq!(log.group_at_or_before("!a", 11), Some(Some(1000)));
+        assert_eq!(log.group_at_or_before("!b", 12), Some(Some(1100)));
+        assert_eq!(log.group_at_or_before("!a", 13), None, "13 is a gap");
+        assert_eq!(log.group_at_or_before("!b", 10), None, "nothing of !b known before 10");
+        log.clear();
+        assert!(log.span(9, 10).is_none());
+    }
+
+    #[test]
+    fn keeps_the_newest() {
+        let log = RecentEvents::default();
+        for pos in 0..(CAPACITY as i64 + 10) {
+            log.record(event(pos, "!a", 1), false);
+        }
+        assert!(log.span(8, 10).is_none());
+        assert!(log.span(CAPACITY as i64, CAPACITY as i64 + 9).is_some());
+    }
+}
