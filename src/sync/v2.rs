@@ -157,11 +157,12 @@ async fn compute(svc: &Services, me: &Identity, req: &SyncRequest, mut now: Sync
         }
         _ => HashSet::new(),
     };
-    let changes = Changes {
+    let mut changes = Changes {
         rooms: changed_rooms,
         memberships: membership_changed,
         typing: typing_changed,
         receipts: receipt_rooms,
+        latest_receipts: None,
         account_data: room_data,
     };
 
@@ -177,21 +178,10 @@ async fn compute(svc: &Services, me: &Identity, req: &SyncRequest, mut now: Sync
     };
     let joined: Vec<String> = rooms_with("join").into_iter().filter(|r| room_filter.allows_room(r)).collect();
     // A full sync shows the current receipts of every room: one statement for all of them.
-    let latest_receipts = match since {
-        None if room_filter.ephemeral.allows_type("m.receipt") => {
-            let ids: Vec<&str> = joined.iter().map(String::as_str).collect();
-            Some(storage::receipts::latest_in_rooms(&svc.db, &ids, user, now.stream).await?)
-        }
-        _ => None,
-    };
-    let changes = Changes {
-        rooms: changed_rooms,
-        memberships: membership_changed,
-        typing: typing_changed,
-        receipts: receipt_rooms,
-        latest_receipts,
-        account_data: room_data,
-    };
+    if since.is_none() && room_filter.ephemeral.allows_type("m.receipt") {
+        let ids: Vec<&str> = joined.iter().map(String::as_str).collect();
+        changes.latest_receipts = Some(storage::receipts::latest_in_rooms(&svc.db, &ids, user, now.stream).await?);
+    }
     // Rooms are independent: their queries overlap on the connection pool.
     let joined: Vec<JoinedRoom> = futures::stream::iter(joined)
         .map(|room| joined_room(svc, me, req, room, since, now.stream, &changes))
