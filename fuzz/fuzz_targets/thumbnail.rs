@@ -15,6 +15,6 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     for (w, h, method) in [(32, 32, Method::Crop), (320, 240, Method::Scale)] {
-        let _ = thumbnail::render(path, data.len() as u64, thumbnail::snap(w, h, method), false);
+        let _ = thumbnail::render(path, data.len() as u64, thumbnail::snap(&thumbnail::COMMON_SIZES, w, h, method), false);
     }
 });

@@ -114,9 +114,10 @@ async fn compute(svc: &Services, me: &Identity, req: &SyncRequest, mut now: Sync
     let mut news = false;
 
     // A window of nothing but events this process appended (a long-poll woken by a send)
-    // is known from memory; a to-device batch cut short leaves messages before the window.
+    // is known from memory; a to-device batch cut short leaves messages before the window,
+    // and `full_state` asks for every room.
     let span = match req.since {
-        Some(s) if s.to_device.is_none() => svc.notifier.recent.span(s.stream, now.stream),
+        Some(s) if s.to_device.is_none() && !req.full_state => svc.notifier.recent.span(s.stream, now.stream),
         _ => None,
     };
     // One statement says which kinds of news there are; only their queries run.
@@ -170,7 +171,12 @@ async fn compute(svc: &Services, me: &Identity, req: &SyncRequest, mut now: Sync
     // only the timelines of some rooms changed, just the user's membership in those, from
     // their heads.
     let memberships = match &span {
-        Some(_) if changes.memberships.is_empty() => memberships_in(svc, &me.user_id, &changes.rooms).await?,
+        Some(_) if changes.memberships.is_empty() => {
+            // Typing takes no stream position: its rooms have news too.
+            let mut rooms = changes.rooms.clone();
+            rooms.extend(changes.typing.iter().map(|r| r.to_string()));
+            memberships_in(svc, &me.user_id, &rooms).await?
+        }
         _ => storage::rooms::memberships_of_user(&svc.db, user).await?,
     };
     let rooms_with = |wanted: &str| -> Vec<String> {
@@ -491,8 +497,11 @@ async fn joined_room(
         .filter(|(r, t, _)| *r == room && room_filter.account_data.allows_type(t))
         .map(|(_, t, c)| json!({ "type": t, "content": serde_json::from_str::<Value>(c).unwrap_or_default() }))
         .collect();
-    let full = since.is_none() || req.full_state || changes.memberships.contains(&room);
-    let after = if full { None } else { since };
+    // A room joined since the token is sent whole. `full_state` sends every room with all
+    // its state, but the timeline still starts at the token (as the spec says).
+    let whole = since.is_none() || changes.memberships.contains(&room);
+    let full = whole || req.full_state;
+    let after = if whole { None } else { since };
     let ephemeral = ephemeral(svc, me, &room_id, after, up_to, changes, &room_filter.ephemeral).await?;
     if !full && !changes.rooms.contains(&room) && account_data.is_empty() && ephemeral.is_empty() {
         return Ok(None);

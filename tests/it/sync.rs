@@ -1,6 +1,7 @@
 //! /sync v2: initial and incremental, gappy timelines, lazy loading, membership
 //! transitions and long-poll wake-ups.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -366,4 +367,36 @@ async fn a_purge_keeps_purged_events_out_of_windows_read_from_memory() {
     crate::harness::wait_for("the purge", async || admin.get(&status).await.ok()["status"] == "complete").await;
     let body = bob.sync(&format!("timeout=0&since={since}")).await;
     assert_eq!(timeline_ids(&body, "join", &room), vec![kept], "{body}");
+}
+
+/// A window that holds only this process's appends is read from memory; what takes no stream
+/// position (typing) and what asks for every room (`full_state`) must still come through.
+#[tokio::test]
+async fn typing_and_full_state_come_through_after_a_window_read_from_memory() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.join(&room).await.ok();
+    alice.send_text(&room, "warm-up").await;
+    let next = |b: &Value| b["next_batch"].as_str().unwrap().to_owned();
+    let since = next(&bob.sync("timeout=0").await);
+    alice.send_text(&room, "hello").await;
+    let since = next(&bob.sync(&format!("timeout=0&since={since}")).await);
+
+    let path = format!("/_matrix/client/v3/rooms/{}/typing/{}", enc(&room), enc(&alice.user_id));
+    alice.put(&path, json!({ "typing": true, "timeout": 30000 })).await.ok();
+    let body = bob.sync(&format!("timeout=0&since={since}")).await;
+    let ephemeral = &body["rooms"]["join"][&room]["ephemeral"]["events"];
+    let typing = ephemeral.as_array().and_then(|e| e.iter().find(|e| e["type"] == "m.typing"));
+    assert_eq!(typing.map(|t| t["content"]["user_ids"].clone()), Some(json!([alice.user_id])), "{body}");
+
+    let body = bob.sync(&format!("timeout=0&full_state=true&since={since}")).await;
+    let state = body["rooms"]["join"][&room]["state"]["events"].as_array().cloned().unwrap_or_default();
+    let kinds: BTreeSet<&str> = state.iter().filter_map(|e| e["type"].as_str()).collect();
+    for kind in ["m.room.create", "m.room.power_levels", "m.room.join_rules", "m.room.member"] {
+        assert!(kinds.contains(kind), "{kind} missing from full state: {body}");
+    }
+    // The timeline still starts at the token: nothing was sent since.
+    assert_eq!(body["rooms"]["join"][&room]["timeline"]["events"], json!([]), "{body}");
 }
