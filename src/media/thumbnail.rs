@@ -206,8 +206,8 @@ pub fn render(path: &Path, size: u64, target: Target, animated: bool) -> Result<
     if u64::from(width) * u64::from(height) > MAX_PIXELS {
         return Err(ThumbnailError::TooLarge);
     }
-    let source_animated = is_animated(path, format)?;
-    if animated && source_animated {
+    // Whether the source is animated costs decoding two frames: asked only when it matters.
+    if animated && is_animated(path, format)? {
         match animation(path, format, target)? {
             Some(rendered) => return Ok(rendered),
             None if size <= MAX_ANIMATED_ORIGINAL_BYTES => {
@@ -221,7 +221,7 @@ pub fn render(path: &Path, size: u64, target: Target, animated: bool) -> Result<
     if width == 0 || height == 0 {
         return Err(ThumbnailError::NotAnImage);
     }
-    if width <= target.width && height <= target.height && !source_animated {
+    if width <= target.width && height <= target.height && !is_animated(path, format)? {
         // The spec: content smaller than asked is served as it is.
         return Ok(Rendered::Original { content_type: mime(format) });
     }
