@@ -4,7 +4,6 @@
 
 use std::time::Instant;
 
-use anyhow::Context;
 use futures::{StreamExt, TryStreamExt, stream};
 use serde_json::json;
 
@@ -16,18 +15,9 @@ const TIMELINE_LIMIT: usize = 10;
 pub async fn run(ctx: &Ctx, result: &mut ScenarioResult) -> anyhow::Result<()> {
     let sizes = &ctx.sizes;
     let (room_count, events) = (sizes.initial_rooms, sizes.initial_events);
-    let writer_count = ctx.concurrency.min(room_count);
-    let mut users = ctx.register_many(&ctx.server, "isync", writer_count + 1).await?;
-    let reader = users.pop().context("no users")?;
+    let (users, reader, rooms) = ctx.rooms_joined_by_reader("isync", room_count).await?;
     let writers = &users;
     let reader_ref = &reader;
-    let rooms = ctx
-        .for_each("create and join rooms", room_count, |i| async move {
-            let room = writers[i % writers.len()].create_room(true, &format!("bench room {i}")).await?;
-            reader_ref.join(&room, None).await?;
-            anyhow::Ok(room)
-        })
-        .await?;
     let history_started = Instant::now();
     let bar = super::progress("history", (room_count * events) as u64);
     stream::iter(rooms.iter().enumerate())

@@ -11,6 +11,7 @@ mod sliding_sync;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use futures::{StreamExt, TryStreamExt, stream};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
@@ -161,6 +162,27 @@ impl Ctx {
             async move { server.register(&localpart).await }
         })
         .await
+    }
+
+    /// `room_count` public rooms, made by writers (one per room in flight: room creation is
+    /// not what is measured), each joined by one reader: (writers, reader, rooms in order).
+    pub async fn rooms_joined_by_reader(
+        &self,
+        tag: &str,
+        room_count: usize,
+    ) -> anyhow::Result<(Vec<User>, User, Vec<String>)> {
+        let writer_count = self.concurrency.min(room_count);
+        let mut writers = self.register_many(&self.server, tag, writer_count + 1).await?;
+        let reader = writers.pop().context("no users")?;
+        let (writers_ref, reader_ref) = (&writers, &reader);
+        let rooms = self
+            .for_each("create and join rooms", room_count, |i| async move {
+                let room = writers_ref[i % writers_ref.len()].create_room(true, &format!("bench room {i}")).await?;
+                reader_ref.join(&room, None).await?;
+                anyhow::Ok(room)
+            })
+            .await?;
+        Ok((writers, reader, rooms))
     }
 
     pub async fn join_many(&self, users: &[User], room_id: &str) -> anyhow::Result<()> {

@@ -42,19 +42,8 @@ fn request_body() -> Value {
 pub async fn run(ctx: &Ctx, result: &mut ScenarioResult) -> anyhow::Result<()> {
     let sizes = &ctx.sizes;
     let room_count = sizes.sliding_rooms;
-    // One creator per room in flight: room creation is not what this measures.
-    let writer_count = ctx.concurrency.min(room_count);
-    let mut users = ctx.register_many(&ctx.server, "ssync", writer_count + 1).await?;
-    let reader = users.pop().context("no users")?;
+    let (users, reader, rooms) = ctx.rooms_joined_by_reader("ssync", room_count).await?;
     let writers = &users;
-    let reader_ref = &reader;
-    let rooms = ctx
-        .for_each("create and join rooms", room_count, |i| async move {
-            let room = writers[i % writers.len()].create_room(true, &format!("bench room {i}")).await?;
-            reader_ref.join(&room, None).await?;
-            anyhow::Ok(room)
-        })
-        .await?;
 
     let body = request_body();
     let first = reader.sliding_sync(None, 0, &body).await?;
