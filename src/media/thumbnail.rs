@@ -188,6 +188,11 @@ fn decode(path: &Path) -> Result<DynamicImage, ThumbnailError> {
 /// The width and height of an image file of a thumbnailed format.
 pub fn dimensions(path: &Path) -> Result<(u32, u32), ThumbnailError> {
     sniff(path)?;
+    header_dimensions(path)
+}
+
+/// The width and height an image file (already sniffed) declares in its header.
+fn header_dimensions(path: &Path) -> Result<(u32, u32), ThumbnailError> {
     let mut reader = ImageReader::new(open(path)?).with_guessed_format()?;
     reader.limits(limits());
     reader.into_dimensions().map_err(decode_error)
@@ -202,7 +207,7 @@ pub fn render(path: &Path, size: u64, target: Target, animated: bool) -> Result<
     let format = sniff(path)?;
     // A few bytes can declare a canvas that takes seconds to decode and scale (found by
     // fuzzing: a 40-byte GIF of 6,427 x 12,699): refuse it before decoding anything.
-    let (width, height) = dimensions(path)?;
+    let (width, height) = header_dimensions(path)?;
     if u64::from(width) * u64::from(height) > MAX_PIXELS {
         return Err(ThumbnailError::TooLarge);
     }
