@@ -46,6 +46,7 @@ pub struct Services {
     pub uia: UiaSessions,
     pub sessions: accounts::sessions::SessionTracker,
     pub token_cache: accounts::token_cache::TokenCache,
+    pub key_status: e2ee::keys::KeyStatusCache,
     pub rate_limiter: RateLimiter,
     pub metrics: Option<PrometheusHandle>,
     pub notifier: Notifier,
@@ -91,6 +92,7 @@ impl AppState {
         let state = AppState(Arc::new(Services {
             sessions: accounts::sessions::SessionTracker::new(cluster.publisher()),
             token_cache: accounts::token_cache::TokenCache::new(cluster.publisher()),
+            key_status: e2ee::keys::KeyStatusCache::new(cluster.publisher()),
             rate_limiter: RateLimiter::shared(config.rate_limits.clone(), &db),
             uia: UiaSessions,
             notifier: Notifier::new(cluster.publisher()),

@@ -164,6 +164,8 @@ pub async fn open_session(
     }
     tx.commit().await?;
     svc.token_cache.forget_user(user_id);
+    // The device ID may be that of a deleted device, whose key status may still be cached.
+    svc.key_status.forget_user(user_id);
     Ok(Session { user_id: user_id.to_owned(), device_id, access_token, refresh_token, expires_in_ms })
 }
 

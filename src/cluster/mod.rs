@@ -60,6 +60,9 @@ pub enum Message {
     HistoryPurged,
     /// A user's access tokens, devices or account flags changed: drop their cached tokens.
     TokensChanged { user: OwnedUserId },
+    /// A user's one-time or fallback keys changed, or one of their device IDs is new: drop
+    /// their devices' cached key status.
+    KeysChanged { user: OwnedUserId },
     /// A room's head (extremities, current state, members) changed: drop it from memory.
     RoomHeadChanged { room: OwnedRoomId },
     /// A user was erased, or the erasure undone (reactivation).
@@ -199,6 +202,7 @@ async fn apply(svc: &Services, message: &Message, own: bool) {
         Message::PresenceChanged { user } => svc.presence.forget(user),
         Message::HistoryPurged => svc.notifier.recent.clear(),
         Message::TokensChanged { user } => svc.token_cache.forget_user_here(user),
+        Message::KeysChanged { user } => svc.key_status.forget_user_here(user),
         Message::RoomHeadChanged { room } => crate::rooms::head::forget_here(svc, room),
         Message::Erased { user, erased: true } => svc.erased_users.insert(user),
         Message::Erased { user, erased: false } => svc.erased_users.remove(user),
@@ -351,6 +355,7 @@ async fn resynchronise(svc: &Services) {
     svc.notifier.recent.clear();
     crate::rooms::head::forget_all(svc);
     svc.token_cache.forget_all();
+    svc.key_status.forget_all();
     svc.push.forget_all();
     svc.presence.forget_all();
     svc.lazy_load.reset_all();

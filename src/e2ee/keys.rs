@@ -1,17 +1,20 @@
 //! Device keys, one-time and fallback keys: upload, query, claim.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ruma::{OwnedUserId, UserId};
 use serde_json::{Map, Value, json};
 
 use super::{is_local, remote, signed_part, stored_object, verify_signature};
-use crate::AppState;
 use crate::accounts::Identity;
+use crate::cluster::{Message, Publisher};
 use crate::error::{Error, Result};
 use crate::storage::e2ee_keys::{self, KeyRow};
 use crate::storage::{Db, Tx, cross_signing, device_lists};
+use crate::{AppState, Services};
 
 /// The one-time key algorithm clients rely on seeing a count for, even when it is zero.
 const SIGNED_CURVE25519: &str = "signed_curve25519";
@@ -35,16 +38,84 @@ pub async fn one_time_key_counts(db: &Db, user_id: &str, device_id: &str) -> Res
     Ok(counts)
 }
 
-/// `device_one_time_keys_count` (as [`one_time_key_counts`]) and
-/// `device_unused_fallback_key_types` of `/sync`, read together.
-pub async fn device_key_status(
-    db: &Db,
-    user_id: &str,
-    device_id: &str,
-) -> Result<(BTreeMap<String, i64>, Vec<String>)> {
-    let (mut counts, fallback) = e2ee_keys::device_key_status(db, user_id, device_id).await?;
+/// A device's one-time key counts (as [`one_time_key_counts`]) and unused fallback key types.
+pub type KeyStatus = Arc<(BTreeMap<String, i64>, Vec<String>)>;
+
+/// `device_one_time_keys_count` and `device_unused_fallback_key_types` of `/sync`, which every
+/// sync answers: read together, and kept in memory until the device's keys change.
+pub async fn device_key_status(svc: &Services, user_id: &UserId, device_id: &str) -> Result<KeyStatus> {
+    let cache = &svc.key_status;
+    if let Some(status) = cache.get(user_id, device_id) {
+        return Ok(status);
+    }
+    let epoch = cache.epoch();
+    let (mut counts, fallback) = e2ee_keys::device_key_status(&svc.db, user_id.as_str(), device_id).await?;
     counts.entry(SIGNED_CURVE25519.to_owned()).or_insert(0);
-    Ok((counts, fallback))
+    let status = Arc::new((counts, fallback));
+    cache.remember(user_id, device_id, status.clone(), epoch);
+    Ok(status)
+}
+
+/// Devices whose key status is kept before the cache starts again.
+const KEY_STATUS_LIMIT: usize = 100_000;
+
+/// The key status of devices (`device_key_status`). Whatever changes a device's one-time or
+/// fallback keys (an upload, a claim) or makes a device ID new (a login that may reuse a
+/// deleted device's ID) calls `forget_user` once committed. `epoch` counts those calls: a
+/// status read from the database is kept only when none happened meanwhile.
+pub struct KeyStatusCache {
+    devices: Mutex<HashMap<(OwnedUserId, String), KeyStatus>>,
+    epoch: AtomicU64,
+    others: Publisher,
+}
+
+impl KeyStatusCache {
+    pub fn new(others: Publisher) -> Self {
+        KeyStatusCache { devices: Mutex::default(), epoch: AtomicU64::new(0), others }
+    }
+
+    fn get(&self, user_id: &UserId, device_id: &str) -> Option<KeyStatus> {
+        self.lock().get(&(user_id.to_owned(), device_id.to_owned())).cloned()
+    }
+
+    fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    fn remember(&self, user_id: &UserId, device_id: &str, status: KeyStatus, epoch: u64) {
+        let mut devices = self.lock();
+        if self.epoch.load(Ordering::Acquire) != epoch {
+            return;
+        }
+        if devices.len() >= KEY_STATUS_LIMIT {
+            devices.clear();
+        }
+        devices.insert((user_id.to_owned(), device_id.to_owned()), status);
+    }
+
+    /// Forgets the key status of a user's devices, here and in the other processes.
+    pub fn forget_user(&self, user_id: &UserId) {
+        self.forget_user_here(user_id);
+        self.others.send(Message::KeysChanged { user: user_id.to_owned() });
+    }
+
+    /// Forgets every device's key status in this process (announcements may have been missed).
+    pub fn forget_all(&self) {
+        let mut devices = self.lock();
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        devices.clear();
+    }
+
+    /// Forgets the key status of a user's devices in this process only.
+    pub fn forget_user_here(&self, user_id: &UserId) {
+        let mut devices = self.lock();
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        devices.retain(|(user, _), _| user != user_id);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(OwnedUserId, String), KeyStatus>> {
+        self.devices.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// Stores the keys of the caller's device; answers the one-time key counts.
@@ -88,6 +159,7 @@ pub async fn upload(state: &AppState, me: &Identity, body: Upload) -> Result<BTr
         device_lists::record_change(&mut tx, user_id).await?;
     }
     tx.commit().await?;
+    state.key_status.forget_user(&me.user_id);
     if changed {
         state.notifier.notify([me.user_id.as_ref()]);
         super::device_lists::devices_changed(state, &me.user_id, std::slice::from_ref(&me.device_id)).await?;
@@ -289,5 +361,8 @@ pub async fn claim_local(
         }
     }
     tx.commit().await?;
+    for user_id in wanted.keys() {
+        state.key_status.forget_user(user_id);
+    }
     Ok(one_time_keys)
 }

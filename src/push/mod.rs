@@ -17,12 +17,14 @@ use ruma::{OwnedUserId, RoomId, UInt, UserId};
 use serde_json::{Value, json};
 
 use crate::Services;
+use crate::accounts::Identity;
 use crate::error::{Error, Result};
 use crate::rooms::head::Head;
 use crate::rooms::pdu::Pdu;
 use crate::rooms::state::StateMap;
 use crate::rooms::{self, versions};
-use crate::storage::{self, push::NewNotification};
+use crate::storage::{self, push::NotifyingEvent};
+use crate::sync::recent::{Counts, Notifications, Span, UnreadSnapshot};
 
 /// The rule kinds, in the order the spec lists them in a ruleset.
 pub const RULE_KINDS: [&str; 5] = ["override", "content", "room", "sender", "underride"];
@@ -225,6 +227,16 @@ pub struct Evaluation {
     notified: Vec<Notified>,
 }
 
+impl Evaluation {
+    /// What `store` writes, for the syncs that add it to the unread counts they last sent.
+    pub fn notifications(&self) -> Notifications {
+        Notifications {
+            thread: self.thread_id.clone(),
+            users: self.notified.iter().map(|n| (n.user.to_string(), n.highlight)).collect(),
+        }
+    }
+}
+
 /// A member an event notifies: whether it highlights, and the actions (JSON).
 struct Notified {
     user: OwnedUserId,
@@ -239,20 +251,16 @@ pub async fn store(tx: &mut storage::Tx, pdu: &Pdu, pos: i64, evaluation: &Evalu
     if evaluation.notified.is_empty() {
         return Ok(gateway::Queued::default());
     }
-    let now = storage::now_ms();
-    for Notified { user, highlight, actions } in &evaluation.notified {
-        let row = NewNotification {
-            user_id: user.as_str(),
-            stream_pos: pos,
-            room_id: pdu.room_id.as_str(),
-            thread_id: &evaluation.thread_id,
-            event_id: pdu.event_id.as_str(),
-            highlight: *highlight,
-            actions,
-            ts: now,
-        };
-        storage::push::insert_notification(tx, &row).await?;
-    }
+    let event = NotifyingEvent {
+        stream_pos: pos,
+        room_id: pdu.room_id.as_str(),
+        thread_id: &evaluation.thread_id,
+        event_id: pdu.event_id.as_str(),
+        ts: storage::now_ms(),
+    };
+    let users: Vec<storage::push::Notified<'_>> =
+        evaluation.notified.iter().map(|n| (n.user.as_str(), n.highlight, n.actions.as_str())).collect();
+    storage::push::insert_notifications(tx, &event, &users).await?;
     gateway::queue_notifications(tx, pos).await
 }
 
@@ -287,20 +295,39 @@ async fn power_levels(svc: &Services, state: &StateMap) -> Result<Option<PushCon
 
 /// A room's unread (notification, highlight) counts for a user, threads included.
 pub async fn unread_counts(svc: &Services, user: &UserId, room: &RoomId) -> Result<(i64, i64)> {
-    let rows = storage::push::unread_counts(&svc.db, user.as_str(), &[room.as_str()]).await?;
+    let rows = storage::push::unread_counts(&svc.db, user.as_str(), &[room.as_str()], i64::MAX).await?;
     Ok(rows.iter().fold((0, 0), |(n, h), (_, _, tn, th)| (n + tn, h + th)))
 }
 
-/// The unread counts of a user in some rooms, by room: (thread, notifications, highlights).
+/// The unread counts of a device's user in some rooms at stream position `up_to` (a sync's
+/// answer), by room: (thread, notifications, highlights). When the sync's window is known
+/// from memory (`span`), the counts its last sync answered plus the window's notifications;
+/// only the rooms they do not cover are counted in the database.
 pub async fn unread_counts_by_room(
     svc: &Services,
-    user: &UserId,
+    me: &Identity,
     rooms: &[&str],
-) -> Result<HashMap<String, Vec<(String, i64, i64)>>> {
-    let mut by_room: HashMap<String, Vec<(String, i64, i64)>> = HashMap::new();
-    for (room, thread, n, h) in storage::push::unread_counts(&svc.db, user.as_str(), rooms).await? {
-        by_room.entry(room).or_default().push((thread, n, h));
+    up_to: i64,
+    span: Option<&Span>,
+) -> Result<HashMap<String, Counts>> {
+    let (user, device) = (me.user_id.as_str(), me.device_id.as_str());
+    let recent = &svc.notifier.recent;
+    let (generation, last) = recent.take_unread(user, device);
+    let mut snapshot = match (span, last) {
+        (Some(span), Some(last)) if span.up_to() == up_to => span.advance_unread(user, last),
+        _ => None,
     }
+    .unwrap_or_else(|| UnreadSnapshot { pos: up_to, rooms: HashMap::new() });
+    let missing: Vec<&str> = rooms.iter().copied().filter(|r| !snapshot.rooms.contains_key(*r)).collect();
+    if !missing.is_empty() {
+        snapshot.rooms.extend(missing.iter().map(|r| ((*r).to_owned(), Counts::new())));
+        for (room, thread, n, h) in storage::push::unread_counts(&svc.db, user, &missing, up_to).await? {
+            snapshot.rooms.entry(room).or_default().push((thread, n, h));
+        }
+    }
+    let by_room =
+        rooms.iter().map(|r| ((*r).to_owned(), snapshot.rooms.get(*r).cloned().unwrap_or_default())).collect();
+    recent.keep_unread(user, device, generation, snapshot);
     Ok(by_room)
 }
 

@@ -35,6 +35,7 @@ pub mod users;
 
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -58,6 +59,7 @@ pub struct Db {
     write: AnyPool,
     batches: Arc<batch::Batches>,
     locks: Option<AnyPool>,
+    stream_reads: Arc<SharedReads>,
     /// SQLite: the WAL checkpoint task, stopped with the last clone.
     _checkpointer: Option<Arc<AbortOnDrop>>,
 }
@@ -121,6 +123,7 @@ impl Db {
                 write,
                 batches: batch::Batches::start(),
                 locks: None,
+                stream_reads: Arc::default(),
                 _checkpointer: checkpointer,
             })
         } else {
@@ -144,6 +147,7 @@ impl Db {
                 write: pool,
                 batches: batch::Batches::start(),
                 locks: Some(locks),
+                stream_reads: Arc::default(),
                 _checkpointer: None,
             })
         }
@@ -200,9 +204,29 @@ pub async fn next_backfill_pos(tx: &mut Tx) -> sqlx::Result<i64> {
         .await
 }
 
-/// The highest stream position taken and committed so far.
+/// Reads of the stream position, shared by the callers that want one at the same time.
+#[derive(Debug, Default)]
+struct SharedReads {
+    /// Callers so far: each takes the next number when it asks.
+    asked: AtomicU64,
+    /// The latest read: how many callers had asked when it started, and what it read.
+    latest: tokio::sync::Mutex<(u64, i64)>,
+}
+
+/// The highest stream position taken and committed so far: at least every position committed
+/// before the call. A read that started after the caller asked answers it too, so the
+/// hundred long-polls one send wakes cost a read or two, not a hundred.
 pub async fn current_stream_pos(db: &Db) -> sqlx::Result<i64> {
-    sqlx::query_scalar("SELECT value FROM stream_counter WHERE id = 1").fetch_one(db.read()).await
+    let reads = &db.stream_reads;
+    let number = reads.asked.fetch_add(1, Ordering::SeqCst) + 1;
+    let mut latest = reads.latest.lock().await;
+    if latest.0 >= number {
+        return Ok(latest.1);
+    }
+    let started = reads.asked.load(Ordering::SeqCst);
+    let pos = sqlx::query_scalar("SELECT value FROM stream_counter WHERE id = 1").fetch_one(db.read()).await?;
+    *latest = (started, pos);
+    Ok(pos)
 }
 
 /// Whether an error is a unique-key violation (a row that already exists).

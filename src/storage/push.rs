@@ -34,33 +34,48 @@ pub async fn put_ruleset(tx: &mut Tx, user_id: &str, ruleset: &str) -> sqlx::Res
     Ok(())
 }
 
-/// An event that notified a user.
-pub struct NewNotification<'a> {
-    pub user_id: &'a str,
+/// An event that notified users: what their notifications share.
+pub struct NotifyingEvent<'a> {
     pub stream_pos: i64,
     pub room_id: &'a str,
     pub thread_id: &'a str,
     pub event_id: &'a str,
-    pub highlight: bool,
-    pub actions: &'a str,
     pub ts: i64,
 }
 
-pub async fn insert_notification(tx: &mut Tx, n: &NewNotification<'_>) -> sqlx::Result<()> {
-    sqlx::query(
-        "INSERT INTO push_notifications (user_id, stream_pos, room_id, thread_id, event_id, highlight, actions, ts)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (user_id, stream_pos) DO NOTHING",
-    )
-    .bind(n.user_id)
-    .bind(n.stream_pos)
-    .bind(n.room_id)
-    .bind(n.thread_id)
-    .bind(n.event_id)
-    .bind(i64::from(n.highlight))
-    .bind(n.actions)
-    .bind(n.ts)
-    .execute(&mut **tx)
-    .await?;
+/// One user's notification of an event: (user, highlight, actions as JSON).
+pub type Notified<'a> = (&'a str, bool, &'a str);
+
+/// Rows per statement: a few fixed sizes, so that the prepared statements stay few.
+const NOTIFICATION_CHUNKS: [usize; 5] = [256, 64, 16, 4, 1];
+
+/// Stores an event's notifications: a room of a hundred members costs four statements, not
+/// a hundred (each is a hand-off to the connection).
+pub async fn insert_notifications(tx: &mut Tx, event: &NotifyingEvent<'_>, users: &[Notified<'_>]) -> sqlx::Result<()> {
+    let mut rest = users;
+    while !rest.is_empty() {
+        let size = NOTIFICATION_CHUNKS.into_iter().find(|size| *size <= rest.len()).unwrap_or(1);
+        let (chunk, after) = rest.split_at(size);
+        rest = after;
+        let rows: Vec<String> = (0..size)
+            .map(|i| format!("(${}, $1, $2, $3, $4, ${}, ${}, $5)", 6 + 3 * i, 7 + 3 * i, 8 + 3 * i))
+            .collect();
+        let sql = format!(
+            "INSERT INTO push_notifications (user_id, stream_pos, room_id, thread_id, event_id, highlight, actions, ts)
+             VALUES {} ON CONFLICT (user_id, stream_pos) DO NOTHING",
+            rows.join(", ")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(event.stream_pos)
+            .bind(event.room_id)
+            .bind(event.thread_id)
+            .bind(event.event_id)
+            .bind(event.ts);
+        for (user, highlight, actions) in chunk {
+            query = query.bind(*user).bind(i64::from(*highlight)).bind(*actions);
+        }
+        query.execute(&mut **tx).await?;
+    }
     Ok(())
 }
 
@@ -84,10 +99,17 @@ const ROOMS_PER_QUERY: usize = 500;
 /// counting what lies past those positions is an index range scan per room. Three
 /// statements for all rooms: the read positions, the counts past the main timeline's, and
 /// the (rare, partially indexed) threaded notifications, which are moved to their threads.
-pub async fn unread_counts(db: &Db, user_id: &str, room_ids: &[&str]) -> sqlx::Result<Vec<(String, String, i64, i64)>> {
+/// Only notifications at positions up to `up_to` count, so that the counts are those of a
+/// sync answer's position (`sync::recent` adds the notifications after it).
+pub async fn unread_counts(
+    db: &Db,
+    user_id: &str,
+    room_ids: &[&str],
+    up_to: i64,
+) -> sqlx::Result<Vec<(String, String, i64, i64)>> {
     let mut found = Vec::new();
     for batch in room_ids.chunks(ROOMS_PER_QUERY) {
-        found.extend(unread_counts_in(db, user_id, batch).await?);
+        found.extend(unread_counts_in(db, user_id, batch, up_to).await?);
     }
     Ok(found)
 }
@@ -95,7 +117,12 @@ pub async fn unread_counts(db: &Db, user_id: &str, room_ids: &[&str]) -> sqlx::R
 /// The main timeline's thread ID in receipts and notifications.
 const MAIN: &str = "main";
 
-async fn unread_counts_in(db: &Db, user_id: &str, rooms: &[&str]) -> sqlx::Result<Vec<(String, String, i64, i64)>> {
+async fn unread_counts_in(
+    db: &Db,
+    user_id: &str,
+    rooms: &[&str],
+    up_to: i64,
+) -> sqlx::Result<Vec<(String, String, i64, i64)>> {
     let in_list = (0..rooms.len()).map(|i| format!("${}", i + 2)).collect::<Vec<_>>().join(", ");
     let sql = format!(
         "SELECT r.room_id, r.thread_id, MAX(e.stream_pos) FROM receipts r JOIN events e ON e.event_id = r.event_id
@@ -128,13 +155,14 @@ async fn unread_counts_in(db: &Db, user_id: &str, rooms: &[&str]) -> sqlx::Resul
     let values = |first: usize| {
         (0..rooms.len()).map(|i| format!("(${}, ${})", first + 2 * i, first + 2 * i + 1)).collect::<Vec<_>>().join(", ")
     };
-    let past = "FROM push_notifications n WHERE n.user_id = $1 AND n.room_id = f.column1 AND n.stream_pos > f.column2";
+    let past = "FROM push_notifications n WHERE n.user_id = $1 AND n.room_id = f.column1 AND n.stream_pos > f.column2
+                AND n.stream_pos <= $2";
     let sql = format!(
         "SELECT f.column1, ({count}), ({count} AND n.highlight = 1) FROM (VALUES {values}) AS f",
         count = format_args!("SELECT COUNT(*) {past}"),
-        values = values(2),
+        values = values(3),
     );
-    let mut query = sqlx::query_as::<_, (String, i64, i64)>(sqlx::AssertSqlSafe(sql)).bind(user_id);
+    let mut query = sqlx::query_as::<_, (String, i64, i64)>(sqlx::AssertSqlSafe(sql)).bind(user_id).bind(up_to);
     for room in rooms {
         query = query.bind(*room).bind(read_up_to(room, MAIN));
     }
@@ -145,13 +173,20 @@ async fn unread_counts_in(db: &Db, user_id: &str, rooms: &[&str]) -> sqlx::Resul
 
     // Threaded notifications past the room's unthreaded read position (below it, every
     // thread is read): moved from the main count to their thread's.
+    // SQLite would rather range-scan the room's index by position and look each row up in
+    // the table to test its thread: all notifications past the read position, on every sync.
+    let threads_index = match db.kind {
+        DbKind::Sqlite => "INDEXED BY push_notifications_threads",
+        DbKind::Postgres => "",
+    };
     let sql = format!(
         "SELECT n.room_id, n.thread_id, n.stream_pos, n.highlight FROM (VALUES {values}) AS f
-         JOIN push_notifications n ON n.user_id = $1 AND n.room_id = f.column1 AND n.thread_id <> '{MAIN}'
-         WHERE n.stream_pos > f.column2",
-        values = values(2),
+         JOIN push_notifications n {threads_index}
+           ON n.user_id = $1 AND n.room_id = f.column1 AND n.thread_id <> '{MAIN}'
+         WHERE n.stream_pos > f.column2 AND n.stream_pos <= $2",
+        values = values(3),
     );
-    let mut query = sqlx::query_as::<_, (String, String, i64, i64)>(sqlx::AssertSqlSafe(sql)).bind(user_id);
+    let mut query = sqlx::query_as::<_, (String, String, i64, i64)>(sqlx::AssertSqlSafe(sql)).bind(user_id).bind(up_to);
     for room in rooms {
         query = query.bind(*room).bind(read_of(room).0);
     }

@@ -11,8 +11,13 @@
 //! What an entry holds never changes after the commit except by a redaction or a purge:
 //! redacted content is read through the event cache (invalidated by the redaction), and a
 //! purge clears the log.
+//!
+//! Unread counts follow from the same rule. Read receipts take stream positions, so a window
+//! known here has none, and the notifications in it are past every read position: the counts
+//! at its end are those at its start plus the window's notifications. Each device's last
+//! answered counts are kept (`UnreadSnapshot`) for its next sync to add to.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use crate::storage::events::StoredEvent;
@@ -22,48 +27,105 @@ use crate::storage::sync::NewsKinds;
 /// for every long-poll that is back waiting.
 const CAPACITY: usize = 4096;
 
+/// Devices whose unread counts are kept before starting again.
+const UNREAD_CAPACITY: usize = 10_000;
+
 #[derive(Default)]
 pub struct RecentEvents {
     events: Mutex<BTreeMap<i64, Arc<Recent>>>,
+    unread: Mutex<Unread>,
+}
+
+/// Per device, the unread counts its last sync answered; `generation` counts the clears.
+#[derive(Default)]
+struct Unread {
+    generation: u64,
+    devices: HashMap<(String, String), UnreadSnapshot>,
 }
 
 struct Recent {
     row: StoredEvent,
     /// The event relates to another (`m.relates_to`): the target's aggregations changed.
     relates: bool,
+    notifications: Notifications,
 }
 
-/// The events at every position of a window, oldest first.
-pub struct Span(Vec<Arc<Recent>>);
+/// The notifications an event made, as `push::store` wrote them.
+#[derive(Default)]
+pub struct Notifications {
+    /// The event's thread ('main' outside threads).
+    pub thread: String,
+    /// (user, highlight) of each user notified.
+    pub users: Vec<(String, bool)>,
+}
+
+/// A user's unread counts in a room: (thread, notifications, highlights) of the threads
+/// with any, as `push::unread_counts_by_room` answers them.
+pub type Counts = Vec<(String, i64, i64)>;
+
+/// The unread counts of some rooms at a stream position.
+pub struct UnreadSnapshot {
+    pub pos: i64,
+    pub rooms: HashMap<String, Counts>,
+}
+
+/// The events at every position of a window (`after`, `up_to`], oldest first.
+pub struct Span {
+    after: i64,
+    up_to: i64,
+    events: Vec<Arc<Recent>>,
+}
 
 impl RecentEvents {
     /// Records an event appended to the timeline at `row.stream_pos`, once committed.
-    pub fn record(&self, row: StoredEvent, relates: bool) {
+    pub fn record(&self, row: StoredEvent, relates: bool, notifications: Notifications) {
         let Some(pos) = row.stream_pos else { return };
         let mut events = self.lock();
-        events.insert(pos, Arc::new(Recent { row, relates }));
+        events.insert(pos, Arc::new(Recent { row, relates, notifications }));
         while events.len() > CAPACITY {
             events.pop_first();
         }
     }
 
-    /// Forgets everything (history was purged).
+    /// Forgets everything (history was purged, and with it notifications).
     pub fn clear(&self) {
+        let mut unread = self.unread.lock().unwrap_or_else(|e| e.into_inner());
+        unread.generation += 1;
+        unread.devices.clear();
         self.lock().clear();
     }
 
     /// The events of (`after`, `up_to`], when every position in it is one recorded here.
     pub fn span(&self, after: i64, up_to: i64) -> Option<Span> {
         let len = usize::try_from(up_to.checked_sub(after)?).ok()?;
-        if len == 0 {
-            return Some(Span(Vec::new()));
-        }
         if len > CAPACITY {
             return None;
         }
-        let events = self.lock();
-        let found: Vec<Arc<Recent>> = events.range(after + 1..=up_to).map(|(_, e)| e.clone()).collect();
-        (found.len() == len).then_some(Span(found))
+        let events = match len {
+            0 => Vec::new(),
+            _ => self.lock().range(after + 1..=up_to).map(|(_, e)| e.clone()).collect(),
+        };
+        (events.len() == len).then_some(Span { after, up_to, events })
+    }
+
+    /// The unread counts a device's last sync answered (taken: `keep_unread` puts them back),
+    /// and the generation to give `keep_unread`.
+    pub fn take_unread(&self, user: &str, device: &str) -> (u64, Option<UnreadSnapshot>) {
+        let mut unread = self.unread.lock().unwrap_or_else(|e| e.into_inner());
+        (unread.generation, unread.devices.remove(&(user.to_owned(), device.to_owned())))
+    }
+
+    /// Keeps the unread counts a sync of this device answered, unless the log was cleared
+    /// since `take_unread` (a purge may have changed what they were computed from).
+    pub fn keep_unread(&self, user: &str, device: &str, generation: u64, snapshot: UnreadSnapshot) {
+        let mut unread = self.unread.lock().unwrap_or_else(|e| e.into_inner());
+        if unread.generation != generation {
+            return;
+        }
+        if unread.devices.len() >= UNREAD_CAPACITY {
+            unread.devices.clear();
+        }
+        unread.devices.insert((user.to_owned(), device.to_owned()), snapshot);
     }
 
     /// The timeline rows of a room in (`after`, `up_to`] as `storage::events::timeline_range`
@@ -110,7 +172,35 @@ impl RecentEvents {
 
 impl Span {
     fn rows(&self) -> impl DoubleEndedIterator<Item = &StoredEvent> {
-        self.0.iter().map(|e| &e.row)
+        self.events.iter().map(|e| &e.row)
+    }
+
+    /// The window's end.
+    pub fn up_to(&self) -> i64 {
+        self.up_to
+    }
+
+    /// Moves `user`'s unread counts from the window's start to its end by adding the
+    /// window's notifications of the user. None when they are not of the window's start.
+    pub fn advance_unread(&self, user: &str, mut snapshot: UnreadSnapshot) -> Option<UnreadSnapshot> {
+        if snapshot.pos != self.after {
+            return None;
+        }
+        for event in &self.events {
+            let Some(counts) = snapshot.rooms.get_mut(&event.row.room_id) else { continue };
+            let thread = &event.notifications.thread;
+            for (_, highlight) in event.notifications.users.iter().filter(|(u, _)| u == user) {
+                match counts.iter_mut().find(|(t, _, _)| t == thread) {
+                    Some((_, n, h)) => {
+                        *n += 1;
+                        *h += i64::from(*highlight);
+                    }
+                    None => counts.push((thread.clone(), 1, i64::from(*highlight))),
+                }
+            }
+        }
+        snapshot.pos = self.up_to;
+        Some(snapshot)
     }
 
     /// The kinds of news in the window for `user`: nothing but timeline events is in it.
@@ -137,7 +227,7 @@ impl Span {
     /// Whether these events are all in the window and nothing in it relates to an event:
     /// then they have no aggregations to bundle up to the window's end.
     pub fn nothing_to_bundle<'a>(&self, event_ids: impl IntoIterator<Item = &'a str>) -> bool {
-        if self.0.iter().any(|e| e.relates) {
+        if self.events.iter().any(|e| e.relates) {
             return false;
         }
         let known: HashSet<&str> = self.rows().map(|e| e.event_id.as_str()).collect();
@@ -175,12 +265,12 @@ mod tests {
     fn answers_only_windows_without_gaps() {
         let log = RecentEvents::default();
         for (pos, room) in [(10, "!a"), (11, "!b"), (12, "!a"), (14, "!a")] {
-            log.record(event(pos, room, pos * 100), pos == 11);
+            log.record(event(pos, room, pos * 100), pos == 11, Notifications::default());
         }
-        assert_eq!(log.span(9, 12).map(|s| s.0.len()), Some(3));
+        assert_eq!(log.span(9, 12).map(|s| s.events.len()), Some(3));
         assert!(log.span(8, 12).is_none(), "position 9 is not known");
         assert!(log.span(12, 14).is_none(), "position 13 is a gap");
-        assert_eq!(log.span(12, 12).map(|s| s.0.len()), Some(0));
+        assert_eq!(log.span(12, 12).map(|s| s.events.len()), Some(0));
         let span = log.span(9, 10).unwrap();
         assert!(span.nothing_to_bundle(["$e10"]));
         assert!(!span.nothing_to_bundle(["$e10", "$e1"]), "$e1 is not in the window");
@@ -201,7 +291,7 @@ mod tests {
     fn keeps_the_newest() {
         let log = RecentEvents::default();
         for pos in 0..(CAPACITY as i64 + 10) {
-            log.record(event(pos, "!a", 1), false);
+            log.record(event(pos, "!a", 1), false, Notifications::default());
         }
         assert!(log.span(8, 10).is_none());
         assert!(log.span(CAPACITY as i64, CAPACITY as i64 + 9).is_some());

@@ -198,7 +198,7 @@ async fn compute(svc: &Services, me: &Identity, req: &SyncRequest, mut now: Sync
         .flatten()
         .collect();
     news |= !joined.is_empty();
-    let join = joined_rooms_json(svc, me, &req.filter, joined, span.as_ref()).await?;
+    let join = joined_rooms_json(svc, me, &req.filter, joined, now.stream, span.as_ref()).await?;
 
     let mut invite = Map::new();
     let mut knock = Map::new();
@@ -309,7 +309,8 @@ async fn compute(svc: &Services, me: &Identity, req: &SyncRequest, mut now: Sync
     if !changed.is_empty() || !left.is_empty() {
         news = true;
     }
-    let (otk_counts, fallback) = crate::e2ee::keys::device_key_status(&svc.db, user, &me.device_id).await?;
+    let keys = crate::e2ee::keys::device_key_status(svc, &me.user_id, &me.device_id).await?;
+    let (otk_counts, fallback) = &*keys;
     let body = json!({
         "next_batch": now.to_string(),
         "rooms": { "join": join, "invite": invite, "knock": knock, "leave": leave },
@@ -524,10 +525,11 @@ async fn joined_rooms_json(
     me: &Identity,
     filter: &Filter,
     rooms: Vec<JoinedRoom>,
+    up_to: i64,
     span: Option<&Span>,
 ) -> Result<Map<String, Value>> {
     let room_ids: Vec<&str> = rooms.iter().map(|r| r.room.as_str()).collect();
-    let unread = crate::push::unread_counts_by_room(svc, &me.user_id, &room_ids).await?;
+    let unread = crate::push::unread_counts_by_room(svc, me, &room_ids, up_to, span).await?;
     let summarised: Vec<&str> = rooms.iter().filter(|r| r.membership_news).map(|r| r.room.as_str()).collect();
     let mut members: HashMap<String, Vec<(String, String)>> = HashMap::new();
     for (room, user, membership) in storage::rooms::joined_and_invited(&svc.db, &summarised).await? {

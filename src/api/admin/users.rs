@@ -381,6 +381,8 @@ async fn add_device(
     let mut tx = state.db.begin().await?;
     storage::devices::upsert(&mut tx, user_id.as_str(), &body.device_id, None).await?;
     tx.commit().await?;
+    // The device ID may be that of a deleted device, whose key status may still be cached.
+    state.key_status.forget_user(&user_id);
     Ok(Json(json!({})))
 }
 
