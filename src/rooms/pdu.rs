@@ -144,10 +144,13 @@ impl Pdu {
         if let Some(redacts) = &self.redacts {
             event["redacts"] = json!(redacts);
         }
-        if let Ok(Value::Object(pdu)) = serde_json::from_str::<Value>(&self.json)
-            && let Some(unsigned) = pdu.get("unsigned")
+        // Most stored events have no `unsigned` (state events have `prev_content` there):
+        // parse the whole PDU only when the key may be in it.
+        if memchr::memmem::find(self.json.as_bytes(), b"\"unsigned\"").is_some()
+            && let Ok(Value::Object(mut pdu)) = serde_json::from_str::<Value>(&self.json)
+            && let Some(unsigned) = pdu.remove("unsigned")
         {
-            event["unsigned"] = unsigned.clone();
+            event["unsigned"] = unsigned;
         }
         event
     }
