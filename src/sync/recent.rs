@@ -288,6 +288,31 @@ mod tests {
     }
 
     #[test]
+    fn adds_a_windows_notifications_to_the_counts_at_its_start() {
+        let log = RecentEvents::default();
+        let notified = |thread: &str, users: &[(&str, bool)]| Notifications {
+            thread: thread.to_owned(),
+            users: users.iter().map(|(u, h)| ((*u).to_owned(), *h)).collect(),
+        };
+        log.record(event(11, "!a", 1), false, notified("main", &[("@bob:x", false), ("@carol:x", true)]));
+        log.record(event(12, "!a", 1), false, notified("$root", &[("@bob:x", true)]));
+        log.record(event(13, "!b", 1), false, notified("main", &[("@bob:x", false)]));
+        let at = |pos: i64, counts: Counts| UnreadSnapshot { pos, rooms: [("!a".to_owned(), counts)].into() };
+        let span = log.span(10, 13).unwrap();
+        assert!(span.advance_unread("@bob:x", at(9, vec![])).is_none(), "counts of another position");
+        let advanced = span.advance_unread("@bob:x", at(10, vec![("main".to_owned(), 2, 0)])).unwrap();
+        assert_eq!(advanced.pos, 13);
+        let mut counts = advanced.rooms["!a"].clone();
+        counts.sort();
+        assert_eq!(counts, vec![("$root".to_owned(), 1, 1), ("main".to_owned(), 3, 0)]);
+        assert!(!advanced.rooms.contains_key("!b"), "rooms the counts did not cover are read afresh");
+        let (generation, _) = log.take_unread("@bob:x", "D");
+        log.clear();
+        log.keep_unread("@bob:x", "D", generation, advanced);
+        assert!(log.take_unread("@bob:x", "D").1.is_none(), "counts from before a purge are not kept");
+    }
+
+    #[test]
     fn keeps_the_newest() {
         let log = RecentEvents::default();
         for pos in 0..(CAPACITY as i64 + 10) {

@@ -400,3 +400,67 @@ async fn typing_and_full_state_come_through_after_a_window_read_from_memory() {
     // The timeline still starts at the token: nothing was sent since.
     assert_eq!(body["rooms"]["join"][&room]["timeline"]["events"], json!([]), "{body}");
 }
+
+/// Unread counts of a window read from memory are the device's last answered counts plus
+/// the window's notifications: the same as the database counts, for the main timeline, a
+/// thread and highlights; a read receipt (a window the database answers) resets them.
+#[tokio::test]
+async fn unread_counts_added_from_memory_match_the_database() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.join(&room).await.ok();
+    let filter = enc(r#"{"room":{"timeline":{"limit":10,"unread_thread_notifications":true}}}"#);
+    let counts = |body: &Value| {
+        let entry = &body["rooms"]["join"][&room];
+        (entry["unread_notifications"].clone(), entry["unread_thread_notifications"].clone())
+    };
+    let root = alice.send_text(&room, "root").await;
+    // A full sync: the room's counts, read from the database, are kept for this device.
+    let full = bob.sync(&format!("timeout=0&filter={filter}")).await;
+    assert_eq!(counts(&full).0["notification_count"], json!(1), "{full}");
+    let mut since = full["next_batch"].as_str().unwrap().to_owned();
+    let mention = |n: u32| json!({ "msgtype": "m.text", "body": format!("bob {n}"), "m.mentions": { "user_ids": [bob.user_id] } });
+    let reply = |n: u32| {
+        json!({ "msgtype": "m.text", "body": format!("reply {n}"),
+                "m.relates_to": { "rel_type": "m.thread", "event_id": root } })
+    };
+    for round in 0..2 {
+        // Woken by the first of them, then following until all three arrived: each answer
+        // adds its window to the counts of the one before.
+        let waiter = {
+            let (bob, since, filter) = (bob.clone(), since.clone(), filter.clone());
+            tokio::spawn(async move { bob.sync(&format!("timeout=10000&filter={filter}&since={since}")).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        alice.send_text(&room, "plain").await;
+        let send = |kind: &str, body: Value| {
+            let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/{kind}-{round}", enc(&room));
+            let alice = alice.clone();
+            async move { alice.put(&path, body).await.ok()["event_id"].as_str().unwrap().to_owned() }
+        };
+        send("mention", mention(round)).await;
+        let last = send("reply", reply(round)).await;
+        let mut body = waiter.await.unwrap();
+        while !timeline_ids(&body, "join", &room).contains(&last) {
+            since = body["next_batch"].as_str().unwrap().to_owned();
+            body = bob.sync(&format!("timeout=10000&filter={filter}&since={since}")).await;
+        }
+        since = body["next_batch"].as_str().unwrap().to_owned();
+        let from_db = bob.sync(&format!("timeout=0&filter={filter}")).await;
+        assert_eq!(counts(&body), counts(&from_db), "round {round}: {body}");
+        let (main, threads) = counts(&body);
+        let n = round as i64 + 1;
+        assert_eq!(main, json!({ "notification_count": 1 + 2 * n, "highlight_count": n }), "{body}");
+        assert_eq!(threads[&root], json!({ "notification_count": n, "highlight_count": 0 }), "{body}");
+    }
+    // Bob reads everything: the window holds a receipt, and the counts are read again.
+    let path = format!("/_matrix/client/v3/rooms/{}/receipt/m.read/{}", enc(&room), enc(&root));
+    bob.post(&path, json!({ "thread_id": "main" })).await.ok();
+    let latest = alice.send_text(&room, "after the receipt").await;
+    let path = format!("/_matrix/client/v3/rooms/{}/receipt/m.read/{}", enc(&room), enc(&latest));
+    bob.post(&path, json!({})).await.ok();
+    let body = bob.sync(&format!("timeout=0&filter={filter}&since={since}")).await;
+    assert_eq!(counts(&body).0, json!({ "notification_count": 0, "highlight_count": 0 }), "{body}");
+}
