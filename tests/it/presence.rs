@@ -115,6 +115,24 @@ async fn sync_sets_presence_until_the_syncs_stop() {
     assert!(stopped.elapsed() >= Duration::from_millis(800), "offline after {:?}", stopped.elapsed());
 }
 
+/// Sliding sync (MSC4186) sets presence as `/sync` does: its `set_presence` defaults to
+/// online, and a bad value is refused.
+#[tokio::test]
+async fn sliding_sync_sets_presence() {
+    let server = TestServer::start().await;
+    let (alice, bob, since) = room_mates(&server).await;
+    let sliding = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync";
+    let body = json!({ "lists": {}, "room_subscriptions": {}, "extensions": {} });
+    alice.post(&format!("{sliding}?set_presence=away"), body.clone()).await.assert_error(400, "M_INVALID_PARAM");
+    alice.post(&format!("{sliding}?set_presence=unavailable"), body.clone()).await.ok();
+    let sync = bob.sync(&format!("timeout=5000&set_presence=offline&since={since}")).await;
+    assert_eq!(presence_in(&sync, &alice.user_id).unwrap()["presence"], json!("unavailable"), "{sync}");
+    let since = sync["next_batch"].as_str().unwrap().to_owned();
+    alice.post(sliding, body).await.ok();
+    let sync = bob.sync(&format!("timeout=5000&set_presence=offline&since={since}")).await;
+    assert_eq!(presence_in(&sync, &alice.user_id).unwrap()["presence"], json!("online"), "{sync}");
+}
+
 /// An online user without activity becomes unavailable after `idle_after`.
 #[tokio::test]
 async fn online_without_activity_goes_idle() {

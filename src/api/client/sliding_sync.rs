@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::AppState;
+use crate::accounts::presence;
 use crate::error::Result;
 use crate::http::extract::{Auth, Json, Query};
 use crate::sync::sliding;
@@ -24,6 +25,9 @@ struct SlidingQuery {
     pos: Option<String>,
     #[serde(default)]
     timeout: Option<u64>,
+    /// As `/sync`'s (MSC4186 keeps it): `online` (the default), `unavailable` or `offline`.
+    #[serde(default)]
+    set_presence: Option<String>,
 }
 
 async fn sync(
@@ -32,6 +36,8 @@ async fn sync(
     Query(q): Query<SlidingQuery>,
     Json(body): Json<sliding::Body>,
 ) -> Result<JsonReply<Value>> {
+    // The user counts as syncing until the answer (presence), as with `/sync`.
+    let _syncing = presence::syncing(&state, &me.user_id, q.set_presence.as_deref()).await?;
     let req = sliding::Request { pos: q.pos, timeout: Duration::from_millis(q.timeout.unwrap_or(0)), body };
     Ok(JsonReply(sliding::sync(&state, &me, req).await?))
 }
