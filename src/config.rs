@@ -438,11 +438,21 @@ pub struct PresenceConfig {
     /// A user whose syncs stopped this long ago, and who was not active since, becomes
     /// `offline` (Synapse: 30 seconds).
     pub offline_after: Lifetime,
+    /// A remote user whose server said nothing of them for this long becomes `offline` here
+    /// (Synapse's `FEDERATION_TIMEOUT`: 30 minutes). Our users who are not offline are sent
+    /// again to the servers sharing their rooms every five sixths of it (Synapse: every 25
+    /// minutes), so that those servers do not take them for gone.
+    pub remote_offline_after: Lifetime,
 }
 
 impl Default for PresenceConfig {
     fn default() -> Self {
-        Self { enabled: true, idle_after: Lifetime(5 * 60_000), offline_after: Lifetime(30_000) }
+        Self {
+            enabled: true,
+            idle_after: Lifetime(5 * 60_000),
+            offline_after: Lifetime(30_000),
+            remote_offline_after: Lifetime(30 * 60_000),
+        }
     }
 }
 
@@ -744,8 +754,11 @@ impl Config {
             ruma::ServerName::parse(notary)
                 .map_err(|e| anyhow::anyhow!("federation.notary_servers: {notary:?} is not a server name: {e}"))?;
         }
-        if self.presence.offline_after.0 < 600 || self.presence.idle_after.0 < 600 {
-            bail!("presence.offline_after and presence.idle_after must be at least 600ms");
+        let presence = &self.presence;
+        if [presence.offline_after, presence.idle_after, presence.remote_offline_after].iter().any(|l| l.0 < 600) {
+            bail!(
+                "presence.offline_after, presence.idle_after and presence.remote_offline_after must be at least 600ms"
+            );
         }
         self.validate_retention()?;
         self.validate_sso()

@@ -31,6 +31,8 @@ pub const STATES: [&str; 3] = ["online", "unavailable", "offline"];
 pub struct Tracker {
     config: PresenceConfig,
     users: Mutex<HashMap<OwnedUserId, Syncing>>,
+    /// When the leader last sent each local user's presence to other servers unasked.
+    sent_again: Mutex<HashMap<OwnedUserId, i64>>,
 }
 
 #[derive(Default)]
@@ -47,7 +49,7 @@ struct Syncing {
 
 impl Tracker {
     pub fn new(config: &PresenceConfig) -> Self {
-        Tracker { config: config.clone(), users: Mutex::default() }
+        Tracker { config: config.clone(), users: Mutex::default(), sent_again: Mutex::default() }
     }
 
     pub fn enabled(&self) -> bool {
@@ -57,7 +59,9 @@ impl Tracker {
     /// How often the heartbeat and the timers run: often enough that a user still syncing is
     /// never taken for gone.
     fn tick(&self) -> Duration {
-        Duration::from_millis((self.config.offline_after.0.min(self.config.idle_after.0) / 6).max(100))
+        let shortest =
+            self.config.offline_after.0.min(self.config.idle_after.0).min(self.config.remote_offline_after.0);
+        Duration::from_millis((shortest / 6).max(100))
     }
 
     fn users(&self) -> std::sync::MutexGuard<'_, HashMap<OwnedUserId, Syncing>> {
@@ -181,7 +185,7 @@ pub async fn set(svc: &Services, user: &UserId, state: &str, status_msg: Option<
     }
     let now = storage::now_ms();
     let mut tx = svc.db.begin().await?;
-    storage::presence::set(&mut tx, user.as_str(), state, status_msg, now).await?;
+    storage::presence::set(&mut tx, user.as_str(), state, status_msg, now, None).await?;
     tx.commit().await?;
     announce(svc, user).await
 }
@@ -189,6 +193,13 @@ pub async fn set(svc: &Services, user: &UserId, state: &str, status_msg: Option<
 /// Tells every process, the users who share a room with `user` (through their syncs) and
 /// the servers in those rooms of the user's stored presence, just changed.
 async fn announce(svc: &Services, user: &UserId) -> Result<()> {
+    wake_watchers(svc, user).await?;
+    send_to_servers(svc, user).await
+}
+
+/// Tells every process and the local users who share a room with `user` (through their
+/// syncs) that the user's stored presence changed.
+async fn wake_watchers(svc: &Services, user: &UserId) -> Result<()> {
     cluster::publish(svc, Message::PresenceChanged { user: user.to_owned() }).await;
     let watchers: Vec<OwnedUserId> = storage::rooms::users_sharing_rooms(&svc.db, user.as_str())
         .await?
@@ -197,6 +208,11 @@ async fn announce(svc: &Services, user: &UserId) -> Result<()> {
         .chain([user.to_owned()])
         .collect();
     svc.notifier.notify(watchers.iter().map(|u| &**u));
+    Ok(())
+}
+
+/// Sends a local user's stored presence to the servers sharing a room with them.
+async fn send_to_servers(svc: &Services, user: &UserId) -> Result<()> {
     let servers = rooms::servers_sharing_rooms_with(svc, user).await?;
     if servers.is_empty() {
         return Ok(());
@@ -222,12 +238,59 @@ pub async fn run(services: Weak<Services>) {
                 tracing::warn!(error = %e, "cannot record who is syncing");
             }
         }
-        if svc.cluster.leads()
-            && let Err(e) = time_out(&svc, now).await
-        {
-            tracing::warn!(error = %e, "presence timers failed");
+        if svc.cluster.leads() {
+            for (timer, outcome) in [
+                ("local", time_out(&svc, now).await),
+                ("remote", time_out_remote(&svc, now).await),
+                ("federation", send_again(&svc, now).await),
+            ] {
+                if let Err(e) = outcome {
+                    tracing::warn!(error = %e, timer, "presence timers failed");
+                }
+            }
         }
     }
+}
+
+/// Remote users whose server said nothing of them for `remote_offline_after` go offline here
+/// (as Synapse's `handle_timeout` for other servers' users).
+async fn time_out_remote(svc: &Services, now: i64) -> Result<()> {
+    let since = now - svc.config.presence.remote_offline_after.0 as i64;
+    let suffix = format!(":{}", svc.config.server_name);
+    for unheard in storage::presence::unheard_since(&svc.db, &suffix, since).await? {
+        let mut tx = svc.db.begin().await?;
+        let user = unheard.user_id.as_str();
+        if storage::presence::time_out(&mut tx, user, &unheard.state, "offline", since, true).await?.is_none() {
+            // Heard of meanwhile: the change's position goes back.
+            tx.rollback().await?;
+            continue;
+        }
+        tx.commit().await?;
+        let Ok(user) = UserId::parse(user) else { continue };
+        wake_watchers(svc, &user).await?;
+    }
+    Ok(())
+}
+
+/// Sends the presence of local users who are not offline to the servers sharing their rooms
+/// again when it was last sent unasked five sixths of `remote_offline_after` ago, so that
+/// those servers, which time remote users out as `time_out_remote` does, keep them.
+async fn send_again(svc: &Services, now: i64) -> Result<()> {
+    let every = (svc.config.presence.remote_offline_after.0 as i64) * 5 / 6;
+    let suffix = format!(":{}", svc.config.server_name);
+    for present in storage::presence::quiet_since(&svc.db, &suffix, i64::MAX).await? {
+        let Ok(user) = UserId::parse(&present.user_id) else { continue };
+        {
+            let mut sent = svc.presence.sent_again.lock().unwrap_or_else(|e| e.into_inner());
+            let last = sent.entry(user.clone()).or_insert(now);
+            if now - *last < every {
+                continue;
+            }
+            *last = now;
+        }
+        send_to_servers(svc, &user).await?;
+    }
+    Ok(())
 }
 
 /// Local users whose syncs stopped `offline_after` ago without activity since go offline;

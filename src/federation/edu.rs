@@ -196,6 +196,7 @@ async fn presence_edu(state: &AppState, origin: &ServerName, content: PresenceCo
             &update.presence,
             update.status_msg.as_deref(),
             last_active,
+            Some(now),
         )
         .await?;
         watchers.extend(sharing.into_iter().filter_map(|u| OwnedUserId::try_from(u).ok()));

@@ -55,19 +55,31 @@ fn from_row(r: &sqlx::any::AnyRow) -> sqlx::Result<Presence> {
     })
 }
 
-/// Sets a user's presence (active now); returns the change's stream position.
-pub async fn set(tx: &mut Tx, user_id: &str, state: &str, status_msg: Option<&str>, now_ms: i64) -> sqlx::Result<i64> {
+/// Sets a user's presence (active at `now_ms`); returns the change's stream position.
+/// `heard_ts`: for a remote user, when their server told us (kept in `last_sync_ts`, which
+/// the timers read as "last heard of" for remote users).
+pub async fn set(
+    tx: &mut Tx,
+    user_id: &str,
+    state: &str,
+    status_msg: Option<&str>,
+    now_ms: i64,
+    heard_ts: Option<i64>,
+) -> sqlx::Result<i64> {
     let pos = next_stream_pos(tx).await?;
     sqlx::query(
-        "INSERT INTO presence (user_id, state, status_msg, last_active_ts, stream_pos) VALUES ($1, $2, $3, $4, $5)
+        "INSERT INTO presence (user_id, state, status_msg, last_active_ts, stream_pos, last_sync_ts)
+         VALUES ($1, $2, $3, $4, $5, COALESCE($6, 0))
          ON CONFLICT (user_id) DO UPDATE SET state = EXCLUDED.state, status_msg = EXCLUDED.status_msg,
-             last_active_ts = EXCLUDED.last_active_ts, stream_pos = EXCLUDED.stream_pos",
+             last_active_ts = EXCLUDED.last_active_ts, stream_pos = EXCLUDED.stream_pos,
+             last_sync_ts = COALESCE($6, presence.last_sync_ts)",
     )
     .bind(user_id)
     .bind(state)
     .bind(status_msg)
     .bind(now_ms)
     .bind(pos)
+    .bind(heard_ts)
     .execute(&mut **tx)
     .await?;
     Ok(pos)
@@ -120,10 +132,19 @@ pub async fn touch(db: &Db, users: &[String], active: bool, now_ms: i64) -> sqlx
 /// Local users (IDs ending in `suffix`, `:server.name`) not offline and not active since
 /// `before`: those the presence timers may change.
 pub async fn quiet_since(db: &Db, suffix: &str, before: i64) -> sqlx::Result<Vec<Timing>> {
-    let rows = sqlx::query(
-        "SELECT user_id, state, last_active_ts, last_sync_ts FROM presence
-         WHERE state <> 'offline' AND last_active_ts < $1 AND user_id LIKE $2",
-    )
+    not_offline(db, "last_active_ts < $1 AND user_id LIKE $2", suffix, before).await
+}
+
+/// Remote users (IDs not ending in `suffix`) not offline whose server has said nothing of
+/// them since `before`.
+pub async fn unheard_since(db: &Db, suffix: &str, before: i64) -> sqlx::Result<Vec<Timing>> {
+    not_offline(db, "last_sync_ts < $1 AND user_id NOT LIKE $2", suffix, before).await
+}
+
+async fn not_offline(db: &Db, condition: &str, suffix: &str, before: i64) -> sqlx::Result<Vec<Timing>> {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT user_id, state, last_active_ts, last_sync_ts FROM presence WHERE state <> 'offline' AND {condition}"
+    )))
     .bind(before)
     .bind(format!("%{suffix}"))
     .fetch_all(db.read())

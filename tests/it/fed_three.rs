@@ -2,6 +2,8 @@
 //! everything over the wire: joins by room ID, messages every way, a server down and back,
 //! concurrent state changes resolved alike everywhere, and bad PDUs refused.
 
+use std::time::Duration;
+
 use axum::http::Method;
 use plexus::federation::client;
 use ruma::{CanonicalJsonObject, CanonicalJsonValue, RoomId, RoomVersionId};
@@ -340,4 +342,27 @@ async fn presence_of_local_users_reaches_the_servers_sharing_a_room() {
         .await;
     }
     drop((a, b, c));
+}
+
+/// A remote user's presence holds while their server keeps sending it (again every five
+/// sixths of `remote_offline_after`, even unchanged), and goes offline once the server falls
+/// silent for `remote_offline_after`.
+#[tokio::test]
+async fn remote_presence_is_sent_again_and_times_out_when_its_server_falls_silent() {
+    let quick = |c: &mut plexus::config::Config| {
+        c.federation.insecure_plain_http = true;
+        c.presence.remote_offline_after = plexus::config::Lifetime(3_000);
+    };
+    let (a, b) = (TestServer::start_on("127.0.0.1", quick).await, TestServer::start_on("127.0.0.2", quick).await);
+    let (alice, bob) = (a.register("alice").await, b.register("bob").await);
+    let room_id = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.post(&format!("/_matrix/client/v3/join/{}?via={}", enc(&room_id), enc(&a.server_name)), json!({})).await.ok();
+    let path = format!("/_matrix/client/v3/presence/{}/status", enc(&alice.user_id));
+    alice.put(&path, json!({ "presence": "online" })).await.ok();
+    wait_for("alice online at B", async || bob.get(&path).await.ok()["presence"] == "online").await;
+    // Twice the timeout without a change: A has sent it again meanwhile.
+    tokio::time::sleep(Duration::from_millis(6_000)).await;
+    assert_eq!(bob.get(&path).await.ok()["presence"], json!("online"));
+    drop(a);
+    wait_for("alice offline at B", async || bob.get(&path).await.ok()["presence"] == "offline").await;
 }
