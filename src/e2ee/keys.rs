@@ -56,7 +56,7 @@ pub async fn device_key_status(svc: &Services, user_id: &UserId, device_id: &str
     Ok(status)
 }
 
-/// Devices whose key status is kept before the cache starts again.
+/// Users whose devices' key status is kept before the cache starts again.
 const KEY_STATUS_LIMIT: usize = 100_000;
 
 /// The key status of devices (`device_key_status`). Whatever changes a device's one-time or
@@ -64,18 +64,19 @@ const KEY_STATUS_LIMIT: usize = 100_000;
 /// deleted device's ID) calls `forget_user` once committed. `epoch` counts those calls: a
 /// status read from the database is kept only when none happened meanwhile.
 pub struct KeyStatusCache {
-    devices: Mutex<HashMap<(OwnedUserId, String), KeyStatus>>,
+    /// User -> device -> key status.
+    users: Mutex<HashMap<OwnedUserId, HashMap<String, KeyStatus>>>,
     epoch: AtomicU64,
     others: Publisher,
 }
 
 impl KeyStatusCache {
     pub fn new(others: Publisher) -> Self {
-        KeyStatusCache { devices: Mutex::default(), epoch: AtomicU64::new(0), others }
+        KeyStatusCache { users: Mutex::default(), epoch: AtomicU64::new(0), others }
     }
 
     fn get(&self, user_id: &UserId, device_id: &str) -> Option<KeyStatus> {
-        self.lock().get(&(user_id.to_owned(), device_id.to_owned())).cloned()
+        self.lock().get(user_id)?.get(device_id).cloned()
     }
 
     fn epoch(&self) -> u64 {
@@ -83,14 +84,14 @@ impl KeyStatusCache {
     }
 
     fn remember(&self, user_id: &UserId, device_id: &str, status: KeyStatus, epoch: u64) {
-        let mut devices = self.lock();
+        let mut users = self.lock();
         if self.epoch.load(Ordering::Acquire) != epoch {
             return;
         }
-        if devices.len() >= KEY_STATUS_LIMIT {
-            devices.clear();
+        if users.len() >= KEY_STATUS_LIMIT {
+            users.clear();
         }
-        devices.insert((user_id.to_owned(), device_id.to_owned()), status);
+        users.entry(user_id.to_owned()).or_default().insert(device_id.to_owned(), status);
     }
 
     /// Forgets the key status of a user's devices, here and in the other processes.
@@ -101,20 +102,20 @@ impl KeyStatusCache {
 
     /// Forgets every device's key status in this process (announcements may have been missed).
     pub fn forget_all(&self) {
-        let mut devices = self.lock();
+        let mut users = self.lock();
         self.epoch.fetch_add(1, Ordering::AcqRel);
-        devices.clear();
+        users.clear();
     }
 
     /// Forgets the key status of a user's devices in this process only.
     pub fn forget_user_here(&self, user_id: &UserId) {
-        let mut devices = self.lock();
+        let mut users = self.lock();
         self.epoch.fetch_add(1, Ordering::AcqRel);
-        devices.retain(|(user, _), _| user != user_id);
+        users.remove(user_id);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(OwnedUserId, String), KeyStatus>> {
-        self.devices.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<OwnedUserId, HashMap<String, KeyStatus>>> {
+        self.users.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

@@ -228,11 +228,11 @@ pub struct Evaluation {
 }
 
 impl Evaluation {
-    /// What `store` writes, for the syncs that add it to the unread counts they last sent.
-    pub fn notifications(&self) -> Notifications {
+    /// What `store` wrote, for the syncs that add it to the unread counts they last sent.
+    pub fn into_notifications(self) -> Notifications {
         Notifications {
-            thread: self.thread_id.clone(),
-            users: self.notified.iter().map(|n| (n.user.to_string(), n.highlight)).collect(),
+            thread: self.thread_id,
+            users: self.notified.into_iter().map(|n| (n.user, n.highlight)).collect(),
         }
     }
 }

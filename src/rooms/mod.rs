@@ -756,7 +756,6 @@ pub(crate) async fn append(
         return Err(e.into());
     }
     // For the long-polls this append wakes (before the wake-up, so they find it).
-    let notifications = notified.notifications();
     svc.notifier.recent.record(
         storage::events::StoredEvent {
             event_id: pdu.event_id.to_string(),
@@ -770,7 +769,7 @@ pub(crate) async fn append(
             state_key: pdu.state_key.clone(),
         },
         relation.is_some(),
-        notifications,
+        notified.into_notifications(),
     );
     svc.rooms.cache_event(stored);
     if let Some(target) = &redacted {

@@ -20,6 +20,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
+use ruma::OwnedUserId;
+
 use crate::storage::events::StoredEvent;
 use crate::storage::sync::NewsKinds;
 
@@ -27,13 +29,24 @@ use crate::storage::sync::NewsKinds;
 /// for every long-poll that is back waiting.
 const CAPACITY: usize = 4096;
 
+/// Notified users kept over all positions (each a user ID and a flag, about 50 bytes): in
+/// rooms of thousands of members, fewer positions are kept rather than megabytes of these.
+const NOTIFIED_CAPACITY: usize = 65_536;
+
 /// Devices whose unread counts are kept before starting again.
 const UNREAD_CAPACITY: usize = 10_000;
 
 #[derive(Default)]
 pub struct RecentEvents {
-    events: Mutex<BTreeMap<i64, Arc<Recent>>>,
+    log: Mutex<Log>,
     unread: Mutex<Unread>,
+}
+
+#[derive(Default)]
+struct Log {
+    events: BTreeMap<i64, Arc<Recent>>,
+    /// The notified users of all of `events`.
+    notified: usize,
 }
 
 /// Per device, the unread counts its last sync answered; `generation` counts the clears.
@@ -56,7 +69,7 @@ pub struct Notifications {
     /// The event's thread ('main' outside threads).
     pub thread: String,
     /// (user, highlight) of each user notified.
-    pub users: Vec<(String, bool)>,
+    pub users: Vec<(OwnedUserId, bool)>,
 }
 
 /// A user's unread counts in a room: (thread, notifications, highlights) of the threads
@@ -80,10 +93,14 @@ impl RecentEvents {
     /// Records an event appended to the timeline at `row.stream_pos`, once committed.
     pub fn record(&self, row: StoredEvent, relates: bool, notifications: Notifications) {
         let Some(pos) = row.stream_pos else { return };
-        let mut events = self.lock();
-        events.insert(pos, Arc::new(Recent { row, relates, notifications }));
-        while events.len() > CAPACITY {
-            events.pop_first();
+        let mut log = self.lock();
+        log.notified += notifications.users.len();
+        if let Some(replaced) = log.events.insert(pos, Arc::new(Recent { row, relates, notifications })) {
+            log.notified -= replaced.notifications.users.len();
+        }
+        while log.events.len() > CAPACITY || log.notified > NOTIFIED_CAPACITY {
+            let Some((_, oldest)) = log.events.pop_first() else { break };
+            log.notified -= oldest.notifications.users.len();
         }
     }
 
@@ -92,7 +109,7 @@ impl RecentEvents {
         let mut unread = self.unread.lock().unwrap_or_else(|e| e.into_inner());
         unread.generation += 1;
         unread.devices.clear();
-        self.lock().clear();
+        *self.lock() = Log::default();
     }
 
     /// The events of (`after`, `up_to`], when every position in it is one recorded here.
@@ -103,7 +120,7 @@ impl RecentEvents {
         }
         let events = match len {
             0 => Vec::new(),
-            _ => self.lock().range(after + 1..=up_to).map(|(_, e)| e.clone()).collect(),
+            _ => self.lock().events.range(after + 1..=up_to).map(|(_, e)| e.clone()).collect(),
         };
         (events.len() == len).then_some(Span { after, up_to, events })
     }
@@ -151,9 +168,9 @@ impl RecentEvents {
     /// `storage::events::group_at_or_before`), when that event is recorded here and so is
     /// every position after it up to `pos`.
     pub fn group_at_or_before(&self, room_id: &str, pos: i64) -> Option<Option<i64>> {
-        let events = self.lock();
+        let log = self.lock();
         let mut expected = pos;
-        for (&p, event) in events.range(..=pos).rev() {
+        for (&p, event) in log.events.range(..=pos).rev() {
             if p != expected {
                 return None;
             }
@@ -165,8 +182,8 @@ impl RecentEvents {
         None
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<i64, Arc<Recent>>> {
-        self.events.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Log> {
+        self.log.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -189,7 +206,7 @@ impl Span {
         for event in &self.events {
             let Some(counts) = snapshot.rooms.get_mut(&event.row.room_id) else { continue };
             let thread = &event.notifications.thread;
-            for (_, highlight) in event.notifications.users.iter().filter(|(u, _)| u == user) {
+            for (_, highlight) in event.notifications.users.iter().filter(|(u, _)| u.as_str() == user) {
                 match counts.iter_mut().find(|(t, _, _)| t == thread) {
                     Some((_, n, h)) => {
                         *n += 1;
@@ -292,7 +309,7 @@ mod tests {
         let log = RecentEvents::default();
         let notified = |thread: &str, users: &[(&str, bool)]| Notifications {
             thread: thread.to_owned(),
-            users: users.iter().map(|(u, h)| ((*u).to_owned(), *h)).collect(),
+            users: users.iter().map(|(u, h)| (OwnedUserId::try_from(*u).unwrap(), *h)).collect(),
         };
         log.record(event(11, "!a", 1), false, notified("main", &[("@bob:x", false), ("@carol:x", true)]));
         log.record(event(12, "!a", 1), false, notified("$root", &[("@bob:x", true)]));
@@ -310,6 +327,23 @@ mod tests {
         log.clear();
         log.keep_unread("@bob:x", "D", generation, advanced);
         assert!(log.take_unread("@bob:x", "D").1.is_none(), "counts from before a purge are not kept");
+    }
+
+    #[test]
+    fn keeps_fewer_positions_when_they_notify_many_users() {
+        let log = RecentEvents::default();
+        let half = || Notifications {
+            thread: "main".to_owned(),
+            users: (0..NOTIFIED_CAPACITY / 2)
+                .map(|i| (OwnedUserId::try_from(format!("@u{i}:x")).unwrap(), false))
+                .collect(),
+        };
+        for pos in 1..=3 {
+            log.record(event(pos, "!a", 1), false, half());
+        }
+        assert!(log.span(0, 3).is_none(), "position 1 was dropped");
+        assert!(log.span(1, 3).is_some());
+        assert_eq!(log.lock().notified, NOTIFIED_CAPACITY);
     }
 
     #[test]
