@@ -27,6 +27,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { Error::unrecognized() })
         .method_not_allowed_fallback(|| async { Error::method_not_allowed() })
         .layer(DefaultBodyLimit::max(state.config.limits.max_request_bytes))
+        .layer(middleware::from_fn(finish_writes))
         .layer(middleware::from_fn(observe))
         .layer(middleware::from_fn(cors))
         .with_state(state)
@@ -47,6 +48,22 @@ async fn cors(req: Request, next: Next) -> Response {
         HeaderValue::from_static("X-Requested-With, Content-Type, Authorization"),
     );
     resp
+}
+
+/// Runs a request that may write (any method but GET and HEAD) to its end even when its
+/// client goes away: hyper drops the handler of a closed connection, and a write dropped
+/// midway would roll back the appends of other rooms that share its group commit
+/// (`storage::batch`). Synapse, too, finishes such requests. Reads, and the long-polls of
+/// sliding sync (a POST), are still dropped, so that an abandoned long-poll frees its
+/// resources at once and does not move its connection's position.
+async fn finish_writes(req: Request, next: Next) -> Response {
+    if matches!(*req.method(), Method::GET | Method::HEAD) || req.uri().path().ends_with("/sync") {
+        return next.run(req).await;
+    }
+    match tokio::spawn(next.run(req).in_current_span()).await {
+        Ok(resp) => resp,
+        Err(e) => Error::Internal(anyhow::anyhow!("request handler failed: {e}")).into_response(),
+    }
 }
 
 /// A span per request with the path template, a log line with status and latency, and

@@ -7,8 +7,10 @@
 //! batch alone, then leaves and waits: a committer task commits the batch once the members
 //! queued before it have written (the lock is fair), and tells every member the outcome. So
 //! nothing is answered before its data is committed. A member that leaves without finishing
-//! (an error, or a request dropped midway) poisons the batch: what it wrote cannot be told
+//! (an error, or a task dropped midway) poisons the batch: what it wrote cannot be told
 //! apart from the rest, so the whole batch is rolled back and every member gets the error.
+//! Requests that write are therefore run to their end even when their client goes away
+//! (`http::finish_writes`).
 
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Weak};

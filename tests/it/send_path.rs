@@ -174,3 +174,66 @@ async fn token_changes_show_at_once_after_the_token_was_used() {
     root.put(&admin_path, json!({ "deactivated": true })).await.ok();
     carol.get(&whoami).await.assert_error(401, "M_UNKNOWN_TOKEN");
 }
+
+/// Sends a message and hangs up once the server is handling it: the body goes after the
+/// server's `100 Continue` (sent when the handler reads the body), and the connection is
+/// closed right after it, without waiting for the answer.
+async fn send_and_hang_up(server: &TestServer, user: &TestUser, room: &str, txn: &str, body: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let content = json!({ "msgtype": "m.text", "body": body }).to_string();
+    let head = format!(
+        "PUT {C}/rooms/{}/send/m.room.message/{txn} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        enc(room),
+        server.server_name,
+        user.token,
+        content.len()
+    );
+    let mut conn = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let mut interim = Vec::new();
+    while !interim.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        assert_eq!(conn.read(&mut byte).await.unwrap(), 1, "the server closed before 100 Continue");
+        interim.push(byte[0]);
+    }
+    assert!(interim.starts_with(b"HTTP/1.1 100"), "{}", String::from_utf8_lossy(&interim));
+    conn.write_all(content.as_bytes()).await.unwrap();
+    conn.shutdown().await.unwrap();
+}
+
+/// A client that hangs up while its send is being written must neither lose that send nor
+/// fail the sends of other rooms that share its group commit: a write is finished even
+/// when nobody waits for its answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_send_whose_client_hangs_up_is_stored_and_fails_no_other_send() {
+    let server = TestServer::start().await;
+    let mut users = Vec::new();
+    for i in 0..4 {
+        let user = server.register(&format!("hangup{i}")).await;
+        let room = user.create_room(json!({})).await;
+        users.push((user, room));
+    }
+    let (quitter, quitter_room) = &users[0];
+    let quitters = async {
+        for i in 0..20 {
+            send_and_hang_up(&server, quitter, quitter_room, &format!("gone{i}"), &format!("gone {i}")).await;
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    };
+    let others = futures::future::join_all(users[1..].iter().map(|(user, room)| async move {
+        for i in 0..20 {
+            send(user, room, &format!("stay{i}"), &format!("stay {i}")).await;
+        }
+    }));
+    tokio::join!(quitters, others);
+    for (user, room) in &users[1..] {
+        let expected: Vec<String> = (0..20).map(|i| format!("stay {i}")).collect();
+        assert_eq!(bodies(user, room).await, expected);
+    }
+    let expected: HashSet<String> = (0..20).map(|i| format!("gone {i}")).collect();
+    crate::harness::wait_for("every hung-up send stored", async || {
+        bodies(quitter, quitter_room).await.into_iter().collect::<HashSet<_>>() == expected
+    })
+    .await;
+}
