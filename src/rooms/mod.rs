@@ -1,6 +1,7 @@
 //! Rooms as event DAGs: build, hash, sign and authorise events, keep the state at every
 //! event, and append to the timeline. The one place where events enter a room.
 
+pub mod cache;
 pub mod create;
 pub mod federation;
 pub mod format;
@@ -81,21 +82,23 @@ pub struct Rooms {
     /// Held by a join over federation, so that a second local user joining the same room
     /// meanwhile waits and then joins locally instead of starting the room again.
     remote_joins: RoomLocks,
-    pub(crate) state_cache: Mutex<HashMap<i64, Arc<StateMap>>>,
-    event_cache: Mutex<HashMap<OwnedEventId, Arc<Pdu>>>,
+    pub(crate) state_cache: Mutex<cache::Lru<i64, Arc<StateMap>>>,
+    event_cache: Mutex<cache::Lru<OwnedEventId, Arc<Pdu>>>,
     heads: head::Heads,
     upgrades: upgrade::InProgress,
 }
 
-const CACHE_LIMIT: usize = 20_000;
+/// Bytes of events kept in memory: the auth events and latest events of the rooms in use
+/// (several thousand messages). The recent sends are also in the heads and the sync log.
+const EVENT_CACHE_BYTES: usize = 4 << 20;
 
 impl Default for Rooms {
     fn default() -> Self {
         Rooms {
             locks: RoomLocks::new("room"),
             remote_joins: RoomLocks::new("remote-join"),
-            state_cache: Mutex::default(),
-            event_cache: Mutex::default(),
+            state_cache: Mutex::new(cache::Lru::new(state::CACHE_BYTES)),
+            event_cache: Mutex::new(cache::Lru::new(EVENT_CACHE_BYTES)),
             heads: head::Heads::default(),
             upgrades: upgrade::InProgress::default(),
         }
@@ -113,15 +116,12 @@ impl Rooms {
     }
 
     fn cached_event(&self, event_id: &EventId) -> Option<Arc<Pdu>> {
-        self.event_cache.lock().unwrap_or_else(|e| e.into_inner()).get(event_id).cloned()
+        self.event_cache.lock().unwrap_or_else(|e| e.into_inner()).get(event_id)
     }
 
     fn cache_event(&self, pdu: Arc<Pdu>) {
-        let mut cache = self.event_cache.lock().unwrap_or_else(|e| e.into_inner());
-        if cache.len() >= CACHE_LIMIT {
-            cache.clear();
-        }
-        cache.insert(pdu.event_id.clone(), pdu);
+        let weight = pdu.approximate_bytes();
+        self.event_cache.lock().unwrap_or_else(|e| e.into_inner()).insert(pdu.event_id.clone(), pdu, weight);
     }
 
     pub(crate) fn forget_event(&self, event_id: &EventId) {

@@ -106,6 +106,18 @@ impl Pdu {
         })
     }
 
+    /// About what the parsed event takes in memory (its JSON, content and IDs), for caches.
+    pub fn approximate_bytes(&self) -> usize {
+        let ids = 1 + self.prev_events.len() + self.auth_events.len() + self.redacts.iter().len();
+        std::mem::size_of::<Pdu>()
+            + self.json.len()
+            + self.content.get().len()
+            + self.room_id.as_str().len()
+            + self.sender.as_str().len()
+            + self.state_key.as_ref().map_or(0, String::len)
+            + ids * (self.event_id.as_str().len() + 16)
+    }
+
     pub fn is_state(&self) -> bool {
         self.state_key.is_some()
     }

@@ -12,12 +12,18 @@ use crate::storage;
 /// (event type, state key) -> event ID, as ruma's state resolution uses it.
 pub type StateMap = ruma::state_res::StateMap<OwnedEventId>;
 
-const CACHE_LIMIT: usize = 2_000;
+/// Bytes of state maps kept in memory (`Rooms::state_cache`).
+pub(super) const CACHE_BYTES: usize = 8 << 20;
+
+/// About what one entry of a state map takes: its key (type and state key) and event ID,
+/// with the map's own overhead.
+const ENTRY_BYTES: usize = 160;
 
 /// The full state of a group.
 pub async fn load(svc: &Services, group: i64) -> Result<Arc<StateMap>> {
-    if let Some(map) = svc.rooms.state_cache.lock().unwrap_or_else(|e| e.into_inner()).get(&group) {
-        return Ok(map.clone());
+    let cached = svc.rooms.state_cache.lock().unwrap_or_else(|e| e.into_inner()).get(&group);
+    if let Some(map) = cached {
+        return Ok(map);
     }
     let rows = storage::state::load_group(&svc.db, group).await?;
     let mut map = StateMap::with_capacity(rows.len());
@@ -32,11 +38,8 @@ pub async fn load(svc: &Services, group: i64) -> Result<Arc<StateMap>> {
 
 /// Caches a group's state.
 pub fn remember(svc: &Services, group: i64, map: Arc<StateMap>) {
-    let mut cache = svc.rooms.state_cache.lock().unwrap_or_else(|e| e.into_inner());
-    if cache.len() >= CACHE_LIMIT {
-        cache.clear();
-    }
-    cache.insert(group, map);
+    let weight = map.len().max(1) * ENTRY_BYTES;
+    svc.rooms.state_cache.lock().unwrap_or_else(|e| e.into_inner()).insert(group, map, weight);
 }
 
 /// The storage form of a state map.
