@@ -273,18 +273,24 @@ impl Queued {
     }
 }
 
-/// Queues the event for every appservice interested in it (called by `rooms::append` in the
-/// transaction that stores it).
-pub async fn queue_event(svc: &Services, tx: &mut Tx, pdu: &Pdu) -> Result<Queued> {
+/// The appservices interested in an event, read before `rooms::append` joins its batch of
+/// writes (the batch is held alone while writing, so it waits for no read).
+pub async fn interested_in_event(svc: &Services, pdu: &Pdu) -> Result<Vec<Arc<Appservice>>> {
     let pushed: Vec<&Arc<Appservice>> = svc.appservices.list.iter().filter(|a| a.url.is_some()).collect();
     if pushed.is_empty() {
-        return Ok(Queued::default());
+        return Ok(Vec::new());
     }
     let room = pdu.room_id.as_str();
     let members = storage::rooms::interested_users(&svc.db, room).await?;
     let aliases = storage::rooms::aliases_of_room(&svc.db, room).await?;
+    Ok(pushed.into_iter().filter(|a| a.is_interested_in_event(pdu, &members, &aliases)).cloned().collect())
+}
+
+/// Queues the event for the appservices interested in it (`interested_in_event`), in the
+/// transaction that stores it.
+pub async fn queue_event(tx: &mut Tx, pdu: &Pdu, interested: &[Arc<Appservice>]) -> Result<Queued> {
     let mut queued = Vec::new();
-    for appservice in pushed.into_iter().filter(|a| a.is_interested_in_event(pdu, &members, &aliases)) {
+    for appservice in interested {
         storage::appservice::queue(tx, &appservice.id, Item::Event(pdu.event_id.as_str())).await?;
         queued.push(appservice.id.clone());
     }

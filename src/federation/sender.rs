@@ -107,8 +107,10 @@ pub async fn queue_pdu_in<'a>(
 
 async fn enqueue_pdu(tx: &mut Tx, destinations: &[OwnedServerName], event_id: &EventId) -> Result<()> {
     let now = now_ms();
-    for destination in destinations {
-        storage::federation::enqueue_pdu(tx, destination.as_str(), event_id.as_str(), now).await?;
+    // A statement per thousand destinations (bind parameters are limited).
+    for chunk in destinations.chunks(1000) {
+        let names: Vec<&str> = chunk.iter().map(|d| d.as_str()).collect();
+        storage::federation::enqueue_pdu(tx, &names, event_id.as_str(), now).await?;
     }
     Ok(())
 }

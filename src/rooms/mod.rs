@@ -613,6 +613,10 @@ pub(crate) async fn append(
     // the counts are written with the event.
     let notified =
         if arrival.soft_failed { Default::default() } else { crate::push::evaluate(svc, pdu, &head).await? };
+    let interested_appservices = match arrival.soft_failed {
+        true => Vec::new(),
+        false => crate::appservice::interested_in_event(svc, pdu).await?,
+    };
 
     // Appends of all rooms share transactions (group commit, `storage::batch`).
     let mut tx = svc.db.join_batch().await?;
@@ -737,7 +741,7 @@ pub(crate) async fn append(
         (TimelineEventType::RoomRedaction, Some(target)) => apply_redaction(svc, &mut tx, pdu, target, rules).await?,
         _ => None,
     };
-    let appservices = crate::appservice::queue_event(svc, &mut tx, pdu).await?;
+    let appservices = crate::appservice::queue_event(&mut tx, pdu, &interested_appservices).await?;
     let federated =
         crate::federation::sender::queue_pdu_in(svc, &mut tx, arrival.destinations.iter().map(|s| &**s), &pdu.event_id)
             .await?;

@@ -25,6 +25,9 @@ type Outcome = Option<Result<(), String>>;
 
 struct Open {
     tx: Tx,
+    /// Members so far, and when the batch began (for the log).
+    members: usize,
+    began: std::time::Instant,
     poisoned: bool,
     outcome: watch::Sender<Outcome>,
 }
@@ -66,6 +69,7 @@ async fn commit_batches(batches: Weak<Batches>, committer: Arc<Notify>) {
         let Some(batches) = batches.upgrade() else { return };
         let Some(batch) = batches.open.lock().await.take() else { continue };
         // The lock is free again: the next batch starts while this one commits.
+        let (members, writing) = (batch.members, batch.began.elapsed());
         let outcome = if batch.poisoned {
             match batch.tx.rollback().await {
                 Ok(()) => Err("a write of the same batch failed; the batch was rolled back".to_owned()),
@@ -74,8 +78,9 @@ async fn commit_batches(batches: Weak<Batches>, committer: Arc<Notify>) {
         } else {
             batch.tx.commit().await.map_err(|e| e.to_string())
         };
-        if let Err(e) = &outcome {
-            tracing::warn!(error = %e, "batch of writes not committed");
+        match &outcome {
+            Ok(()) => tracing::debug!(members, ?writing, total = ?batch.began.elapsed(), "batch of writes committed"),
+            Err(e) => tracing::warn!(error = %e, "batch of writes not committed"),
         }
         batch.outcome.send_replace(Some(outcome));
     }
@@ -93,10 +98,12 @@ impl<'a> BatchTx<'a> {
         let mut guard = batches.open.lock().await;
         if guard.is_none() {
             let tx = pool.begin().await?;
-            *guard = Some(Open { tx, poisoned: false, outcome: watch::channel(None).0 });
+            let began = std::time::Instant::now();
+            *guard = Some(Open { tx, members: 0, began, poisoned: false, outcome: watch::channel(None).0 });
         }
-        let open = MutexGuard::try_map(guard, Option::as_mut)
+        let mut open = MutexGuard::try_map(guard, Option::as_mut)
             .map_err(|_| sqlx::Error::Protocol("no open batch after starting one".to_owned()))?;
+        open.members += 1;
         Ok(BatchTx { open, committer: &batches.committer, finished: false })
     }
 

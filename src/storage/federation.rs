@@ -109,13 +109,18 @@ pub struct Queued {
     pub edu_json: Option<String>,
 }
 
-pub async fn enqueue_pdu(tx: &mut Tx, destination: &str, event_id: &str, now: i64) -> sqlx::Result<()> {
-    sqlx::query("INSERT INTO federation_outbox (destination, event_id, queued_ts) VALUES ($1, $2, $3)")
-        .bind(destination)
-        .bind(event_id)
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
+/// Queues a PDU for some destinations, in one statement.
+pub async fn enqueue_pdu(tx: &mut Tx, destinations: &[&str], event_id: &str, now: i64) -> sqlx::Result<()> {
+    if destinations.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<String> = (0..destinations.len()).map(|i| format!("(${}, $1, $2)", i + 3)).collect();
+    let sql = format!("INSERT INTO federation_outbox (destination, event_id, queued_ts) VALUES {}", rows.join(", "));
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(event_id).bind(now);
+    for destination in destinations {
+        query = query.bind(*destination);
+    }
+    query.execute(&mut **tx).await?;
     Ok(())
 }
 
