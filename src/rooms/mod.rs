@@ -764,7 +764,7 @@ pub(crate) async fn append(
         storage::events::StoredEvent {
             event_id: pdu.event_id.to_string(),
             room_id: room.to_owned(),
-            json: stored.json.to_string(),
+            json: stored.json.clone(),
             stream_pos: Some(pos),
             state_group: group,
             redacted_by: None,

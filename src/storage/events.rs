@@ -1,5 +1,7 @@
 //! Events: the PDUs of every room, their DAG edges, transaction IDs and relations.
 
+use std::sync::Arc;
+
 use sqlx::Row;
 
 use super::{Db, DbKind, Tx};
@@ -9,7 +11,8 @@ use super::{Db, DbKind, Tx};
 pub struct StoredEvent {
     pub event_id: String,
     pub room_id: String,
-    pub json: String,
+    /// Shared with the parsed event, and between the syncs a recent event is sent to.
+    pub json: Arc<str>,
     pub stream_pos: Option<i64>,
     pub state_group: Option<i64>,
     pub redacted_by: Option<String>,
@@ -24,7 +27,7 @@ fn from_row(r: &sqlx::any::AnyRow) -> sqlx::Result<StoredEvent> {
     Ok(StoredEvent {
         event_id: r.try_get("event_id")?,
         room_id: r.try_get("room_id")?,
-        json: r.try_get("json")?,
+        json: r.try_get::<String, _>("json")?.into(),
         stream_pos: r.try_get("stream_pos")?,
         state_group: r.try_get("state_group")?,
         redacted_by: r.try_get("redacted_by")?,

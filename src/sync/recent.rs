@@ -268,7 +268,7 @@ mod tests {
         StoredEvent {
             event_id: format!("$e{pos}"),
             room_id: room.to_owned(),
-            json: String::new(),
+            json: "".into(),
             stream_pos: Some(pos),
             state_group: Some(group),
             redacted_by: None,
