@@ -613,10 +613,8 @@ pub(crate) async fn append(
     // the counts are written with the event.
     let notified =
         if arrival.soft_failed { Default::default() } else { crate::push::evaluate(svc, pdu, &head).await? };
-    let interested_appservices = match arrival.soft_failed {
-        true => Vec::new(),
-        false => crate::appservice::interested_in_event(svc, pdu).await?,
-    };
+    let interested_appservices =
+        if arrival.soft_failed { Vec::new() } else { crate::appservice::interested_in_event(svc, pdu).await? };
 
     // Appends of all rooms share transactions (group commit, `storage::batch`).
     let mut tx = svc.db.join_batch().await?;
