@@ -23,6 +23,7 @@ use crate::error::{Error, Result};
 use crate::outbox::{self, Outbox, Target};
 use crate::rooms::{self, pdu::Pdu};
 use crate::storage::appservice::Item;
+use crate::storage::script::Script;
 use crate::storage::{self, Db, Tx};
 
 /// Most items (events, ephemeral events, to-device messages) in one transaction (Synapse
@@ -287,14 +288,11 @@ pub async fn interested_in_event(svc: &Services, pdu: &Pdu) -> Result<Vec<Arc<Ap
 }
 
 /// Queues the event for the appservices interested in it (`interested_in_event`), in the
-/// transaction that stores it.
-pub async fn queue_event(tx: &mut Tx, pdu: &Pdu, interested: &[Arc<Appservice>]) -> Result<Queued> {
-    let mut queued = Vec::new();
-    for appservice in interested {
-        storage::appservice::queue(tx, &appservice.id, Item::Event(pdu.event_id.as_str())).await?;
-        queued.push(appservice.id.clone());
-    }
-    Ok(Queued(queued))
+/// script that appends it; `wake` them once it is committed.
+pub fn queue_event_in_script(script: &mut Script, pdu: &Pdu, interested: &[Arc<Appservice>]) -> Queued {
+    let ids: Vec<&str> = interested.iter().map(|a| a.id.as_str()).collect();
+    storage::appservice::queue_event_in_script(script, &ids, pdu.event_id.as_str());
+    Queued(interested.iter().map(|a| a.id.clone()).collect())
 }
 
 /// Queues an ephemeral event of a room (`m.typing`, `m.receipt`) for the appservices that

@@ -19,6 +19,7 @@ use super::transaction::{MAX_EDUS, MAX_PDUS};
 use crate::Services;
 use crate::cluster::{self, Message, leader};
 use crate::error::Result;
+use crate::storage::script::Script;
 use crate::storage::{self, Tx, now_ms};
 
 const MIN_BACKOFF: Duration = Duration::from_secs(2);
@@ -92,17 +93,16 @@ pub async fn send_pdu<'a>(
     Ok(())
 }
 
-/// Queues a PDU of ours in the transaction that stores it, so that a crash cannot keep the
-/// event and lose its sending; the caller `wake`s the returned servers after the commit.
-pub async fn queue_pdu_in<'a>(
-    svc: &Services,
-    tx: &mut Tx,
-    destinations: impl IntoIterator<Item = &'a ServerName>,
-    event_id: &EventId,
-) -> Result<Vec<OwnedServerName>> {
-    let destinations = others(svc, destinations);
-    enqueue_pdu(tx, &destinations, event_id).await?;
-    Ok(destinations)
+/// Queues a PDU of ours for some servers (`others`) in the transaction that stores it, so that
+/// a crash cannot keep the event and lose its sending; the caller `wake`s them after the commit.
+pub async fn queue_pdu_in(tx: &mut Tx, destinations: &[OwnedServerName], event_id: &EventId) -> Result<()> {
+    enqueue_pdu(tx, destinations, event_id).await
+}
+
+/// `queue_pdu_in` in the script that appends the PDU.
+pub fn queue_pdu_in_script(script: &mut Script, destinations: &[OwnedServerName], event_id: &EventId) {
+    let names: Vec<&str> = destinations.iter().map(|d| d.as_str()).collect();
+    storage::federation::enqueue_pdu_in_script(script, &names, event_id.as_str(), now_ms());
 }
 
 async fn enqueue_pdu(tx: &mut Tx, destinations: &[OwnedServerName], event_id: &EventId) -> Result<()> {
@@ -137,7 +137,10 @@ pub async fn send_edu<'a>(
     Ok(())
 }
 
-fn others<'a>(svc: &Services, destinations: impl IntoIterator<Item = &'a ServerName>) -> Vec<OwnedServerName> {
+pub(crate) fn others<'a>(
+    svc: &Services,
+    destinations: impl IntoIterator<Item = &'a ServerName>,
+) -> Vec<OwnedServerName> {
     let set: HashSet<&ServerName> = destinations.into_iter().filter(|d| d.as_str() != svc.config.server_name).collect();
     set.into_iter().map(ToOwned::to_owned).collect()
 }

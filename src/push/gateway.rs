@@ -56,10 +56,9 @@ impl Queued {
     }
 }
 
-/// Queues a push, for every pusher of the users it notified, of the event appended at `pos`
-/// (its notifications are in `tx` already).
-pub(super) async fn queue_notifications(tx: &mut Tx, pos: i64) -> Result<Queued> {
-    Ok(Queued(storage::push::queue_notification_pushes(tx, pos, now_ms()).await?))
+/// Wakes pushers with pushes queued (and committed).
+pub(super) fn wake_all(svc: &Services, pushers: Vec<i64>) {
+    Queued(pushers).wake(svc);
 }
 
 /// Queues a badge update (the user's unread count) for every pusher of the user.

@@ -23,6 +23,7 @@ use crate::rooms::head::Head;
 use crate::rooms::pdu::Pdu;
 use crate::rooms::state::StateMap;
 use crate::rooms::{self, versions};
+use crate::storage::script::Script;
 use crate::storage::{self, push::NotifyingEvent};
 use crate::sync::recent::{Counts, Notifications, Span, UnreadSnapshot};
 
@@ -244,24 +245,52 @@ struct Notified {
     actions: String,
 }
 
-/// Stores the notifications of an event in the transaction that appends it, so that a sync
-/// which sees the event also sees its counts, and queues their pushes; wake the returned
-/// pushers once the transaction is committed.
-pub async fn store(tx: &mut storage::Tx, pdu: &Pdu, pos: i64, evaluation: &Evaluation) -> Result<gateway::Queued> {
-    if evaluation.notified.is_empty() {
-        return Ok(gateway::Queued::default());
+impl Evaluation {
+    /// The users notified.
+    pub fn users(&self) -> Vec<OwnedUserId> {
+        self.notified.iter().map(|n| n.user.clone()).collect()
     }
-    let event = NotifyingEvent {
-        stream_pos: pos,
-        room_id: pdu.room_id.as_str(),
-        thread_id: &evaluation.thread_id,
-        event_id: pdu.event_id.as_str(),
-        ts: storage::now_ms(),
-    };
-    let users: Vec<storage::push::Notified<'_>> =
-        evaluation.notified.iter().map(|n| (n.user.as_str(), n.highlight, n.actions.as_str())).collect();
-    storage::push::insert_notifications(tx, &event, &users).await?;
-    gateway::queue_notifications(tx, pos).await
+
+    /// How many values `store_in_script` binds.
+    pub fn script_args(&self) -> usize {
+        self.notified.len() * storage::push::SCRIPT_ARGS_PER_NOTIFIED + 4
+    }
+
+    fn notifying_event<'a>(&'a self, pdu: &'a Pdu) -> (NotifyingEvent<'a>, Vec<storage::push::Notified<'a>>) {
+        let event = NotifyingEvent {
+            room_id: pdu.room_id.as_str(),
+            thread_id: &self.thread_id,
+            event_id: pdu.event_id.as_str(),
+            ts: storage::now_ms(),
+        };
+        let users = self.notified.iter().map(|n| (n.user.as_str(), n.highlight, n.actions.as_str())).collect();
+        (event, users)
+    }
+}
+
+/// Adds to the script that appends an event its notifications, so that a sync which sees the
+/// event also sees its counts, and their pushes; `wake_pushers` once it is committed.
+pub fn store_in_script(script: &mut Script, pdu: &Pdu, evaluation: &Evaluation) {
+    let (event, users) = evaluation.notifying_event(pdu);
+    storage::push::notify_in_script(script, &event, &users);
+}
+
+/// `store_in_script` for the events that notify more users than a script can bind: in
+/// statements of their own, in the transaction that appended the event at `pos`.
+pub async fn store(tx: &mut storage::Tx, pdu: &Pdu, pos: i64, evaluation: &Evaluation) -> Result<()> {
+    let (event, users) = evaluation.notifying_event(pdu);
+    Ok(storage::push::notify(tx, pos, &event, &users).await?)
+}
+
+/// Wakes the pushers of the users an event notified (`Evaluation::users`), once its pushes
+/// are committed.
+pub async fn wake_pushers(svc: &Services, users: &[OwnedUserId]) -> Result<()> {
+    if users.is_empty() {
+        return Ok(());
+    }
+    let users: Vec<&str> = users.iter().map(|u| u.as_str()).collect();
+    gateway::wake_all(svc, storage::push::pushers_of(&svc.db, &users).await?);
+    Ok(())
 }
 
 /// The display name in a member event.

@@ -611,35 +611,30 @@ pub(crate) async fn append(
     };
     // Push rules are evaluated before the transaction (rulesets may be created on first use);
     // the counts are written with the event.
-    let notified =
-        if arrival.soft_failed { Default::default() } else { crate::push::evaluate(svc, pdu, &head).await? };
+    let soft_failed = arrival.soft_failed;
+    let notified = if soft_failed { Default::default() } else { crate::push::evaluate(svc, pdu, &head).await? };
     let interested_appservices =
-        if arrival.soft_failed { Vec::new() } else { crate::appservice::interested_in_event(svc, pdu).await? };
-
-    // Appends of all rooms share transactions (group commit, `storage::batch`).
-    let mut tx = svc.db.join_batch().await?;
-    let (group, state_after) = match &pdu.state_key {
-        Some(key) => {
-            let entry = ((pdu.kind.to_string(), key.clone()), pdu.event_id.to_string());
-            let delta: storage::state::StateRows = [entry.clone()].into_iter().collect();
-            let mut full = state::to_rows(state_before);
-            full.insert(entry.0, entry.1);
-            let id = storage::state::create_group(&mut tx, room, group_before, &delta, &full).await?;
-            let mut map = state_before.clone();
-            map.insert((pdu.kind.to_string().into(), key.clone()), pdu.event_id.clone());
-            (Some(id), Arc::new(map))
-        }
-        None => (group_before, Arc::new(state_before.clone())),
+        if soft_failed { Vec::new() } else { crate::appservice::interested_in_event(svc, pdu).await? };
+    let destinations = match soft_failed {
+        true => Vec::new(),
+        false => crate::federation::sender::others(svc, arrival.destinations.iter().map(|s| &**s)),
     };
+    let redaction = match (&pdu.kind, &pdu.redacts) {
+        (TimelineEventType::RoomRedaction, Some(target)) if !soft_failed => Some(target),
+        _ => None,
+    };
+    // The forward extremities this event does not replace.
+    let remaining: Vec<&Arc<Pdu>> = head.prevs.iter().filter(|p| !pdu.prev_events.contains(&p.event_id)).collect();
+
     let prev_ids: Vec<String> = pdu.prev_events.iter().map(ToString::to_string).collect();
     let auth_ids: Vec<String> = pdu.auth_events.iter().map(ToString::to_string).collect();
     let relation = pdu.relation();
-    let searchable = search::searchable(pdu).filter(|_| !arrival.soft_failed);
+    let searchable = search::searchable(pdu).filter(|_| !soft_failed);
     let event_type = pdu.kind.to_string();
-    let pos = storage::events::append(
-        &mut tx,
-        svc.db.kind,
-        &TimelineEntry {
+    // The script that writes the event, with its notifications and the queueing of its
+    // deliveries when they fit in it (`complete`); with the event's state group.
+    let script_for = |state_group: Option<i64>| {
+        let entry = TimelineEntry {
             event: NewEvent {
                 event_id: pdu.event_id.as_str(),
                 room_id: room,
@@ -650,99 +645,160 @@ pub(crate) async fn append(
                 sender: pdu.sender.as_str(),
                 origin_server_ts: i64::from(pdu.origin_server_ts.0),
                 json: &stored.json,
-                state_group: group,
+                state_group,
                 prev_events: &prev_ids,
                 auth_events: &auth_ids,
                 relation: relation.as_ref().map(|(t, e)| (t.as_str(), e.as_str())),
-                soft_failed: arrival.soft_failed,
+                soft_failed,
             },
             txn: arrival.txn.map(|(user, device, txn_id)| (user.as_str(), device, txn_id)),
             search: searchable.as_ref().map(|(key, text)| (*key, text.as_str())),
-            bump: !arrival.soft_failed && crate::sync::sliding::lists::bumps(&pdu.kind),
-            extremity: !arrival.soft_failed,
-        },
-    )
-    .await?;
-    if arrival.soft_failed {
-        tx.commit().await?;
-        return Ok(pdu.event_id.clone());
-    }
-    if pdu.kind == TimelineEventType::RoomMember
-        && let Some(member) = pdu.state_key.as_deref()
-        && UserId::parse(member).is_ok_and(|u| u.server_name().as_str() == svc.config.server_name)
-    {
-        // The room's own state now says where a local user stands in it.
-        storage::rooms::delete_remote_membership(&mut tx, member, room).await?;
-    }
-    let pushes = crate::push::store(&mut tx, pdu, pos, &notified).await?;
+            bump: !soft_failed && crate::sync::sliding::lists::bumps(&pdu.kind),
+            extremity: !soft_failed,
+        };
+        let mut script = storage::events::append_script(svc.db.kind, &entry);
+        let appservices = crate::appservice::queue_event_in_script(&mut script, pdu, &interested_appservices);
+        let complete = script.has_room_for(notified.script_args() + destinations.len() + 2);
+        if complete {
+            crate::push::store_in_script(&mut script, pdu, &notified);
+            crate::federation::sender::queue_pdu_in_script(&mut script, &destinations, &pdu.event_id);
+        }
+        (script, appservices, complete)
+    };
 
-    // The room's new current state: the state after this event when it is the only forward
-    // extremity, else the resolution of the states after every extremity.
-    let remaining: Vec<&Arc<Pdu>> = head.prevs.iter().filter(|p| !pdu.prev_events.contains(&p.event_id)).collect();
-    let (new_group, new_state) = if remaining.is_empty() {
-        (group, state_after.clone())
-    } else {
-        // Resolution may need this event, which is not committed yet.
-        svc.rooms.cache_event(stored.clone());
-        let mut states = vec![state_after.clone()];
-        for extremity in &remaining {
-            let g = storage::events::get(&svc.db, extremity.event_id.as_str()).await?.and_then(|e| e.state_group);
-            if let Some(g) = g {
-                states.push(state::load(svc, g).await?);
-            }
-        }
-        let resolved = resolve::resolve(svc, &head.version, &states).await?;
-        let rows = state::to_rows(&resolved);
-        let id = storage::state::create_group(&mut tx, room, None, &rows, &rows).await?;
-        (Some(id), Arc::new(resolved))
+    // Appends of all rooms share transactions (group commit, `storage::batch`). An append
+    // that only adds to the timeline hands its script to the batch; one that must read back
+    // what it writes (a state event's state group, a fork's resolution, a redaction) holds
+    // the batch while it writes.
+    let holds_batch = pdu.state_key.is_some()
+        || (!soft_failed && (!remaining.is_empty() || redaction.is_some() || group_before != head.group));
+    let queued = match holds_batch {
+        true => None,
+        false => Some(script_for(group_before)).filter(|(_, _, complete)| *complete),
     };
-    let mut members = head.members.clone();
-    if new_group != head.group
-        && let Some(new_group) = new_group
-    {
-        let mut memberships = Vec::new();
-        let mut changed = Vec::new();
-        for (key, id) in new_state.iter() {
-            if head.state.get(key) != Some(id) {
-                let membership = match key.0 {
-                    // This event is not committed yet: read it from memory.
-                    StateEventType::RoomMember if *id == pdu.event_id => pdu.content_str("membership"),
-                    StateEventType::RoomMember => get_pdu(svc, id).await?.and_then(|p| p.content_str("membership")),
-                    _ => None,
-                };
-                memberships.push(membership);
-                changed.push((key, Some(id)));
+    let (pos, group, state_after, new_group, new_state, members, redacted, appservices) = match queued {
+        Some((script, appservices, _)) => {
+            let pos = match svc.db.append_in_batch(script).await {
+                Ok(pos) => pos,
+                Err(e) => {
+                    // Whether a failed commit wrote anything is not known here: read the head
+                    // again.
+                    head::forget(svc, &pdu.room_id);
+                    return Err(e.into());
+                }
+            };
+            if soft_failed {
+                return Ok(pdu.event_id.clone());
             }
+            // The room's state and extremities (but for this event) are as they were.
+            let state = Arc::new(state_before.clone());
+            (pos, group_before, state.clone(), group_before, state, head.members.clone(), None, appservices)
         }
-        for key in head.state.keys() {
-            if !new_state.contains_key(key) {
-                memberships.push(None);
-                changed.push((key, None));
+        None => {
+            let mut tx = svc.db.join_batch().await?;
+            let (group, state_after) = match &pdu.state_key {
+                Some(key) => {
+                    let entry = ((pdu.kind.to_string(), key.clone()), pdu.event_id.to_string());
+                    let delta: storage::state::StateRows = [entry.clone()].into_iter().collect();
+                    let mut full = state::to_rows(state_before);
+                    full.insert(entry.0, entry.1);
+                    let id = storage::state::create_group(&mut tx, room, group_before, &delta, &full).await?;
+                    let mut map = state_before.clone();
+                    map.insert((pdu.kind.to_string().into(), key.clone()), pdu.event_id.clone());
+                    (Some(id), Arc::new(map))
+                }
+                None => (group_before, Arc::new(state_before.clone())),
+            };
+            let (script, appservices, complete) = script_for(group);
+            let pos = script.run(&mut tx).await?;
+            if soft_failed {
+                tx.commit().await?;
+                return Ok(pdu.event_id.clone());
             }
+            if !complete {
+                crate::push::store(&mut tx, pdu, pos, &notified).await?;
+                crate::federation::sender::queue_pdu_in(&mut tx, &destinations, &pdu.event_id).await?;
+            }
+            if pdu.kind == TimelineEventType::RoomMember
+                && let Some(member) = pdu.state_key.as_deref()
+                && UserId::parse(member).is_ok_and(|u| u.server_name().as_str() == svc.config.server_name)
+            {
+                // The room's own state now says where a local user stands in it.
+                storage::rooms::delete_remote_membership(&mut tx, member, room).await?;
+            }
+            // The room's new current state: the state after this event when it is the only
+            // forward extremity, else the resolution of the states after every extremity.
+            let (new_group, new_state) = if remaining.is_empty() {
+                (group, state_after.clone())
+            } else {
+                // Resolution may need this event, which is not committed yet.
+                svc.rooms.cache_event(stored.clone());
+                let mut states = vec![state_after.clone()];
+                for extremity in &remaining {
+                    let g =
+                        storage::events::get(&svc.db, extremity.event_id.as_str()).await?.and_then(|e| e.state_group);
+                    if let Some(g) = g {
+                        states.push(state::load(svc, g).await?);
+                    }
+                }
+                let resolved = resolve::resolve(svc, &head.version, &states).await?;
+                let rows = state::to_rows(&resolved);
+                let id = storage::state::create_group(&mut tx, room, None, &rows, &rows).await?;
+                (Some(id), Arc::new(resolved))
+            };
+            let mut members = head.members.clone();
+            if new_group != head.group
+                && let Some(new_group) = new_group
+            {
+                let mut memberships = Vec::new();
+                let mut changed = Vec::new();
+                for (key, id) in new_state.iter() {
+                    if head.state.get(key) != Some(id) {
+                        let membership = match key.0 {
+                            // This event is not committed yet: read it from memory.
+                            StateEventType::RoomMember if *id == pdu.event_id => pdu.content_str("membership"),
+                            StateEventType::RoomMember => {
+                                get_pdu(svc, id).await?.and_then(|p| p.content_str("membership"))
+                            }
+                            _ => None,
+                        };
+                        memberships.push(membership);
+                        changed.push((key, Some(id)));
+                    }
+                }
+                for key in head.state.keys() {
+                    if !new_state.contains_key(key) {
+                        memberships.push(None);
+                        changed.push((key, None));
+                    }
+                }
+                let kinds: Vec<String> = changed.iter().map(|(k, _)| k.0.to_string()).collect();
+                let changes: Vec<StateChange<'_>> = changed
+                    .iter()
+                    .zip(kinds.iter())
+                    .zip(memberships.iter())
+                    .map(|(((key, id), kind), membership)| StateChange {
+                        event_type: kind,
+                        state_key: &key.1,
+                        event_id: id.map(|i| i.as_str()),
+                        membership: membership.as_deref(),
+                    })
+                    .collect();
+                storage::rooms::set_current_state(&mut tx, room, new_group, &changes).await?;
+                members = Arc::new(head::apply_member_changes(&head.members, &changes));
+            }
+            let redacted = match redaction {
+                Some(target) => apply_redaction(svc, &mut tx, pdu, target, rules).await?,
+                None => None,
+            };
+            if let Err(e) = tx.commit().await {
+                // Whether a failed commit wrote anything is not known here: read the head again.
+                head::forget(svc, &pdu.room_id);
+                return Err(e.into());
+            }
+            (pos, group, state_after, new_group, new_state, members, redacted, appservices)
         }
-        let kinds: Vec<String> = changed.iter().map(|(k, _)| k.0.to_string()).collect();
-        let changes: Vec<StateChange<'_>> = changed
-            .iter()
-            .zip(kinds.iter())
-            .zip(memberships.iter())
-            .map(|(((key, id), kind), membership)| StateChange {
-                event_type: kind,
-                state_key: &key.1,
-                event_id: id.map(|i| i.as_str()),
-                membership: membership.as_deref(),
-            })
-            .collect();
-        storage::rooms::set_current_state(&mut tx, room, new_group, &changes).await?;
-        members = Arc::new(head::apply_member_changes(&head.members, &changes));
-    }
-    let redacted = match (&pdu.kind, &pdu.redacts) {
-        (TimelineEventType::RoomRedaction, Some(target)) => apply_redaction(svc, &mut tx, pdu, target, rules).await?,
-        _ => None,
     };
-    let appservices = crate::appservice::queue_event(&mut tx, pdu, &interested_appservices).await?;
-    let federated =
-        crate::federation::sender::queue_pdu_in(svc, &mut tx, arrival.destinations.iter().map(|s| &**s), &pdu.event_id)
-            .await?;
     let mut prevs: Vec<Arc<Pdu>> = remaining.into_iter().cloned().collect();
     prevs.push(stored.clone());
     prevs.sort_by(|a, b| a.event_id.cmp(&b.event_id));
@@ -752,11 +808,7 @@ pub(crate) async fn append(
     };
     let new_head =
         head::Head { version: head.version.clone(), group: current_group, state: current_state, prevs, members };
-    if let Err(e) = tx.commit().await {
-        // Whether a failed commit wrote anything is not known here: read the head again.
-        head::forget(svc, &pdu.room_id);
-        return Err(e.into());
-    }
+    let notified_users = notified.users();
     // For the long-polls this append wakes (before the wake-up, so they find it).
     svc.notifier.recent.record(
         storage::events::StoredEvent {
@@ -786,9 +838,8 @@ pub(crate) async fn append(
     let mut wake: Vec<OwnedUserId> =
         new_head.interested_users().filter_map(|u| OwnedUserId::try_from(u).ok()).collect();
     head::advance(svc, &pdu.room_id, new_head);
-    pushes.wake(svc);
     appservices.wake(svc);
-    crate::federation::sender::wake(svc, federated).await;
+    crate::federation::sender::wake(svc, destinations).await;
     if let Some(event_id) = redacted {
         crate::cluster::publish(svc, crate::cluster::Message::EventChanged { event_id }).await;
     }
@@ -802,6 +853,11 @@ pub(crate) async fn append(
         wake.push(target);
     }
     svc.notifier.notify(wake.iter().map(|u| &**u));
+    // The event is committed: after a failed wake-up its pushes stay queued, and go with the
+    // pushers' next wake-up or at the next start.
+    if let Err(e) = crate::push::wake_pushers(svc, &notified_users).await {
+        tracing::warn!(error = %e, "cannot wake the pushers of an event's notifications");
+    }
     metrics::counter!("plexus_events_appended_total").increment(1);
     Ok(pdu.event_id.clone())
 }

@@ -1,5 +1,6 @@
 //! The queue of work for application services (`appservice_outbox`).
 
+use super::script::Script;
 use super::{Db, Tx};
 
 /// Something queued for an appservice.
@@ -26,6 +27,16 @@ pub async fn queue(tx: &mut Tx, appservice_id: &str, item: Item<'_>) -> sqlx::Re
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// Queues an event for some appservices, in the script that appends it.
+pub fn queue_event_in_script(script: &mut Script, appservice_ids: &[&str], event_id: &str) {
+    if appservice_ids.is_empty() {
+        return;
+    }
+    let event_id = script.arg(event_id);
+    let rows: Vec<String> = appservice_ids.iter().map(|id| format!("({}, {event_id})", script.arg(*id))).collect();
+    script.push(format!("INSERT INTO appservice_outbox (appservice_id, event_id) VALUES {}", rows.join(", ")));
 }
 
 /// One queued item: an event ID, an ephemeral event or a to-device message.

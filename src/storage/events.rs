@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use sqlx::Row;
 
+use super::script::Script;
 use super::{Db, DbKind, Tx};
 
 /// An event as stored.
@@ -121,136 +122,69 @@ pub struct TimelineEntry<'a> {
     pub extremity: bool,
 }
 
-/// One bound value of a statement assembled at run time.
-enum Arg<'a> {
-    Text(&'a str),
-    OptText(Option<&'a str>),
-    Int(i64),
-    OptInt(Option<i64>),
-}
-
-/// Statements run as one round trip: on SQLite several statements in one (the connection's
-/// worker runs them in a row), on PostgreSQL data-modifying CTEs of one statement.
-struct Script<'a> {
-    kind: DbKind,
-    statements: Vec<String>,
-    args: Vec<Arg<'a>>,
-}
-
-impl<'a> Script<'a> {
-    /// Binds a value; returns its placeholder.
-    fn arg(&mut self, arg: Arg<'a>) -> String {
-        self.args.push(arg);
-        format!("${}", self.args.len())
-    }
-}
-
-/// The stream position `append` took, as an SQL expression inside its script.
-fn taken_pos(kind: DbKind) -> &'static str {
-    match kind {
-        DbKind::Sqlite => "(SELECT value FROM stream_counter WHERE id = 1)",
-        DbKind::Postgres => "(SELECT value FROM pos)",
-    }
-}
-
-/// Appends an event to its room's timeline at the next stream position (returned), with its
-/// DAG edges, relation, transaction ID, search text, bump stamp and the room's new forward
-/// extremities, in one round trip to the database: a send's cost is the number of
-/// statements handed to the connection, not their SQL.
-pub async fn append(tx: &mut Tx, kind: DbKind, entry: &TimelineEntry<'_>) -> sqlx::Result<i64> {
+/// The script that appends an event to its room's timeline at the next stream position, with
+/// its DAG edges, relation, transaction ID, search text, bump stamp and the room's new forward
+/// extremities (`rooms::append` adds what else the append writes, and runs it).
+pub fn append_script(kind: DbKind, entry: &TimelineEntry<'_>) -> Script {
     let e = &entry.event;
-    let mut script = Script { kind, statements: Vec::new(), args: Vec::new() };
-    let pos = taken_pos(kind);
-    let event_id = script.arg(Arg::Text(e.event_id));
-    let room_id = script.arg(Arg::Text(e.room_id));
+    let mut script = Script::new(kind);
+    let pos = script.pos();
+    let event_id = script.arg(e.event_id);
+    let room_id = script.arg(e.room_id);
     let values = [
-        script.arg(Arg::Int(e.depth)),
-        script.arg(Arg::Text(e.event_type)),
-        script.arg(Arg::OptText(e.state_key)),
-        script.arg(Arg::Text(e.sender)),
-        script.arg(Arg::Int(e.origin_server_ts)),
-        script.arg(Arg::Text(e.json)),
-        script.arg(Arg::OptInt(e.state_group)),
-        script.arg(Arg::Int(e.soft_failed as i64)),
+        script.arg(e.depth),
+        script.arg(e.event_type),
+        script.arg(e.state_key),
+        script.arg(e.sender),
+        script.arg(e.origin_server_ts),
+        script.arg(e.json),
+        script.arg(e.state_group),
+        script.arg(e.soft_failed as i64),
     ]
     .join(", ");
-    script.statements.push(format!(
+    script.push(format!(
         "INSERT INTO events (event_id, room_id, stream_pos, depth, event_type, state_key, sender,
                              origin_server_ts, json, state_group, soft_failed, outlier)
          VALUES ({event_id}, {room_id}, {pos}, {values}, 0)"
     ));
-    let prevs: Vec<String> = e.prev_events.iter().map(|id| script.arg(Arg::Text(id))).collect();
-    let auths: Vec<String> = e.auth_events.iter().map(|id| script.arg(Arg::Text(id))).collect();
+    let prevs: Vec<String> = e.prev_events.iter().map(|id| script.arg(id.as_str())).collect();
+    let auths: Vec<String> = e.auth_events.iter().map(|id| script.arg(id.as_str())).collect();
     for (table, column, ids) in [("event_edges", "prev_event_id", &prevs), ("event_auth", "auth_event_id", &auths)] {
         if !ids.is_empty() {
             let rows: Vec<String> = ids.iter().map(|id| format!("({event_id}, {id})")).collect();
-            script.statements.push(format!(
+            script.push(format!(
                 "INSERT INTO {table} (event_id, {column}) VALUES {} ON CONFLICT DO NOTHING",
                 rows.join(", ")
             ));
         }
     }
     if let Some((rel_type, target)) = e.relation {
-        let (target, rel_type) = (script.arg(Arg::Text(target)), script.arg(Arg::Text(rel_type)));
-        script.statements.push(format!(
+        let (target, rel_type) = (script.arg(target), script.arg(rel_type));
+        script.push(format!(
             "INSERT INTO event_relations (event_id, relates_to, rel_type, room_id)
              VALUES ({event_id}, {target}, {rel_type}, {room_id}) ON CONFLICT DO NOTHING"
         ));
     }
     if let Some((user, device, txn_id)) = entry.txn {
-        let values =
-            [user, device, txn_id].into_iter().map(|v| script.arg(Arg::Text(v))).collect::<Vec<_>>().join(", ");
-        script.statements.push(format!(
+        let values = [user, device, txn_id].into_iter().map(|v| script.arg(v)).collect::<Vec<_>>().join(", ");
+        script.push(format!(
             "INSERT INTO event_txns (user_id, device_id, txn_id, room_id, event_id)
              VALUES ({values}, {room_id}, {event_id}) ON CONFLICT DO NOTHING"
         ));
     }
     if let Some((key, text)) = entry.search {
-        let (key, text) = (script.arg(Arg::Text(key)), script.arg(Arg::Text(text)));
-        script.statements.push(super::search::index_statement(kind, &event_id, &room_id, &key, &text));
+        let (key, text) = (script.arg(key), script.arg(text));
+        script.push(super::search::index_statement(kind, &event_id, &room_id, &key, &text));
     }
     if entry.bump {
-        script.statements.push(super::sliding_sync::bump_statement(&room_id, pos));
+        script.push(super::sliding_sync::bump_statement(&room_id, pos));
     }
     if entry.extremity {
-        script.statements.extend(super::rooms::advance_extremities_statements(&room_id, &prevs, &event_id));
-    }
-    script.run(tx).await
-}
-
-impl Script<'_> {
-    /// Takes the next stream position, runs the statements and returns the position.
-    async fn run(self, tx: &mut Tx) -> sqlx::Result<i64> {
-        let sql = match self.kind {
-            // The position is read at the end: a statement returning rows first would let
-            // the driver stop the script there.
-            DbKind::Sqlite => format!(
-                "UPDATE stream_counter SET value = value + 1 WHERE id = 1; {}; SELECT value FROM stream_counter WHERE id = 1",
-                self.statements.join("; ")
-            ),
-            DbKind::Postgres => {
-                let ctes: Vec<String> =
-                    self.statements.iter().enumerate().map(|(i, s)| format!("s{i} AS ({s})")).collect();
-                format!(
-                    "WITH pos AS (UPDATE stream_counter SET value = value + 1 WHERE id = 1 RETURNING value), {}
-                     SELECT value FROM pos",
-                    ctes.join(", ")
-                )
-            }
-        };
-        let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql));
-        for arg in self.args {
-            query = match arg {
-                Arg::Text(v) => query.bind(v),
-                Arg::OptText(v) => query.bind(v),
-                Arg::Int(v) => query.bind(v),
-                Arg::OptInt(v) => query.bind(v),
-            };
+        for statement in super::rooms::advance_extremities_statements(&room_id, &prevs, &event_id) {
+            script.push(statement);
         }
-        // fetch_all: every statement runs (fetch_one may stop at the first row).
-        let positions: Vec<i64> = query.fetch_all(&mut **tx).await?;
-        positions.last().copied().ok_or(sqlx::Error::RowNotFound)
     }
+    script
 }
 
 /// Puts a stored event that is not in the timeline (an outlier, or just backfilled) at a

@@ -3,6 +3,7 @@
 
 use sqlx::Row;
 
+use super::script::Script;
 use super::{Db, Tx};
 
 /// A stored signing key of another server.
@@ -114,14 +115,30 @@ pub async fn enqueue_pdu(tx: &mut Tx, destinations: &[&str], event_id: &str, now
     if destinations.is_empty() {
         return Ok(());
     }
-    let rows: Vec<String> = (0..destinations.len()).map(|i| format!("(${}, $1, $2)", i + 3)).collect();
-    let sql = format!("INSERT INTO federation_outbox (destination, event_id, queued_ts) VALUES {}", rows.join(", "));
+    let placeholders: Vec<String> = (0..destinations.len()).map(|i| format!("${}", i + 3)).collect();
+    let sql = enqueue_pdu_statement("$1", "$2", &placeholders);
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(event_id).bind(now);
     for destination in destinations {
         query = query.bind(*destination);
     }
     query.execute(&mut **tx).await?;
     Ok(())
+}
+
+/// `enqueue_pdu` in an append's script.
+pub fn enqueue_pdu_in_script(script: &mut Script, destinations: &[&str], event_id: &str, now: i64) {
+    if destinations.is_empty() {
+        return;
+    }
+    let (event_id, now) = (script.arg(event_id), script.arg(now));
+    let placeholders: Vec<String> = destinations.iter().map(|d| script.arg(*d)).collect();
+    script.push(enqueue_pdu_statement(&event_id, &now, &placeholders));
+}
+
+/// Queues an event for some servers (placeholders).
+fn enqueue_pdu_statement(event_id: &str, now: &str, destinations: &[String]) -> String {
+    let rows: Vec<String> = destinations.iter().map(|d| format!("({d}, {event_id}, {now})")).collect();
+    format!("INSERT INTO federation_outbox (destination, event_id, queued_ts) VALUES {}", rows.join(", "))
 }
 
 pub async fn enqueue_edu(tx: &mut Tx, destination: &str, edu_json: &str, now: i64) -> sqlx::Result<()> {

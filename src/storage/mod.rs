@@ -24,6 +24,7 @@ pub mod registration_tokens;
 pub mod reports;
 pub mod room_deletions;
 pub mod rooms;
+pub mod script;
 pub mod search;
 pub mod sliding_sync;
 pub mod sso;
@@ -120,8 +121,8 @@ impl Db {
             Ok(Db {
                 kind: DbKind::Sqlite,
                 read,
+                batches: batch::Batches::start(write.clone()),
                 write,
-                batches: batch::Batches::start(),
                 locks: None,
                 stream_reads: Arc::default(),
                 _checkpointer: checkpointer,
@@ -144,8 +145,8 @@ impl Db {
             Ok(Db {
                 kind: DbKind::Postgres,
                 read: pool.clone(),
+                batches: batch::Batches::start(pool.clone()),
                 write: pool,
-                batches: batch::Batches::start(),
                 locks: Some(locks),
                 stream_reads: Arc::default(),
                 _checkpointer: None,
@@ -166,7 +167,13 @@ impl Db {
     /// Joins the open batch of writes that commit together (group commit, see `batch`),
     /// starting one when none is open. For appends to rooms, whose rate is what matters.
     pub async fn join_batch(&self) -> sqlx::Result<batch::BatchTx<'_>> {
-        batch::BatchTx::join(&self.batches, &self.write).await
+        batch::BatchTx::join(&self.batches).await
+    }
+
+    /// Runs an append's script in the open batch of writes (see `batch`) and returns the
+    /// stream position it took, once committed.
+    pub async fn append_in_batch(&self, script: script::Script) -> sqlx::Result<i64> {
+        batch::run_queued(&self.batches, script).await
     }
 }
 

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 
+use super::script::Script;
 use super::{Db, DbKind, Tx};
 
 pub async fn ruleset(db: &Db, user_id: &str) -> sqlx::Result<Option<String>> {
@@ -34,9 +35,8 @@ pub async fn put_ruleset(tx: &mut Tx, user_id: &str, ruleset: &str) -> sqlx::Res
     Ok(())
 }
 
-/// An event that notified users: what their notifications share.
+/// An event that notified users: what their notifications share (but the stream position).
 pub struct NotifyingEvent<'a> {
-    pub stream_pos: i64,
     pub room_id: &'a str,
     pub thread_id: &'a str,
     pub event_id: &'a str,
@@ -46,27 +46,44 @@ pub struct NotifyingEvent<'a> {
 /// One user's notification of an event: (user, highlight, actions as JSON).
 pub type Notified<'a> = (&'a str, bool, &'a str);
 
+/// Values an append's script binds per notified user.
+pub const SCRIPT_ARGS_PER_NOTIFIED: usize = 3;
+
+/// Adds to an append's script the event's notifications, at the script's position, and a
+/// push queued for every pusher of the notified users.
+pub fn notify_in_script(script: &mut Script, event: &NotifyingEvent<'_>, users: &[Notified<'_>]) {
+    if users.is_empty() {
+        return;
+    }
+    let pos = script.pos();
+    let shared = [pos.to_owned(), script.arg(event.room_id), script.arg(event.thread_id), script.arg(event.event_id)];
+    let ts = script.arg(event.ts);
+    let rows: Vec<[String; 3]> = users
+        .iter()
+        .map(|(user, highlight, actions)| [script.arg(*user), script.arg(i64::from(*highlight)), script.arg(*actions)])
+        .collect();
+    script.push(notifications_statement(&shared, &ts, &rows));
+    let users: Vec<&str> = rows.iter().map(|row| row[0].as_str()).collect();
+    script.push(pushes_statement(pos, &ts, &users));
+}
+
 /// Rows per statement: a few fixed sizes, so that the prepared statements stay few.
 const NOTIFICATION_CHUNKS: [usize; 5] = [256, 64, 16, 4, 1];
 
-/// Stores an event's notifications: a room of a hundred members costs four statements, not
-/// a hundred (each is a hand-off to the connection).
-pub async fn insert_notifications(tx: &mut Tx, event: &NotifyingEvent<'_>, users: &[Notified<'_>]) -> sqlx::Result<()> {
+/// Stores an event's notifications at `pos` and queues their pushes, in statements of their
+/// own: for the rooms of more notified members than an append's script can bind. A thousand
+/// members cost six statements.
+pub async fn notify(tx: &mut Tx, pos: i64, event: &NotifyingEvent<'_>, users: &[Notified<'_>]) -> sqlx::Result<()> {
     let mut rest = users;
     while !rest.is_empty() {
         let size = NOTIFICATION_CHUNKS.into_iter().find(|size| *size <= rest.len()).unwrap_or(1);
         let (chunk, after) = rest.split_at(size);
         rest = after;
-        let rows: Vec<String> = (0..size)
-            .map(|i| format!("(${}, $1, $2, $3, $4, ${}, ${}, $5)", 6 + 3 * i, 7 + 3 * i, 8 + 3 * i))
-            .collect();
-        let sql = format!(
-            "INSERT INTO push_notifications (user_id, stream_pos, room_id, thread_id, event_id, highlight, actions, ts)
-             VALUES {} ON CONFLICT (user_id, stream_pos) DO NOTHING",
-            rows.join(", ")
-        );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(event.stream_pos)
+        let placeholder = |n: usize| format!("${n}");
+        let shared = [1, 2, 3, 4].map(placeholder);
+        let rows: Vec<[String; 3]> = (0..size).map(|i| [6, 7, 8].map(|n| placeholder(n + 3 * i))).collect();
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(notifications_statement(&shared, "$5", &rows)))
+            .bind(pos)
             .bind(event.room_id)
             .bind(event.thread_id)
             .bind(event.event_id)
@@ -75,8 +92,59 @@ pub async fn insert_notifications(tx: &mut Tx, event: &NotifyingEvent<'_>, users
             query = query.bind(*user).bind(i64::from(*highlight)).bind(*actions);
         }
         query.execute(&mut **tx).await?;
+        let users: Vec<String> = (0..size).map(|i| placeholder(i + 3)).collect();
+        let users: Vec<&str> = users.iter().map(String::as_str).collect();
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(pushes_statement("$1", "$2", &users))).bind(pos).bind(event.ts);
+        for (user, _, _) in chunk {
+            query = query.bind(*user);
+        }
+        query.execute(&mut **tx).await?;
     }
     Ok(())
+}
+
+/// Inserts notifications: `shared` holds the placeholders of (stream position, room, thread,
+/// event), each row those of (user, highlight, actions).
+fn notifications_statement(shared: &[String; 4], ts: &str, rows: &[[String; 3]]) -> String {
+    let [pos, room, thread, event] = shared;
+    let rows: Vec<String> = rows
+        .iter()
+        .map(|[user, highlight, actions]| {
+            format!("({user}, {pos}, {room}, {thread}, {event}, {highlight}, {actions}, {ts})")
+        })
+        .collect();
+    format!(
+        "INSERT INTO push_notifications (user_id, stream_pos, room_id, thread_id, event_id, highlight, actions, ts)
+         VALUES {} ON CONFLICT (user_id, stream_pos) DO NOTHING",
+        rows.join(", ")
+    )
+}
+
+/// Queues a push of the notification at `pos` for every pusher of the users (placeholders).
+/// It names the users rather than reading their notifications: on PostgreSQL the statements of
+/// a script do not see each other's rows.
+fn pushes_statement(pos: &str, ts: &str, users: &[&str]) -> String {
+    format!(
+        "INSERT INTO push_outbox (pusher_id, stream_pos, queued_ts) SELECT id, {pos}, {ts} FROM pushers
+         WHERE user_id IN ({})",
+        users.join(", ")
+    )
+}
+
+/// The pushers of some users.
+pub async fn pushers_of(db: &Db, users: &[&str]) -> sqlx::Result<Vec<i64>> {
+    let mut found = Vec::new();
+    for chunk in users.chunks(500) {
+        let placeholders: Vec<String> = (1..=chunk.len()).map(|n| format!("${n}")).collect();
+        let sql = format!("SELECT id FROM pushers WHERE user_id IN ({})", placeholders.join(", "));
+        let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql));
+        for user in chunk {
+            query = query.bind(*user);
+        }
+        let ids: Vec<i64> = query.fetch_all(db.read()).await?;
+        found.extend(ids);
+    }
+    Ok(found)
 }
 
 /// SQL condition: notification `n` is read, i.e. the user has a read receipt (public or
@@ -357,20 +425,6 @@ pub async fn pusher(db: &Db, id: i64) -> sqlx::Result<Option<PusherRow>> {
         .bind(id)
         .fetch_optional(db.read())
         .await
-}
-
-/// Queues a push of the notifications at `stream_pos` (one event's) for every pusher of the
-/// users notified. Returns the pushers that got one.
-pub async fn queue_notification_pushes(tx: &mut Tx, stream_pos: i64, now: i64) -> sqlx::Result<Vec<i64>> {
-    sqlx::query_scalar(
-        "INSERT INTO push_outbox (pusher_id, stream_pos, queued_ts)
-         SELECT p.id, n.stream_pos, $2 FROM push_notifications n JOIN pushers p ON p.user_id = n.user_id
-         WHERE n.stream_pos = $1 RETURNING pusher_id",
-    )
-    .bind(stream_pos)
-    .bind(now)
-    .fetch_all(&mut **tx)
-    .await
 }
 
 /// Queues a badge update for every pusher of a user. Returns the pushers that got one.

@@ -122,7 +122,7 @@ pub async fn delete_remote_membership(tx: &mut Tx, user_id: &str, room_id: &str)
 }
 
 /// The statements that replace the forward extremities `referenced` by a new event (run by
-/// `storage::events::append`); the arguments are placeholders.
+/// `storage::events::append_script`); the arguments are placeholders.
 pub(super) fn advance_extremities_statements(room_id: &str, referenced: &[String], new: &str) -> Vec<String> {
     let mut statements = Vec::with_capacity(2);
     if !referenced.is_empty() {

@@ -5,7 +5,7 @@ use sqlx::Row;
 
 use super::{Db, DbKind, Tx};
 
-/// The statement that indexes one field of an event (`storage::events::append` runs it in the
+/// The statement that indexes one field of an event (`storage::events::append_script` runs it in the
 /// round trip that appends the event); the arguments are placeholders.
 pub(super) fn index_statement(kind: DbKind, event_id: &str, room_id: &str, key: &str, text: &str) -> String {
     match kind {

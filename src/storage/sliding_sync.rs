@@ -19,7 +19,7 @@ pub struct ListedRoom {
     pub bump_pos: Option<i64>,
 }
 
-/// The statement that raises a room's bump stamp to `pos` (run by `storage::events::append`);
+/// The statement that raises a room's bump stamp to `pos` (run by `storage::events::append_script`);
 /// the arguments are SQL expressions.
 pub(super) fn bump_statement(room_id: &str, pos: &str) -> String {
     format!(

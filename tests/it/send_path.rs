@@ -237,3 +237,55 @@ async fn a_send_whose_client_hangs_up_is_stored_and_fails_no_other_send() {
     })
     .await;
 }
+
+/// An append whose write fails (here a database trigger rejects it) fails alone: the sends of
+/// other rooms that share its group commit are stored and answered, and the room it was sent
+/// to takes further sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_append_that_fails_to_be_written_fails_no_other_send() {
+    let server = TestServer::start().await;
+    let poison = match server.state.db.kind {
+        plexus::storage::DbKind::Sqlite => vec![
+            "CREATE TRIGGER poison BEFORE INSERT ON events WHEN NEW.json LIKE '%poison pill%'
+             BEGIN SELECT RAISE(ABORT, 'poison pill'); END",
+        ],
+        plexus::storage::DbKind::Postgres => vec![
+            "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS
+             'BEGIN RAISE EXCEPTION ''poison pill''; END'",
+            "CREATE TRIGGER poison BEFORE INSERT ON events FOR EACH ROW
+             WHEN (NEW.json LIKE '%poison pill%') EXECUTE FUNCTION poison()",
+        ],
+    };
+    let mut tx = server.state.db.begin().await.unwrap();
+    for statement in poison {
+        sqlx::query(statement).execute(&mut *tx).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    let mut users = Vec::new();
+    for i in 0..5 {
+        let user = server.register(&format!("pill{i}")).await;
+        let room = user.create_room(json!({})).await;
+        users.push((user, room));
+    }
+    let (poisoner, poisoned_room) = &users[0];
+    let poisoned = async {
+        for i in 0..20 {
+            let content = json!({ "msgtype": "m.text", "body": format!("poison pill {i}") });
+            let path = format!("{C}/rooms/{}/send/m.room.message/pill{i}", enc(poisoned_room));
+            let reply = poisoner.request(Method::PUT, &path, Some(&content)).await;
+            assert_eq!(reply.status, 500, "{:?}", reply.body);
+        }
+    };
+    let others = futures::future::join_all(users[1..].iter().map(|(user, room)| async move {
+        for i in 0..20 {
+            send(user, room, &format!("fine{i}"), &format!("fine {i}")).await;
+        }
+    }));
+    tokio::join!(poisoned, others);
+    for (user, room) in &users[1..] {
+        let expected: Vec<String> = (0..20).map(|i| format!("fine {i}")).collect();
+        assert_eq!(bodies(user, room).await, expected);
+    }
+    send(poisoner, poisoned_room, "after", "after the pills").await;
+    assert_eq!(bodies(poisoner, poisoned_room).await, vec!["after the pills".to_owned()]);
+}
