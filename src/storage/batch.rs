@@ -5,37 +5,44 @@
 //!
 //! Most appends (`Db::append_in_batch`) hand their script (`storage::script`) to the open batch
 //! (starting one when none is open) and wait: a committer task runs the scripts queued in the
-//! batch one after another, in a savepoint, then commits, and tells every member its outcome.
-//! When a script fails, the savepoint is rolled back and the others are written again without
-//! it, so that it fails only its own append. Since these members do not write themselves,
-//! nothing is dropped halfway by a member that goes away.
+//! batch one after another, commits, and tells every member its outcome. When a script fails
+//! (a real SQL error), the batch is rolled back, that append fails, and the other queued ones
+//! are written again in the next batch: a failure stays with its own append, at no cost to
+//! batches that do not fail. Since these members do not write themselves, none can leave a
+//! write half done by going away.
 //!
 //! An append that must read back what it writes (a state event's state group, a fork's
-//! resolved state, a redaction) joins the batch instead (`Db::join_batch`) and writes while it holds the
-//! batch alone, then leaves and waits: the committer commits the batch once the members queued
-//! before it have written (the lock is fair). So nothing is answered before its data is
-//! committed. A member that leaves without finishing (an error, or a task dropped midway)
-//! poisons the batch: what it wrote cannot be told apart from the rest, so the whole batch is
-//! rolled back and every member gets the error. Requests that write are therefore run to their
-//! end even when their client goes away (`http::finish_writes`).
+//! resolved state, a redaction) joins the batch instead (`Db::join_batch`) and writes while it
+//! holds the batch alone, then leaves and waits: the committer commits the batch once the
+//! members queued before it have written (the lock is fair). So nothing is answered before its
+//! data is committed. A member that leaves without finishing (an error, or a task dropped
+//! midway) poisons the batch: what it wrote cannot be told apart from the rest, so the batch is
+//! rolled back and every member that wrote itself gets the error (the queued appends are
+//! written again). Requests that write are therefore run to their end even when their client
+//! goes away (`http::finish_writes`).
 
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Weak};
 
 use sqlx::AnyPool;
-use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard, Notify, watch};
+use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard, Notify, oneshot, watch};
 
 use super::Tx;
 use super::script::Script;
 
-/// What a batch's members learn once it is over (None until then): whether it committed, and
-/// then the outcome of each queued script (its stream position).
-type Outcome = Option<Result<Arc<[Result<i64, String>]>, String>>;
+/// What a batch's members that write themselves learn once it is over (None until then).
+type Outcome = Option<Result<(), String>>;
+
+/// A queued append: its script, and where its stream position goes once it is committed.
+struct Queued {
+    script: Script,
+    answer: oneshot::Sender<Result<i64, String>>,
+}
 
 struct Open {
     tx: Tx,
-    /// The scripts of the members that do not write themselves, in the order they came.
-    queued: Vec<Script>,
+    /// The appends of the members that do not write themselves, in the order they came.
+    queued: Vec<Queued>,
     /// Members so far, and when the batch began (for the log).
     members: usize,
     began: std::time::Instant,
@@ -82,51 +89,70 @@ async fn commit_batches(batches: Weak<Batches>, committer: Arc<Notify>) {
         let Some(batches) = batches.upgrade() else { return };
         let Some(batch) = batches.open.lock().await.take() else { continue };
         // The lock is free again: the next batch starts while this one commits.
-        let Open { mut tx, queued, members, began, mut poisoned, outcome } = batch;
-        let results = write_queued(&mut tx, queued).await;
-        poisoned |= results.is_none();
-        let writing = began.elapsed();
-        let committed: Result<Arc<[Result<i64, String>]>, String> = if poisoned {
-            match tx.rollback().await {
-                Ok(()) => Err("a write of the same batch failed; the batch was rolled back".to_owned()),
-                Err(e) => Err(e.to_string()),
+        let Open { mut tx, queued, members, began, poisoned, outcome } = batch;
+        let (positions, failure) = super::script::run_each(queued.iter().map(|q| &q.script), &mut tx).await;
+        if failure.is_none() && !poisoned {
+            let writing = began.elapsed();
+            match tx.commit().await {
+                Ok(()) => {
+                    tracing::debug!(members, ?writing, total = ?began.elapsed(), "batch of writes committed");
+                    for (queued, pos) in queued.into_iter().zip(positions) {
+                        let _ = queued.answer.send(Ok(pos));
+                    }
+                    outcome.send_replace(Some(Ok(())));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "batch of writes not committed");
+                    for queued in queued {
+                        let _ = queued.answer.send(Err(e.to_string()));
+                    }
+                    outcome.send_replace(Some(Err(e.to_string())));
+                }
             }
-        } else {
-            tx.commit().await.map(|()| Arc::from(results.unwrap_or_default())).map_err(|e| e.to_string())
-        };
-        match &committed {
-            Ok(_) => tracing::debug!(members, ?writing, total = ?began.elapsed(), "batch of writes committed"),
-            Err(e) => tracing::warn!(error = %e, "batch of writes not committed"),
+            continue;
         }
-        outcome.send_replace(Some(committed));
+        // A queued append failed, or a member that wrote itself did not finish: the batch is
+        // rolled back. The failed append fails alone; the other queued ones are written again
+        // in the next batch (those that wrote themselves cannot be).
+        let rolled_back = tx.rollback().await;
+        let mut again = Vec::with_capacity(queued.len());
+        for (n, queued) in queued.into_iter().enumerate() {
+            match &failure {
+                Some(e) if n == positions.len() => {
+                    tracing::warn!(error = %e, "an append of a batch failed");
+                    let _ = queued.answer.send(Err(e.to_string()));
+                }
+                _ => again.push(queued),
+            }
+        }
+        let error = match rolled_back {
+            Ok(()) => "a write of the same batch failed; the batch was rolled back".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!(error = %error, "batch of writes not committed");
+        outcome.send_replace(Some(Err(error)));
+        if !again.is_empty() {
+            requeue(&batches, again).await;
+        }
     }
 }
 
-/// Runs the queued scripts of a batch, after what its members that write themselves wrote:
-/// the outcome of each, or None when the batch must be rolled back. They run in a savepoint:
-/// when one fails, they are undone and written again without it, so that it fails alone.
-async fn write_queued(tx: &mut Tx, queued: Vec<Script>) -> Option<Vec<Result<i64, String>>> {
-    let mut results: Vec<Result<i64, String>> = Vec::with_capacity(queued.len());
-    if queued.is_empty() {
-        return Some(results);
-    }
-    results.resize_with(queued.len(), || Err("not written".to_owned()));
-    let mut pending: Vec<(usize, Script)> = queued.into_iter().enumerate().collect();
-    sqlx::query("SAVEPOINT queued").execute(&mut **tx).await.ok()?;
-    loop {
-        let (positions, failure) = super::script::run_each(pending.iter().map(|(_, s)| s), tx).await;
-        for ((i, _), pos) in pending.iter().zip(&positions) {
-            results[*i] = Ok(*pos);
+/// Puts appends at the head of the open batch (started when none is open).
+async fn requeue(batches: &Batches, again: Vec<Queued>) {
+    match enter(batches).await {
+        Ok(mut open) => {
+            open.members += again.len() - 1;
+            let later = std::mem::replace(&mut open.queued, again);
+            open.queued.extend(later);
         }
-        let Some(e) = failure else { return Some(results) };
-        tracing::warn!(error = %e, "an append of a batch failed");
-        if positions.len() >= pending.len() {
-            return None;
+        Err(e) => {
+            for queued in again {
+                let _ = queued.answer.send(Err(e.to_string()));
+            }
+            return;
         }
-        let (i, _) = pending.remove(positions.len());
-        results[i] = Err(e.to_string());
-        sqlx::query("ROLLBACK TO SAVEPOINT queued").execute(&mut **tx).await.ok()?;
     }
+    batches.committer.notify_one();
 }
 
 /// Membership of the open batch: the batch's transaction, held alone until `commit`.
@@ -151,34 +177,30 @@ async fn enter(batches: &Batches) -> sqlx::Result<MappedMutexGuard<'_, Open>> {
     Ok(open)
 }
 
-/// Waits until a batch is over: Ok with its queued scripts' outcomes once it is committed.
-async fn outcome(mut outcome: watch::Receiver<Outcome>) -> sqlx::Result<Arc<[Result<i64, String>]>> {
+/// Waits until a batch is over: Ok once it is committed.
+async fn outcome(mut outcome: watch::Receiver<Outcome>) -> sqlx::Result<()> {
     let outcome = outcome
         .wait_for(Option::is_some)
         .await
         .map_err(|_| sqlx::Error::Protocol("the batch was abandoned".to_owned()))?;
     match &*outcome {
-        Some(Ok(results)) => Ok(results.clone()),
+        Some(Ok(())) => Ok(()),
         Some(Err(e)) => Err(sqlx::Error::Protocol(e.clone())),
         None => Err(sqlx::Error::Protocol("the batch has no outcome".to_owned())),
     }
 }
 
-/// Queues an append's script in the open batch and waits until the batch is committed: the
-/// stream position the script took. Dropped midway, the script is still run and committed
-/// (or never queued).
+/// Queues an append's script in the open batch and waits until it is committed: the stream
+/// position the script took. Dropped midway, the script is still run and committed (or never
+/// queued).
 pub(super) async fn run_queued(batches: &Batches, script: Script) -> sqlx::Result<i64> {
-    let (index, committed) = {
-        let mut open = enter(batches).await?;
-        open.queued.push(script);
-        (open.queued.len() - 1, open.outcome.subscribe())
-    };
+    let (answer, answered) = oneshot::channel();
+    enter(batches).await?.queued.push(Queued { script, answer });
     batches.committer.notify_one();
-    let results = outcome(committed).await?;
-    match results.get(index) {
-        Some(Ok(pos)) => Ok(*pos),
-        Some(Err(e)) => Err(sqlx::Error::Protocol(e.clone())),
-        None => Err(sqlx::Error::Protocol("the batch lost a queued append".to_owned())),
+    match answered.await {
+        Ok(Ok(pos)) => Ok(pos),
+        Ok(Err(e)) => Err(sqlx::Error::Protocol(e)),
+        Err(_) => Err(sqlx::Error::Protocol("the batch was abandoned".to_owned())),
     }
 }
 
@@ -193,7 +215,7 @@ impl<'a> BatchTx<'a> {
         self.finished = true;
         let committed = self.open.outcome.subscribe();
         drop(self);
-        outcome(committed).await.map(drop)
+        outcome(committed).await
     }
 }
 
