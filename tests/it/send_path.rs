@@ -202,18 +202,38 @@ async fn send_and_hang_up(server: &TestServer, user: &TestUser, room: &str, txn:
     conn.shutdown().await.unwrap();
 }
 
+/// `count` users, each in a room of their own.
+async fn users_in_rooms_of_their_own(server: &TestServer, prefix: &str, count: usize) -> Vec<(TestUser, String)> {
+    let mut users = Vec::new();
+    for i in 0..count {
+        let user = server.register(&format!("{prefix}{i}")).await;
+        let room = user.create_room(json!({})).await;
+        users.push((user, room));
+    }
+    users
+}
+
+/// While `beside` runs, each user sends twenty messages into their room: all are stored.
+async fn send_twenty_each_beside(users: &[(TestUser, String)], word: &str, beside: impl Future<Output = ()>) {
+    let sends = futures::future::join_all(users.iter().map(|(user, room)| async move {
+        for i in 0..20 {
+            send(user, room, &format!("{word}{i}"), &format!("{word} {i}")).await;
+        }
+    }));
+    tokio::join!(beside, sends);
+    for (user, room) in users {
+        let expected: Vec<String> = (0..20).map(|i| format!("{word} {i}")).collect();
+        assert_eq!(bodies(user, room).await, expected);
+    }
+}
+
 /// A client that hangs up while its send is being written must neither lose that send nor
 /// fail the sends of other rooms that share its group commit: a write is finished even
 /// when nobody waits for its answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_send_whose_client_hangs_up_is_stored_and_fails_no_other_send() {
     let server = TestServer::start().await;
-    let mut users = Vec::new();
-    for i in 0..4 {
-        let user = server.register(&format!("hangup{i}")).await;
-        let room = user.create_room(json!({})).await;
-        users.push((user, room));
-    }
+    let users = users_in_rooms_of_their_own(&server, "hangup", 4).await;
     let (quitter, quitter_room) = &users[0];
     let quitters = async {
         for i in 0..20 {
@@ -221,16 +241,7 @@ async fn a_send_whose_client_hangs_up_is_stored_and_fails_no_other_send() {
             tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         }
     };
-    let others = futures::future::join_all(users[1..].iter().map(|(user, room)| async move {
-        for i in 0..20 {
-            send(user, room, &format!("stay{i}"), &format!("stay {i}")).await;
-        }
-    }));
-    tokio::join!(quitters, others);
-    for (user, room) in &users[1..] {
-        let expected: Vec<String> = (0..20).map(|i| format!("stay {i}")).collect();
-        assert_eq!(bodies(user, room).await, expected);
-    }
+    send_twenty_each_beside(&users[1..], "stay", quitters).await;
     let expected: HashSet<String> = (0..20).map(|i| format!("gone {i}")).collect();
     crate::harness::wait_for("every hung-up send stored", async || {
         bodies(quitter, quitter_room).await.into_iter().collect::<HashSet<_>>() == expected
@@ -261,12 +272,7 @@ async fn an_append_that_fails_to_be_written_fails_no_other_send() {
         sqlx::query(statement).execute(&mut *tx).await.unwrap();
     }
     tx.commit().await.unwrap();
-    let mut users = Vec::new();
-    for i in 0..5 {
-        let user = server.register(&format!("pill{i}")).await;
-        let room = user.create_room(json!({})).await;
-        users.push((user, room));
-    }
+    let users = users_in_rooms_of_their_own(&server, "pill", 5).await;
     let (poisoner, poisoned_room) = &users[0];
     let poisoned = async {
         for i in 0..20 {
@@ -276,16 +282,7 @@ async fn an_append_that_fails_to_be_written_fails_no_other_send() {
             assert_eq!(reply.status, 500, "{:?}", reply.body);
         }
     };
-    let others = futures::future::join_all(users[1..].iter().map(|(user, room)| async move {
-        for i in 0..20 {
-            send(user, room, &format!("fine{i}"), &format!("fine {i}")).await;
-        }
-    }));
-    tokio::join!(poisoned, others);
-    for (user, room) in &users[1..] {
-        let expected: Vec<String> = (0..20).map(|i| format!("fine {i}")).collect();
-        assert_eq!(bodies(user, room).await, expected);
-    }
+    send_twenty_each_beside(&users[1..], "fine", poisoned).await;
     send(poisoner, poisoned_room, "after", "after the pills").await;
     assert_eq!(bodies(poisoner, poisoned_room).await, vec!["after the pills".to_owned()]);
 }
