@@ -87,7 +87,7 @@ pub async fn send_pdu<'a>(
         return Ok(());
     }
     let mut tx = svc.db.begin().await?;
-    enqueue_pdu(&mut tx, &destinations, event_id).await?;
+    queue_pdu_in(&mut tx, &destinations, event_id).await?;
     tx.commit().await?;
     wake(svc, destinations).await;
     Ok(())
@@ -96,16 +96,6 @@ pub async fn send_pdu<'a>(
 /// Queues a PDU of ours for some servers (`others`) in the transaction that stores it, so that
 /// a crash cannot keep the event and lose its sending; the caller `wake`s them after the commit.
 pub async fn queue_pdu_in(tx: &mut Tx, destinations: &[OwnedServerName], event_id: &EventId) -> Result<()> {
-    enqueue_pdu(tx, destinations, event_id).await
-}
-
-/// `queue_pdu_in` in the script that appends the PDU.
-pub fn queue_pdu_in_script(script: &mut Script, destinations: &[OwnedServerName], event_id: &EventId) {
-    let names: Vec<&str> = destinations.iter().map(|d| d.as_str()).collect();
-    storage::federation::enqueue_pdu_in_script(script, &names, event_id.as_str(), now_ms());
-}
-
-async fn enqueue_pdu(tx: &mut Tx, destinations: &[OwnedServerName], event_id: &EventId) -> Result<()> {
     let now = now_ms();
     // A statement per thousand destinations (bind parameters are limited).
     for chunk in destinations.chunks(1000) {
@@ -113,6 +103,12 @@ async fn enqueue_pdu(tx: &mut Tx, destinations: &[OwnedServerName], event_id: &E
         storage::federation::enqueue_pdu(tx, &names, event_id.as_str(), now).await?;
     }
     Ok(())
+}
+
+/// `queue_pdu_in` in the script that appends the PDU.
+pub fn queue_pdu_in_script(script: &mut Script, destinations: &[OwnedServerName], event_id: &EventId) {
+    let names: Vec<&str> = destinations.iter().map(|d| d.as_str()).collect();
+    storage::federation::enqueue_pdu_in_script(script, &names, event_id.as_str(), now_ms());
 }
 
 /// Queues an EDU for the given servers (ours is skipped).

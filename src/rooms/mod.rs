@@ -575,6 +575,20 @@ async fn append_local(
     append(svc, &pdu, &rules, state_before, group_before, arrival).await
 }
 
+/// What an append wrote: its stream position, the state groups and states after the event and
+/// of the room (which differ when the DAG forked), the room's members, the event it redacted,
+/// and the appservices to wake.
+struct Written {
+    pos: i64,
+    group: Option<i64>,
+    state_after: Arc<StateMap>,
+    new_group: Option<i64>,
+    new_state: Arc<StateMap>,
+    members: Arc<head::Members>,
+    redacted: Option<OwnedEventId>,
+    appservices: crate::appservice::Queued,
+}
+
 /// Appends an authorised event to its room (the caller holds the room lock): its state
 /// group, the forward extremities, the room's current state (resolved when the DAG forks),
 /// then wakes the local users concerned.
@@ -672,12 +686,11 @@ pub(crate) async fn append(
     // the batch while it writes.
     let holds_batch = pdu.state_key.is_some()
         || (!soft_failed && (!remaining.is_empty() || redaction.is_some() || group_before != head.group));
-    let queued = match holds_batch {
-        true => None,
-        false => Some(script_for(group_before)).filter(|(_, _, complete)| *complete),
-    };
-    let (pos, group, state_after, new_group, new_state, members, redacted, appservices) = match queued {
-        Some((script, appservices, _)) => {
+    // Its script when it has no state key (the state group is the one before it); an append
+    // whose deliveries do not all fit in it holds the batch too.
+    let built = (!holds_batch).then(|| script_for(group_before));
+    let Written { pos, group, state_after, new_group, new_state, members, redacted, appservices } = match built {
+        Some((script, appservices, true)) => {
             let pos = match svc.db.append_in_batch(script).await {
                 Ok(pos) => pos,
                 Err(e) => {
@@ -692,9 +705,18 @@ pub(crate) async fn append(
             }
             // The room's state and extremities (but for this event) are as they were.
             let state = Arc::new(state_before.clone());
-            (pos, group_before, state.clone(), group_before, state, head.members.clone(), None, appservices)
+            Written {
+                pos,
+                group: group_before,
+                state_after: state.clone(),
+                new_group: group_before,
+                new_state: state,
+                members: head.members.clone(),
+                redacted: None,
+                appservices,
+            }
         }
-        None => {
+        built => {
             let mut tx = svc.db.join_batch().await?;
             let (group, state_after) = match &pdu.state_key {
                 Some(key) => {
@@ -709,7 +731,7 @@ pub(crate) async fn append(
                 }
                 None => (group_before, Arc::new(state_before.clone())),
             };
-            let (script, appservices, complete) = script_for(group);
+            let (script, appservices, complete) = built.unwrap_or_else(|| script_for(group));
             let pos = script.run(&mut tx).await?;
             if soft_failed {
                 tx.commit().await?;
@@ -746,47 +768,12 @@ pub(crate) async fn append(
                 let id = storage::state::create_group(&mut tx, room, None, &rows, &rows).await?;
                 (Some(id), Arc::new(resolved))
             };
-            let mut members = head.members.clone();
-            if new_group != head.group
-                && let Some(new_group) = new_group
-            {
-                let mut memberships = Vec::new();
-                let mut changed = Vec::new();
-                for (key, id) in new_state.iter() {
-                    if head.state.get(key) != Some(id) {
-                        let membership = match key.0 {
-                            // This event is not committed yet: read it from memory.
-                            StateEventType::RoomMember if *id == pdu.event_id => pdu.content_str("membership"),
-                            StateEventType::RoomMember => {
-                                get_pdu(svc, id).await?.and_then(|p| p.content_str("membership"))
-                            }
-                            _ => None,
-                        };
-                        memberships.push(membership);
-                        changed.push((key, Some(id)));
-                    }
+            let members = match new_group {
+                Some(g) if new_group != head.group => {
+                    set_current_state(svc, &mut tx, pdu, &head, g, &new_state).await?
                 }
-                for key in head.state.keys() {
-                    if !new_state.contains_key(key) {
-                        memberships.push(None);
-                        changed.push((key, None));
-                    }
-                }
-                let kinds: Vec<String> = changed.iter().map(|(k, _)| k.0.to_string()).collect();
-                let changes: Vec<StateChange<'_>> = changed
-                    .iter()
-                    .zip(kinds.iter())
-                    .zip(memberships.iter())
-                    .map(|(((key, id), kind), membership)| StateChange {
-                        event_type: kind,
-                        state_key: &key.1,
-                        event_id: id.map(|i| i.as_str()),
-                        membership: membership.as_deref(),
-                    })
-                    .collect();
-                storage::rooms::set_current_state(&mut tx, room, new_group, &changes).await?;
-                members = Arc::new(head::apply_member_changes(&head.members, &changes));
-            }
+                _ => head.members.clone(),
+            };
             let redacted = match redaction {
                 Some(target) => apply_redaction(svc, &mut tx, pdu, target, rules).await?,
                 None => None,
@@ -796,7 +783,7 @@ pub(crate) async fn append(
                 head::forget(svc, &pdu.room_id);
                 return Err(e.into());
             }
-            (pos, group, state_after, new_group, new_state, members, redacted, appservices)
+            Written { pos, group, state_after, new_group, new_state, members, redacted, appservices }
         }
     };
     let mut prevs: Vec<Arc<Pdu>> = remaining.into_iter().cloned().collect();
@@ -860,6 +847,52 @@ pub(crate) async fn append(
     }
     metrics::counter!("plexus_events_appended_total").increment(1);
     Ok(pdu.event_id.clone())
+}
+
+/// Stores a room's new current state (state group `group`), as changes from the head's: the
+/// room's members after it.
+async fn set_current_state(
+    svc: &Services,
+    tx: &mut storage::Tx,
+    pdu: &Pdu,
+    head: &head::Head,
+    group: i64,
+    new_state: &StateMap,
+) -> Result<Arc<head::Members>> {
+    let mut memberships = Vec::new();
+    let mut changed = Vec::new();
+    for (key, id) in new_state.iter() {
+        if head.state.get(key) != Some(id) {
+            let membership = match key.0 {
+                // This event is not committed yet: read it from memory.
+                StateEventType::RoomMember if *id == pdu.event_id => pdu.content_str("membership"),
+                StateEventType::RoomMember => get_pdu(svc, id).await?.and_then(|p| p.content_str("membership")),
+                _ => None,
+            };
+            memberships.push(membership);
+            changed.push((key, Some(id)));
+        }
+    }
+    for key in head.state.keys() {
+        if !new_state.contains_key(key) {
+            memberships.push(None);
+            changed.push((key, None));
+        }
+    }
+    let kinds: Vec<String> = changed.iter().map(|(k, _)| k.0.to_string()).collect();
+    let changes: Vec<StateChange<'_>> = changed
+        .iter()
+        .zip(kinds.iter())
+        .zip(memberships.iter())
+        .map(|(((key, id), kind), membership)| StateChange {
+            event_type: kind,
+            state_key: &key.1,
+            event_id: id.map(|i| i.as_str()),
+            membership: membership.as_deref(),
+        })
+        .collect();
+    storage::rooms::set_current_state(tx, pdu.room_id.as_str(), group, &changes).await?;
+    Ok(Arc::new(head::apply_member_changes(&head.members, &changes)))
 }
 
 /// Prunes the redacted event in storage, if it is in the same room. Returns its ID.
