@@ -4,12 +4,12 @@
 //! then) is paid once per batch instead of once per event.
 //!
 //! Most appends (`Db::append_in_batch`) hand their script (`storage::script`) to the open batch
-//! (starting one when none is open) and wait: a committer task runs the scripts queued in the
-//! batch one after another, commits, and tells every member its outcome. When a script fails
-//! (a real SQL error), the batch is rolled back, that append fails, and the other queued ones
-//! are written again in the next batch: a failure stays with its own append, at no cost to
-//! batches that do not fail. Since these members do not write themselves, none can leave a
-//! write half done by going away.
+//! (starting one when none is open) and wait: a committer task closes the batch, runs the
+//! scripts queued in it one after another before the next batch may write, commits, and tells
+//! every member its outcome. When a script fails (a real SQL error), the batch is rolled back,
+//! that append fails, and the other queued ones are written again in the next batch: a
+//! failure stays with its own append, at no cost to batches that do not fail. Since these
+//! members do not write themselves, none can leave a write half done by going away.
 //!
 //! An append that must read back what it writes (a state event's state group, a fork's
 //! resolved state, a redaction) joins the batch instead (`Db::join_batch`) and writes while it
@@ -87,10 +87,15 @@ async fn commit_batches(batches: Weak<Batches>, committer: Arc<Notify>) {
     loop {
         committer.notified().await;
         let Some(batches) = batches.upgrade() else { return };
-        let Some(batch) = batches.open.lock().await.take() else { continue };
-        // The lock is free again: the next batch starts while this one commits.
+        let mut open = batches.open.lock().await;
+        let Some(batch) = open.take() else { continue };
         let Open { mut tx, queued, members, began, poisoned, outcome } = batch;
+        // The queued scripts take their stream positions before the lock is free for the next
+        // batch: on PostgreSQL, a member of the next batch that took one first would hold the
+        // counter's row until its own commit, which waits for this one.
         let (positions, failure) = super::script::run_each(queued.iter().map(|q| &q.script), &mut tx).await;
+        // The next batch starts while this one commits.
+        drop(open);
         if failure.is_none() && !poisoned {
             let writing = began.elapsed();
             match tx.commit().await {
