@@ -1,11 +1,15 @@
 //! Event filters (spec "Filtering"): for /sync, /messages and /context.
 
-use ruma::UserId;
+use std::sync::{Arc, Mutex};
+
+use ruma::{OwnedUserId, UserId};
 use serde::Deserialize;
 
+use crate::Services;
 use crate::error::{Error, Result};
+use crate::rooms::cache::Lru;
 use crate::rooms::pdu::Pdu;
-use crate::storage::{self, Db};
+use crate::storage;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
@@ -118,19 +122,40 @@ pub fn parse<T: serde::de::DeserializeOwned>(json: &str) -> Result<T> {
     serde_json::from_str(json).map_err(|e| Error::bad_json(format!("Invalid filter: {e}")))
 }
 
-/// A sync filter from the `filter` query parameter: inline JSON or an uploaded filter's ID.
-pub async fn load(db: &Db, user: &UserId, param: Option<&str>) -> Result<Filter> {
-    match param {
-        None => Ok(Filter::default()),
-        Some(p) if p.trim_start().starts_with('{') => parse(p),
-        Some(id) => {
-            let id: i64 = id.parse().map_err(|_| Error::invalid_param("Unknown filter ID"))?;
-            let json = storage::filters::get(db, user.as_str(), id)
-                .await?
-                .ok_or_else(|| Error::invalid_param("Unknown filter ID"))?;
-            parse(&json)
-        }
+/// Uploaded filters, parsed. A filter never changes once uploaded, so each process keeps the
+/// ones in use: a client names its filter on every /sync.
+pub struct Uploaded {
+    parsed: Mutex<Lru<(OwnedUserId, i64), Arc<Filter>>>,
+}
+
+/// Bytes of filter JSON kept parsed (a few thousand clients' filters).
+const UPLOADED_CACHE_BYTES: usize = 1 << 20;
+
+impl Default for Uploaded {
+    fn default() -> Self {
+        Uploaded { parsed: Mutex::new(Lru::new(UPLOADED_CACHE_BYTES)) }
     }
+}
+
+/// A sync filter from the `filter` query parameter: inline JSON or an uploaded filter's ID.
+pub async fn load(svc: &Services, user: &UserId, param: Option<&str>) -> Result<Arc<Filter>> {
+    let id = match param {
+        None => return Ok(Arc::default()),
+        Some(p) if p.trim_start().starts_with('{') => return parse(p).map(Arc::new),
+        Some(id) => id.parse::<i64>().map_err(|_| Error::invalid_param("Unknown filter ID"))?,
+    };
+    let key = (user.to_owned(), id);
+    if let Some(filter) = svc.filters.parsed.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return Ok(filter);
+    }
+    let json = storage::filters::get(&svc.db, user.as_str(), id)
+        .await?
+        .ok_or_else(|| Error::invalid_param("Unknown filter ID"))?;
+    let filter: Arc<Filter> = Arc::new(parse(&json)?);
+    // The parsed form is a few times the size of its JSON.
+    let weight = 3 * json.len() + std::mem::size_of::<Filter>();
+    svc.filters.parsed.lock().unwrap_or_else(|e| e.into_inner()).insert(key, filter.clone(), weight);
+    Ok(filter)
 }
 
 #[cfg(test)]

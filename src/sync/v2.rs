@@ -57,7 +57,7 @@ pub struct SyncRequest {
     pub since: Option<SyncToken>,
     pub timeout: Duration,
     pub full_state: bool,
-    pub filter: Filter,
+    pub filter: Arc<Filter>,
 }
 
 /// Answers a sync, waiting up to the timeout for news when there is none.

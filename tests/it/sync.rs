@@ -464,3 +464,29 @@ async fn unread_counts_added_from_memory_match_the_database() {
     let body = bob.sync(&format!("timeout=0&filter={filter}&since={since}")).await;
     assert_eq!(counts(&body).0, json!({ "notification_count": 0, "highlight_count": 0 }), "{body}");
 }
+
+#[tokio::test]
+async fn an_uploaded_filter_applies_on_every_sync_that_names_it() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = alice.create_room(json!({})).await;
+    let filter = json!({ "room": { "timeline": { "limit": 2, "types": ["m.room.message"] } } });
+    let uploaded = alice.post(&format!("/_matrix/client/v3/user/{}/filter", enc(&alice.user_id)), filter).await.ok();
+    let id = uploaded["filter_id"].as_str().expect("filter_id").to_owned();
+    let mut sent = Vec::new();
+    for i in 0..3 {
+        sent.push(alice.send_text(&room, &format!("m{i}")).await);
+        let path = format!("/_matrix/client/v3/rooms/{}/send/org.example.other/t{i}", enc(&room));
+        alice.put(&path, json!({})).await.ok();
+    }
+    // The second sync names the filter again (kept parsed after the first): the same answer.
+    for _ in 0..2 {
+        let body = alice.sync(&format!("timeout=0&filter={id}")).await;
+        assert_eq!(timeline_ids(&body, "join", &room), sent[1..], "{body}");
+        assert_eq!(body["rooms"]["join"][&room]["timeline"]["limited"], true);
+    }
+    // Filter IDs are per user: Bob has none with this ID.
+    let unknown = bob.get(&format!("/_matrix/client/v3/sync?timeout=0&filter={id}")).await;
+    unknown.assert_error(400, "M_INVALID_PARAM");
+}

@@ -41,7 +41,7 @@ async fn sync(State(state): State<AppState>, Auth(me): Auth, Query(q): Query<Syn
         since: q.since.as_deref().map(SyncToken::parse).transpose()?,
         timeout: Duration::from_millis(q.timeout.unwrap_or(0)),
         full_state: q.full_state.unwrap_or(false),
-        filter: filter::load(&state.db, &me.user_id, q.filter.as_deref()).await?,
+        filter: filter::load(&state, &me.user_id, q.filter.as_deref()).await?,
     };
     Ok(Json(v2::sync(&state, &me, req).await?))
 }

@@ -209,11 +209,18 @@ impl User {
         reply["event_id"].as_str().map(str::to_owned).ok_or_else(|| anyhow!("send: no event_id in {reply}"))
     }
 
-    /// `GET /sync`; `filter` is inline filter JSON.
-    pub async fn sync(&self, since: Option<&str>, timeout_ms: u64, filter: &Value) -> anyhow::Result<SyncAnswer> {
-        let filter = filter.to_string();
+    /// Uploads a sync filter and answers its ID, which clients such as Element then name in
+    /// every `/sync` (instead of the whole filter).
+    pub async fn upload_filter(&self, filter: &Value) -> anyhow::Result<String> {
+        let path = format!("/_matrix/client/v3/user/{}/filter", encode(&self.user_id));
+        let reply = self.call(Method::POST, &path, Some(filter)).await?;
+        reply["filter_id"].as_str().map(str::to_owned).ok_or_else(|| anyhow!("filter: no filter_id in {reply}"))
+    }
+
+    /// `GET /sync`; `filter` is the ID of an uploaded filter.
+    pub async fn sync(&self, since: Option<&str>, timeout_ms: u64, filter: &str) -> anyhow::Result<SyncAnswer> {
         let timeout = timeout_ms.to_string();
-        let mut query = vec![("filter", filter.as_str()), ("timeout", timeout.as_str())];
+        let mut query = vec![("filter", filter), ("timeout", timeout.as_str())];
         if let Some(s) = since {
             query.push(("since", s));
         }

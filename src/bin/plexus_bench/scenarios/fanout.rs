@@ -25,7 +25,7 @@ pub async fn run(ctx: &Ctx, result: &mut ScenarioResult) -> anyhow::Result<()> {
     let tasks: Vec<_> = receivers
         .iter()
         .zip(tokens)
-        .map(|(u, since)| spawn_receiver(u.clone(), room.clone(), since, filter.clone(), arrivals_tx.clone()))
+        .map(|(u, (filter_id, since))| spawn_receiver(u.clone(), room.clone(), since, filter_id, arrivals_tx.clone()))
         .collect();
     drop(arrivals_tx);
     let gap = Duration::from_millis(sizes.fanout_gap_ms);

@@ -30,7 +30,7 @@ pub async fn run(ctx: &Ctx, result: &mut ScenarioResult) -> anyhow::Result<()> {
     let join_started = Instant::now();
     receiver.join(&room, Some(sender.server_name())).await.context("joining over federation")?;
     result.metric("join over federation", ms(join_started.elapsed()), "ms");
-    let filter = one_room_filter(&room, 50, true);
+    let filter = receiver.upload_filter(&one_room_filter(&room, 50, true)).await?;
     let first = receiver.sync(None, 0, &filter).await?;
     if first.joined_room(&room).is_none() {
         bail!("the second server's user is not in the room after joining");

@@ -45,6 +45,7 @@ pub async fn run(ctx: &Ctx, result: &mut ScenarioResult) -> anyhow::Result<()> {
         .for_each("log in devices", sizes.initial_iterations, |_| async move { reader_ref.new_device().await })
         .await?;
     let filter = json!({ "room": { "timeline": { "limit": TIMELINE_LIMIT }, "state": { "lazy_load_members": true } } });
+    let filter = reader.upload_filter(&filter).await?;
     let measure = ctx.measure(result);
     let mut times = Vec::new();
     let mut sizes_kib = Vec::new();

@@ -53,8 +53,8 @@ pub async fn run(ctx: &Ctx, result: &mut ScenarioResult) -> anyhow::Result<()> {
         .iter()
         .cloned()
         .zip(tokens)
-        .map(|(user, mut since)| {
-            let (room, filter, everyone) = (room.clone(), filter.clone(), everyone.clone());
+        .map(|(user, (filter, mut since))| {
+            let (room, everyone) = (room.clone(), everyone.clone());
             tokio::spawn(async move {
                 tokio::time::sleep_until(start.into()).await;
                 user.join(&room, None).await?;

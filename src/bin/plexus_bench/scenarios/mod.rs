@@ -78,7 +78,7 @@ pub fn spawn_receiver(
     user: User,
     room_id: String,
     mut since: String,
-    filter: Value,
+    filter: String,
     arrivals: tokio::sync::mpsc::UnboundedSender<Arrival>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -190,12 +190,14 @@ impl Ctx {
     }
 
     /// Sync tokens of an initial sync of each user.
-    pub async fn initial_tokens(&self, users: &[User], filter: &Value) -> anyhow::Result<Vec<String>> {
-        self.for_each(
-            "initial syncs",
-            users.len(),
-            |i| async move { users[i].sync(None, 0, filter).await?.next_batch() },
-        )
+    /// Uploads `filter` for each user and syncs once with it: each user's filter ID and
+    /// `next_batch`.
+    pub async fn initial_tokens(&self, users: &[User], filter: &Value) -> anyhow::Result<Vec<(String, String)>> {
+        self.for_each("initial syncs", users.len(), |i| async move {
+            let filter_id = users[i].upload_filter(filter).await?;
+            let since = users[i].sync(None, 0, &filter_id).await?.next_batch()?;
+            anyhow::Ok((filter_id, since))
+        })
         .await
     }
 
