@@ -14,9 +14,19 @@ use tokio::sync::watch;
 use super::recent::RecentEvents;
 use crate::cluster::{Message, Publisher};
 
+/// A user's long-polls.
+struct Waiters {
+    /// Counts the user's wake-ups.
+    wake: watch::Sender<u64>,
+    /// A stream position a sync of the user answered at, with the wake-up count it had seen
+    /// before reading that position: while the count is the same, nothing for the user was
+    /// committed after it.
+    answered: Option<(u64, i64)>,
+}
+
 #[derive(Default)]
 pub struct Notifier {
-    users: Mutex<HashMap<OwnedUserId, watch::Sender<u64>>>,
+    users: Mutex<HashMap<OwnedUserId, Waiters>>,
     /// The server is stopping: long-polls answer at once rather than hold the shutdown.
     stopping: AtomicBool,
     /// The other processes of the database.
@@ -33,7 +43,25 @@ impl Notifier {
     /// A receiver that changes when `user` is notified.
     pub fn subscribe(&self, user: &UserId) -> watch::Receiver<u64> {
         let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
-        users.entry(user.to_owned()).or_insert_with(|| watch::channel(0).0).subscribe()
+        let waiters =
+            users.entry(user.to_owned()).or_insert_with(|| Waiters { wake: watch::channel(0).0, answered: None });
+        waiters.wake.subscribe()
+    }
+
+    /// A sync of `user` that had seen `seen` wake-ups (before it read the stream position)
+    /// answered at stream position `pos`. Kept while the user has a subscriber.
+    pub fn answered(&self, user: &UserId, seen: u64, pos: i64) {
+        if let Some(waiters) = self.users.lock().unwrap_or_else(|e| e.into_inner()).get_mut(user) {
+            waiters.answered = Some((seen, pos));
+        }
+    }
+
+    /// Whether nothing for `user` was committed after stream position `pos`, as far as this
+    /// process knows without reading the database: a sync answered at `pos` and the user has
+    /// had no wake-up since (`seen` is the count now).
+    pub fn nothing_after(&self, user: &UserId, seen: u64, pos: i64) -> bool {
+        let users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        users.get(user).is_some_and(|w| w.answered == Some((seen, pos)))
     }
 
     /// The server is stopping: wakes every long-poll, and none waits from now on.
@@ -45,8 +73,8 @@ impl Notifier {
     /// Wakes every long-poll of this process.
     pub fn wake_all(&self) {
         let map = self.users.lock().unwrap_or_else(|e| e.into_inner());
-        for tx in map.values() {
-            tx.send_modify(|v| *v = v.wrapping_add(1));
+        for waiters in map.values() {
+            waiters.wake.send_modify(|v| *v = v.wrapping_add(1));
         }
     }
 
@@ -70,11 +98,12 @@ impl Notifier {
     pub fn wake_local<'a>(&self, users: impl IntoIterator<Item = &'a UserId>) {
         let mut map = self.users.lock().unwrap_or_else(|e| e.into_inner());
         for user in users {
-            if let Some(tx) = map.get(user) {
-                if tx.receiver_count() == 0 {
+            if let Some(waiters) = map.get(user) {
+                // Removed with the waiters: what a sync answered (no later wake-up counts it).
+                if waiters.wake.receiver_count() == 0 {
                     map.remove(user);
                 } else {
-                    tx.send_modify(|v| *v = v.wrapping_add(1));
+                    waiters.wake.send_modify(|v| *v = v.wrapping_add(1));
                 }
             }
         }

@@ -75,21 +75,27 @@ pub async fn sync(svc: &Services, me: &Identity, req: SyncRequest) -> Result<Val
     }
     let mut timed_out = false;
     loop {
-        wake.mark_unchanged();
-        // Read the typing serial first: a change racing with this sync is then sent twice
-        // rather than never.
+        // The wake-ups seen, then the typing serial, then the stream position: a change racing
+        // with this sync is then sent twice rather than never.
+        let seen = *wake.borrow_and_update();
         let typing = svc.typing.serial();
-        let now = SyncToken { stream: storage::current_stream_pos(&svc.db).await?, typing, to_device: None };
         let must_answer = timed_out || req.since.is_none() || req.full_state || svc.notifier.stopping();
         // Everything a sync carries is ordered by the stream or the typing serial: when
         // neither moved past the token (and no to-device batch was cut short), there is
-        // nothing to compute until a wake-up.
-        let unchanged =
-            req.since.is_some_and(|s| s.stream == now.stream && s.typing == now.typing && s.to_device.is_none());
-        if must_answer || !unchanged {
-            let (body, has_news) = compute(svc, me, &req, now).await?;
-            if has_news || must_answer {
-                return Ok(body);
+        // nothing to compute until a wake-up. A long-poll that comes back with the token a
+        // sync of this process answered, with no wake-up since, knows it without reading.
+        let quiet = |s: &SyncToken| s.typing == typing && s.to_device.is_none();
+        let nothing_new =
+            req.since.is_some_and(|s| quiet(&s) && svc.notifier.nothing_after(&me.user_id, seen, s.stream));
+        if must_answer || !nothing_new {
+            let now = SyncToken { stream: storage::current_stream_pos(&svc.db).await?, typing, to_device: None };
+            let unchanged = req.since.is_some_and(|s| s.stream == now.stream && quiet(&s));
+            if must_answer || !unchanged {
+                let (body, has_news) = compute(svc, me, &req, now).await?;
+                if has_news || must_answer {
+                    svc.notifier.answered(&me.user_id, seen, now.stream);
+                    return Ok(body);
+                }
             }
         }
         match tokio::time::timeout_at(deadline, wake.changed()).await {

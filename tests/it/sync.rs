@@ -490,3 +490,47 @@ async fn an_uploaded_filter_applies_on_every_sync_that_names_it() {
     let unknown = bob.get(&format!("/_matrix/client/v3/sync?timeout=0&filter={id}")).await;
     unknown.assert_error(400, "M_INVALID_PARAM");
 }
+
+/// A long-poll that comes back with the token its last answer gave skips reading the stream
+/// while the user had no wake-up since that answer: news committed in between must still
+/// be answered at once, whether the user's waiters were dropped meanwhile (nobody was
+/// waiting when the news came) or kept (another of the user's long-polls was waiting).
+#[tokio::test]
+async fn a_long_poll_back_with_its_last_token_answers_at_once_with_news_from_between() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.join(&room).await.ok();
+    let next = |body: &Value| body["next_batch"].as_str().unwrap().to_owned();
+    let timed = |since: String| {
+        let bob = bob.clone();
+        async move {
+            let started = Instant::now();
+            let body = bob.sync(&format!("timeout=10000&since={since}")).await;
+            (started.elapsed(), body)
+        }
+    };
+
+    // Nobody waits for Bob when Alice sends.
+    let since = next(&bob.sync("timeout=0").await);
+    let first = alice.send_text(&room, "while nobody waits").await;
+    let (took, body) = timed(since).await;
+    assert_eq!(timeline_ids(&body, "join", &room), vec![first]);
+    assert!(took < Duration::from_secs(2), "answered after {took:?}");
+
+    // A long-poll of Bob that sees no room is waiting when Alice sends.
+    let since = next(&body);
+    let no_rooms = enc(r#"{"room":{"rooms":[]}}"#);
+    let waiting = {
+        let (bob, since) = (bob.clone(), since.clone());
+        tokio::spawn(async move { bob.sync(&format!("timeout=5000&filter={no_rooms}&since={since}")).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second = alice.send_text(&room, "while another long-poll waits").await;
+    let (took, body) = timed(since).await;
+    assert_eq!(timeline_ids(&body, "join", &room), vec![second]);
+    assert!(took < Duration::from_secs(2), "answered after {took:?}");
+    let idle = waiting.await.unwrap();
+    assert!(idle["rooms"]["join"].as_object().unwrap().is_empty(), "{idle}");
+}
