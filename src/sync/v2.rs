@@ -85,17 +85,19 @@ pub async fn sync(svc: &Services, me: &Identity, req: SyncRequest) -> Result<Val
         // nothing to compute until a wake-up. A long-poll that comes back with the token a
         // sync of this process answered, with no wake-up since, knows it without reading.
         let quiet = |s: &SyncToken| s.typing == typing && s.to_device.is_none();
-        let nothing_new =
-            req.since.is_some_and(|s| quiet(&s) && svc.notifier.nothing_after(&me.user_id, seen, s.stream));
-        if must_answer || !nothing_new {
-            let now = SyncToken { stream: storage::current_stream_pos(&svc.db).await?, typing, to_device: None };
-            let unchanged = req.since.is_some_and(|s| s.stream == now.stream && quiet(&s));
-            if must_answer || !unchanged {
-                let (body, has_news) = compute(svc, me, &req, now).await?;
-                if has_news || must_answer {
-                    svc.notifier.answered(&me.user_id, seen, now.stream);
-                    return Ok(body);
-                }
+        let known_quiet = !must_answer
+            && req.since.is_some_and(|s| quiet(&s) && svc.notifier.nothing_after(&me.user_id, seen, s.stream));
+        let now = match known_quiet {
+            true => None,
+            false => Some(SyncToken { stream: storage::current_stream_pos(&svc.db).await?, typing, to_device: None }),
+        };
+        if let Some(now) = now
+            && (must_answer || !req.since.is_some_and(|s| s.stream == now.stream && quiet(&s)))
+        {
+            let (body, has_news) = compute(svc, me, &req, now).await?;
+            if has_news || must_answer {
+                svc.notifier.answered(&me.user_id, seen, now.stream);
+                return Ok(body);
             }
         }
         match tokio::time::timeout_at(deadline, wake.changed()).await {

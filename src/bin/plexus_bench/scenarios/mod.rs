@@ -189,7 +189,6 @@ impl Ctx {
         self.for_each("join", users.len(), |i| async move { users[i].join(room_id, None).await }).await.map(|_| ())
     }
 
-    /// Sync tokens of an initial sync of each user.
     /// Uploads `filter` for each user and syncs once with it: each user's filter ID and
     /// `next_batch`.
     pub async fn initial_tokens(&self, users: &[User], filter: &Value) -> anyhow::Result<Vec<(String, String)>> {
