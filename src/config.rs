@@ -826,7 +826,7 @@ impl Config {
         let secret: String = {
             use rand::Rng;
             let bytes: [u8; 24] = rand::thread_rng().r#gen();
-            bytes.iter().map(|b| format!("{b:02x}")).collect()
+            hex::encode(bytes)
         };
         include_str!("../config/plexus.example.toml")
             .replace("server_name = \"example.org\"", &format!("server_name = {server_name:?}"))

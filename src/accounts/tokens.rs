@@ -14,5 +14,5 @@ pub fn generate() -> String {
 
 /// The stored form of a token.
 pub fn hash(token: &str) -> String {
-    Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(Sha256::digest(token.as_bytes()))
 }

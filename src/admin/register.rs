@@ -78,7 +78,7 @@ pub async fn register(svc: &Services, req: Request<'_>) -> Result<Session> {
         mac.update(user_type.as_bytes());
     }
     // `verify_slice` compares in constant time.
-    let given = decode_hex(req.mac).ok_or_else(|| Error::forbidden("HMAC incorrect"))?;
+    let given = hex::decode(req.mac).map_err(|_| Error::forbidden("HMAC incorrect"))?;
     mac.verify_slice(&given).map_err(|_| Error::forbidden("HMAC incorrect"))?;
 
     let user_id = accounts::validate_new_localpart(req.username, svc.config.server_name.as_str())?;
@@ -90,11 +90,4 @@ pub async fn register(svc: &Services, req: Request<'_>) -> Result<Session> {
     }
     tracing::info!(%user_id, admin = req.admin, "registered with the shared secret");
     accounts::open_session(svc, &user_id, None, None, false).await
-}
-
-fn decode_hex(hex: &str) -> Option<Vec<u8>> {
-    if !hex.len().is_multiple_of(2) || !hex.is_ascii() {
-        return None;
-    }
-    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok()).collect()
 }

@@ -43,10 +43,7 @@ pub async fn send(state: &AppState, me: &Identity, event_type: &str, txn_id: &st
         return Ok(());
     }
     // The same for a retried request, which the transaction ID above stops anyway.
-    let message_id: String = Sha256::digest(format!("{}|{}|{txn_id}", me.user_id, me.device_id).as_bytes())[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let message_id = hex::encode(&Sha256::digest(format!("{}|{}|{txn_id}", me.user_id, me.device_id).as_bytes())[..16]);
     for (server, messages) in by_server {
         let content =
             json!({ "sender": me.user_id, "type": event_type, "message_id": message_id, "messages": messages });

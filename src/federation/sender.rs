@@ -357,7 +357,7 @@ fn transaction_id(ids: &[i64]) -> String {
     for id in ids {
         hash.update(id.to_be_bytes());
     }
-    hash.finalize()[..16].iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(&hash.finalize()[..16])
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async { Error::method_not_allowed() })
         .layer(DefaultBodyLimit::max(state.config.limits.max_request_bytes))
         .layer(middleware::from_fn(finish_writes))
-        .layer(middleware::from_fn(observe))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
         .layer(middleware::from_fn(cors))
         .with_state(state)
 }
@@ -68,9 +68,10 @@ async fn finish_writes(req: Request, next: Next) -> Response {
 
 /// A span per request with the path template, a log line with status and latency, and
 /// request metrics.
-async fn observe(req: Request, next: Next) -> Response {
+async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let method = req.method().clone();
-    let path = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_owned();
+    let matched = req.extensions().get::<MatchedPath>().cloned();
+    let path = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
     let span = tracing::info_span!("request", %method, path = %path);
     let start = Instant::now();
     let resp = next.run(req).instrument(span.clone()).await;
@@ -84,7 +85,11 @@ async fn observe(req: Request, next: Next) -> Response {
             tracing::info!(status, latency_ms, "request");
         }
     });
-    let labels = [("method", method.to_string()), ("path", path), ("status", status.to_string())];
+    // Labels are three strings per request: built only when something collects them.
+    if state.metrics.is_none() {
+        return resp;
+    }
+    let labels = [("method", method.to_string()), ("path", path.to_owned()), ("status", status.to_string())];
     metrics::counter!("plexus_http_requests_total", &labels).increment(1);
     metrics::histogram!("plexus_http_request_duration_seconds", &labels[..2]).record(elapsed.as_secs_f64());
     resp

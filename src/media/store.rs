@@ -90,7 +90,7 @@ impl ContentStore {
         }
         file.sync_data().await?;
         drop(file);
-        let content = StoredContent { sha256: hex(&hasher.finalize()), size };
+        let content = StoredContent { sha256: hex::encode(hasher.finalize()), size };
         let path = self.path(&content);
         if tokio::fs::try_exists(&path).await? {
             // The same bytes are already stored: the temp file goes away on drop.
@@ -111,8 +111,4 @@ impl ContentStore {
         let len = bytes.len() as u64;
         self.write_stream(futures::stream::iter([Ok::<_, std::convert::Infallible>(Bytes::from(bytes))]), len).await
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -45,6 +45,12 @@ pub fn validate_content(kind: &TimelineEventType, content: &Value) -> Result<()>
     }
 }
 
+/// A JSON object of these entries, moved in. `json!` would copy every value it is given
+/// (it serialises a reference), which for a sync body is every event a second time.
+pub fn object<const N: usize>(entries: [(&str, Value); N]) -> Value {
+    Value::Object(entries.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+}
+
 /// Who is looking: `unsigned.transaction_id` is shown to the sending device only.
 #[derive(Clone, Copy)]
 pub struct Viewer<'a> {

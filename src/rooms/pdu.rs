@@ -148,8 +148,8 @@ impl Pdu {
             "sender": self.sender,
             "origin_server_ts": self.origin_server_ts,
             "type": self.kind,
-            "content": self.content_value(),
         });
+        event["content"] = self.content_value();
         if let Some(key) = &self.state_key {
             event["state_key"] = json!(key);
         }

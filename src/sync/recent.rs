@@ -68,7 +68,7 @@ struct Recent {
 pub struct Notifications {
     /// The event's thread ('main' outside threads).
     pub thread: String,
-    /// (user, highlight) of each user notified.
+    /// (user, highlight) of each user notified, each once.
     pub users: Vec<(OwnedUserId, bool)>,
 }
 
@@ -91,8 +91,10 @@ pub struct Span {
 
 impl RecentEvents {
     /// Records an event appended to the timeline at `row.stream_pos`, once committed.
-    pub fn record(&self, row: StoredEvent, relates: bool, notifications: Notifications) {
+    pub fn record(&self, row: StoredEvent, relates: bool, mut notifications: Notifications) {
         let Some(pos) = row.stream_pos else { return };
+        // Sorted once here, searched by every member's sync (`advance_unread`).
+        notifications.users.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut log = self.lock();
         log.notified += notifications.users.len();
         if let Some(replaced) = log.events.insert(pos, Arc::new(Recent { row, relates, notifications })) {
@@ -204,16 +206,16 @@ impl Span {
             return None;
         }
         for event in &self.events {
+            let users = &event.notifications.users;
+            let Ok(i) = users.binary_search_by(|(u, _)| u.as_str().cmp(user)) else { continue };
             let Some(counts) = snapshot.rooms.get_mut(&event.row.room_id) else { continue };
-            let thread = &event.notifications.thread;
-            for (_, highlight) in event.notifications.users.iter().filter(|(u, _)| u.as_str() == user) {
-                match counts.iter_mut().find(|(t, _, _)| t == thread) {
-                    Some((_, n, h)) => {
-                        *n += 1;
-                        *h += i64::from(*highlight);
-                    }
-                    None => counts.push((thread.clone(), 1, i64::from(*highlight))),
+            let (thread, highlight) = (&event.notifications.thread, i64::from(users[i].1));
+            match counts.iter_mut().find(|(t, _, _)| t == thread) {
+                Some((_, n, h)) => {
+                    *n += 1;
+                    *h += highlight;
                 }
+                None => counts.push((thread.clone(), 1, highlight)),
             }
         }
         snapshot.pos = self.up_to;
@@ -311,7 +313,12 @@ mod tests {
             thread: thread.to_owned(),
             users: users.iter().map(|(u, h)| (OwnedUserId::try_from(*u).unwrap(), *h)).collect(),
         };
-        log.record(event(11, "!a", 1), false, notified("main", &[("@bob:x", false), ("@carol:x", true)]));
+        // Users in any order (push evaluation follows the member list).
+        log.record(
+            event(11, "!a", 1),
+            false,
+            notified("main", &[("@dave:x", false), ("@carol:x", true), ("@bob:x", false)]),
+        );
         log.record(event(12, "!a", 1), false, notified("$root", &[("@bob:x", true)]));
         log.record(event(13, "!b", 1), false, notified("main", &[("@bob:x", false)]));
         let at = |pos: i64, counts: Counts| UnreadSnapshot { pos, rooms: [("!a".to_owned(), counts)].into() };

@@ -17,7 +17,7 @@ use super::token::SyncToken;
 use crate::Services;
 use crate::accounts::Identity;
 use crate::error::{Error, Result};
-use crate::rooms::format::{Viewer, client_event, client_events};
+use crate::rooms::format::{Viewer, client_event, client_events, object};
 use crate::rooms::pdu::Pdu;
 use crate::rooms::state::StateMap;
 use crate::rooms::{self, timeline};
@@ -196,15 +196,27 @@ async fn compute(svc: &Services, me: &Identity, req: &SyncRequest, mut now: Sync
         let ids: Vec<&str> = joined.iter().map(String::as_str).collect();
         changes.latest_receipts = Some(storage::receipts::latest_in_rooms(&svc.db, &ids, user, now.stream).await?);
     }
-    // Rooms are independent: their queries overlap on the connection pool.
-    let joined: Vec<JoinedRoom> = futures::stream::iter(joined)
-        .map(|room| joined_room(svc, me, req, room, since, now.stream, &changes))
-        .buffered(ROOMS_IN_PARALLEL)
-        .try_collect::<Vec<Option<JoinedRoom>>>()
-        .await?
-        .into_iter()
-        .flatten()
-        .collect();
+    let room_news = |room| joined_room(svc, me, req, room, since, now.stream, &changes);
+    let joined: Vec<JoinedRoom> = match span {
+        // A window known from memory asks the database nothing: one room after the other,
+        // without a task for each.
+        Some(_) => {
+            let mut rooms = Vec::new();
+            for room in joined {
+                rooms.extend(room_news(room).await?);
+            }
+            rooms
+        }
+        // Rooms are independent: their queries overlap on the connection pool.
+        None => futures::stream::iter(joined)
+            .map(room_news)
+            .buffered(ROOMS_IN_PARALLEL)
+            .try_collect::<Vec<Option<JoinedRoom>>>()
+            .await?
+            .into_iter()
+            .flatten()
+            .collect(),
+    };
     news |= !joined.is_empty();
     let join = joined_rooms_json(svc, me, &req.filter, joined, now.stream, span.as_ref()).await?;
 
@@ -319,16 +331,25 @@ async fn compute(svc: &Services, me: &Identity, req: &SyncRequest, mut now: Sync
     }
     let keys = crate::e2ee::keys::device_key_status(svc, &me.user_id, &me.device_id).await?;
     let (otk_counts, fallback) = &*keys;
-    let body = json!({
-        "next_batch": now.to_string(),
-        "rooms": { "join": join, "invite": invite, "knock": knock, "leave": leave },
-        "account_data": { "events": global },
-        "presence": { "events": presence },
-        "to_device": { "events": to_device },
-        "device_lists": { "changed": changed, "left": left },
-        "device_one_time_keys_count": otk_counts,
-        "device_unused_fallback_key_types": fallback,
-    });
+    let events = |events: Vec<Value>| object([("events", events.into())]);
+    let body = object([
+        ("next_batch", now.to_string().into()),
+        (
+            "rooms",
+            object([
+                ("join", join.into()),
+                ("invite", invite.into()),
+                ("knock", knock.into()),
+                ("leave", leave.into()),
+            ]),
+        ),
+        ("account_data", events(global)),
+        ("presence", events(presence)),
+        ("to_device", events(to_device)),
+        ("device_lists", object([("changed", changed.into()), ("left", left.into())])),
+        ("device_one_time_keys_count", json!(otk_counts)),
+        ("device_unused_fallback_key_types", json!(fallback)),
+    ]);
     Ok((body, news))
 }
 
@@ -551,12 +572,20 @@ async fn joined_rooms_json(
     for room in rooms {
         let timeline: Vec<Value> = formatted.by_ref().take(room.timeline.len()).collect();
         let state: Vec<Value> = formatted.by_ref().take(room.state.len()).collect();
-        let mut entry = json!({
-            "timeline": { "events": timeline, "limited": room.limited, "prev_batch": room.prev_batch },
-            "state": { "events": state },
-            "account_data": { "events": room.account_data },
-            "ephemeral": { "events": room.ephemeral },
-        });
+        let events = |events: Vec<Value>| object([("events", events.into())]);
+        let mut entry = object([
+            (
+                "timeline",
+                object([
+                    ("events", timeline.into()),
+                    ("limited", room.limited.into()),
+                    ("prev_batch", room.prev_batch.into()),
+                ]),
+            ),
+            ("state", events(state)),
+            ("account_data", events(room.account_data)),
+            ("ephemeral", events(room.ephemeral)),
+        ]);
         crate::push::add_unread_counts(unread.get(&room.room).map_or(&[][..], Vec::as_slice), per_thread, &mut entry);
         if room.membership_news {
             entry["summary"] = summary(members.get(&room.room).map_or(&[][..], Vec::as_slice), &me.user_id);
@@ -641,7 +670,7 @@ async fn ephemeral(
             (None, None) => storage::receipts::latest(&svc.db, room_id.as_str(), viewer, up_to).await?,
         };
         if !receipts.is_empty() {
-            events.push(json!({ "type": "m.receipt", "content": receipts }));
+            events.push(object([("type", "m.receipt".into()), ("content", receipts.into())]));
         }
     }
     Ok(events)

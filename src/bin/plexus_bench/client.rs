@@ -139,7 +139,7 @@ fn shared_secret_mac(secret: &str, nonce: &str, localpart: &str, password: &str)
         }
         mac.update(part.as_bytes());
     }
-    Ok(mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hex::encode(mac.finalize().into_bytes()))
 }
 
 /// A logged-in device.

@@ -13,6 +13,7 @@ use super::connection::Position;
 use crate::Services;
 use crate::accounts::Identity;
 use crate::error::{Error, Result};
+use crate::rooms::format::object;
 use crate::storage;
 use crate::sync::v2;
 
@@ -82,7 +83,7 @@ pub async fn compute(
             crate::e2ee::to_device::pending_events(&svc.db, user, &me.device_id, (i64::MIN, stream), limit).await?;
         let next = if events.len() as i64 == limit { last.unwrap_or(stream) } else { stream };
         news |= !events.is_empty();
-        out.insert("to_device".into(), json!({ "next_batch": next.to_string(), "events": events }));
+        out.insert("to_device".into(), object([("next_batch", next.to_string().into()), ("events", events.into())]));
     }
 
     if ext.e2ee.enabled == Some(true) {
@@ -118,7 +119,7 @@ pub async fn compute(
             }
         }
         news |= !global.is_empty() || !per_room.is_empty();
-        out.insert("account_data".into(), json!({ "global": global, "rooms": per_room }));
+        out.insert("account_data".into(), object([("global", global.into()), ("rooms", per_room.into())]));
     }
 
     if ext.receipts.enabled == Some(true) {

@@ -26,6 +26,7 @@ use self::room::{Known, RequiredState, RoomConfig};
 use crate::Services;
 use crate::accounts::Identity;
 use crate::error::{Error, Result};
+use crate::rooms::format::object;
 use crate::storage;
 use crate::sync::v2::MAX_TIMEOUT;
 
@@ -192,7 +193,7 @@ async fn compute(
     let (extensions, extension_news) =
         extensions::compute(svc, me, &body.extensions, &scope, conn.since, stream, typing).await?;
     let news = !rooms_out.is_empty() || extension_news;
-    let body = json!({ "lists": lists_out, "rooms": rooms_out, "extensions": extensions });
+    let body = object([("lists", lists_out.into()), ("rooms", rooms_out.into()), ("extensions", extensions)]);
     Ok((body, sent, news))
 }
 

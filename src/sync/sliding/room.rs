@@ -130,8 +130,8 @@ pub async fn room(
     };
     let required = required_state(svc, me, &state_now, changed_state, &events, &config.required_state).await?;
 
-    entry.insert("timeline".into(), json!(v2::to_client(svc, me, &events).await?));
-    entry.insert("required_state".into(), json!(v2::to_client(svc, me, &required).await?));
+    entry.insert("timeline".into(), v2::to_client(svc, me, &events).await?.into());
+    entry.insert("required_state".into(), v2::to_client(svc, me, &required).await?.into());
     entry.insert("prev_batch".into(), json!(prev_batch));
     entry.insert("limited".into(), json!(limited));
     // Events that arrived since the client's position (all of an incremental timeline).
