@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use ruma::events::room::power_levels::{RoomPowerLevels, RoomPowerLevelsEventContent, RoomPowerLevelsSource};
 use ruma::events::{StateEventType, TimelineEventType};
-use ruma::push::{PushCondition, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset};
+use ruma::push::{Action, FlattenedJson, PushCondition, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset};
 use ruma::serde::Raw;
 use ruma::{OwnedUserId, RoomId, UInt, UserId};
 use serde_json::{Value, json};
@@ -185,7 +185,7 @@ pub async fn evaluate(svc: &Services, pdu: &Pdu, head: &Head) -> Result<Evaluati
         None => base,
     };
     let event = serde_json::value::to_raw_value(&pdu.to_client()).map_err(|e| Error::Internal(e.into()))?;
-    let event: Raw<Value> = Raw::from_json(event);
+    let event = FlattenedJson::from_raw(&Raw::<Value>::from_json(event));
     let mut notified = Vec::new();
     for (user, member_event) in targets {
         let rules = ruleset(svc, &user).await?;
@@ -196,7 +196,7 @@ pub async fn evaluate(svc: &Services, pdu: &Pdu, head: &Head) -> Result<Evaluati
                 display_name(svc, member_event).await?.unwrap_or_else(|| user.localpart().to_owned());
         }
         ctx.user_id = user.clone();
-        let actions = rules.get_actions(&event, &ctx).await;
+        let actions = actions_for(&rules, &event, &ctx).await;
         if actions.iter().any(|a| a.should_notify()) {
             let highlight = actions.iter().any(|a| a.is_highlight());
             let actions = serde_json::to_string(actions).map_err(|e| Error::Internal(e.into()))?;
@@ -208,6 +208,21 @@ pub async fn evaluate(svc: &Services, pdu: &Pdu, head: &Head) -> Result<Evaluati
         None => MAIN_THREAD.to_owned(),
     };
     Ok(Evaluation { thread_id, notified })
+}
+
+/// The actions of the ruleset's first rule that applies to the event, as
+/// `Ruleset::get_actions` answers them, but for an event flattened once for all members
+/// (`get_actions` flattens it again for each).
+async fn actions_for<'a>(rules: &'a Ruleset, event: &FlattenedJson, ctx: &PushConditionRoomCtx) -> &'a [Action] {
+    if event.get_str("sender").is_some_and(|sender| sender == ctx.user_id) {
+        return &[];
+    }
+    for rule in rules {
+        if rule.applies(event, ctx).await {
+            return rule.actions();
+        }
+    }
+    &[]
 }
 
 /// Whether an enabled rule of the ruleset has a `contains_display_name` condition (deprecated

@@ -151,7 +151,7 @@ pub async fn receive(
     for g in prev_groups.iter().flatten() {
         states.push(state::load(svc, *g).await?);
     }
-    let state_before = resolve::resolve(svc, &version, &states).await?;
+    let state_before = Arc::new(resolve::resolve(svc, &version, &states).await?);
     let group_before = match prev_groups.as_slice() {
         [Some(g)] => Some(*g),
         _ => None,
@@ -170,7 +170,7 @@ pub async fn receive(
             let mut tx = svc.db.begin().await?;
             let g = storage::state::create_group(&mut tx, room_id.as_str(), None, &rows, &rows).await?;
             tx.commit().await?;
-            state::remember(svc, g, Arc::new(state_before.clone()));
+            state::remember(svc, g, state_before.clone());
             Some(g)
         }
     };

@@ -322,7 +322,7 @@ pub async fn send_create(
 ) -> Result<OwnedRoomId> {
     let rules = versions::rules(version)?;
     let draft = Draft::state(TimelineEventType::RoomCreate, "", content);
-    let empty = StateMap::new();
+    let empty: Arc<StateMap> = Arc::default();
     let (built, room_id) = loop {
         let room_id = if rules.authorization.room_create_event_id_as_room_id {
             None
@@ -555,7 +555,7 @@ pub(crate) struct Arrival<'a> {
 async fn append_local(
     svc: &Services,
     built: Built,
-    state_before: &StateMap,
+    state_before: &Arc<StateMap>,
     group_before: Option<i64>,
     txn: Option<(&UserId, &str, &str)>,
 ) -> Result<OwnedEventId> {
@@ -596,7 +596,7 @@ pub(crate) async fn append(
     svc: &Services,
     pdu: &Pdu,
     rules: &RoomVersionRules,
-    state_before: &StateMap,
+    state_before: &Arc<StateMap>,
     group_before: Option<i64>,
     arrival: Arrival<'_>,
 ) -> Result<OwnedEventId> {
@@ -704,7 +704,7 @@ pub(crate) async fn append(
                 return Ok(pdu.event_id.clone());
             }
             // The room's state and extremities (but for this event) are as they were.
-            let state = Arc::new(state_before.clone());
+            let state = Arc::clone(state_before);
             Written {
                 pos,
                 group: group_before,
@@ -725,11 +725,11 @@ pub(crate) async fn append(
                     let mut full = state::to_rows(state_before);
                     full.insert(entry.0, entry.1);
                     let id = storage::state::create_group(&mut tx, room, group_before, &delta, &full).await?;
-                    let mut map = state_before.clone();
+                    let mut map = StateMap::clone(state_before);
                     map.insert((pdu.kind.to_string().into(), key.clone()), pdu.event_id.clone());
                     (Some(id), Arc::new(map))
                 }
-                None => (group_before, Arc::new(state_before.clone())),
+                None => (group_before, Arc::clone(state_before)),
             };
             let (script, appservices, complete) = built.unwrap_or_else(|| script_for(group));
             let pos = script.run(&mut tx).await?;
