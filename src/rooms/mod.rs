@@ -115,7 +115,7 @@ impl Rooms {
         self.remote_joins.lock(db, room_id).await
     }
 
-    fn cached_event(&self, event_id: &EventId) -> Option<Arc<Pdu>> {
+    pub(crate) fn cached_event(&self, event_id: &EventId) -> Option<Arc<Pdu>> {
         self.event_cache.lock().unwrap_or_else(|e| e.into_inner()).get(event_id)
     }
 
@@ -159,13 +159,18 @@ pub async fn get_pdu(svc: &Services, event_id: &EventId) -> Result<Option<Arc<Pd
     let Some(stored) = storage::events::get(&svc.db, event_id.as_str()).await? else {
         return Ok(None);
     };
-    let room_id = RoomId::parse(&stored.room_id).map_err(|e| Error::Internal(e.into()))?;
-    let mut pdu = Pdu::parse(event_id.to_owned(), &stored.json, Some(&room_id))
-        .map_err(|e| Error::Internal(anyhow::anyhow!(e)))?;
-    pdu.rejected = stored.rejected;
-    let pdu = Arc::new(pdu);
+    let pdu = Arc::new(pdu_of_stored(event_id.to_owned(), &stored)?);
     svc.rooms.cache_event(pdu.clone());
     Ok(Some(pdu))
+}
+
+/// An event as the database stores it.
+pub(crate) fn pdu_of_stored(event_id: OwnedEventId, stored: &storage::events::StoredEvent) -> Result<Pdu> {
+    let room_id = RoomId::parse(&stored.room_id).map_err(|e| Error::Internal(e.into()))?;
+    let mut pdu =
+        Pdu::parse(event_id, &stored.json, Some(&room_id)).map_err(|e| Error::Internal(anyhow::anyhow!(e)))?;
+    pdu.rejected = stored.rejected;
+    Ok(pdu)
 }
 
 /// The thread an event belongs to: the root it replies to with `m.thread`, or, for an event

@@ -36,7 +36,9 @@ pub async fn paginate(
     limit: usize,
     filter: &RoomEventFilter,
 ) -> Result<Page> {
-    let batch = (limit * 2).clamp(20, 500) as i64;
+    // The first read asks for one page (events are seldom filtered out, and rows carry the
+    // event JSON); when some were, each further read asks for twice as many.
+    let mut batch = limit.clamp(1, MAX_BATCH) as i64;
     let mut events = Vec::new();
     let mut event_positions = Vec::new();
     let mut cursor = from;
@@ -46,9 +48,13 @@ pub async fn paginate(
             false => (cursor, to.unwrap_or(i64::MAX)),
         };
         // The latest positions are mostly known in memory (a woken /sync reads only those).
-        let rows = match svc.notifier.recent.timeline_range(room_id.as_str(), after, up_to, batch, backwards) {
-            Some(rows) => rows,
-            None => storage::events::timeline_range(&svc.db, room_id.as_str(), after, up_to, batch, backwards).await?,
+        let (rows, from_db) = match svc.notifier.recent.timeline_range(room_id.as_str(), after, up_to, batch, backwards)
+        {
+            Some(rows) => (rows, false),
+            None => (
+                storage::events::timeline_range(&svc.db, room_id.as_str(), after, up_to, batch, backwards).await?,
+                true,
+            ),
         };
         let exhausted = (rows.len() as i64) < batch;
         let positions: Vec<i64> = rows.iter().filter_map(|r| r.stream_pos).collect();
@@ -61,8 +67,20 @@ pub async fn paginate(
             };
             cursor = if backwards { pos - 1 } else { pos };
             let Some(row) = row else { continue };
-            let id = ruma::OwnedEventId::try_from(row.event_id).map_err(|e| crate::error::Error::Internal(e.into()))?;
-            let Some(pdu) = super::get_pdu(svc, &id).await? else { continue };
+            let id = ruma::OwnedEventId::try_from(row.event_id.as_str())
+                .map_err(|e| crate::error::Error::Internal(e.into()))?;
+            // A row read from the database holds the event as stored (redactions included), so
+            // an event not in the cache is not read again. It is not cached either: a redaction
+            // may have forgotten it since the row was read. (The log's rows keep the JSON as
+            // appended; their redactions are seen through the cache.)
+            let pdu = match svc.rooms.cached_event(&id) {
+                Some(pdu) => pdu,
+                None if from_db => Arc::new(super::pdu_of_stored(id, &row)?),
+                None => match super::get_pdu(svc, &id).await? {
+                    Some(pdu) => pdu,
+                    None => continue,
+                },
+            };
             if filter.allows(&pdu) {
                 events.push(pdu);
                 event_positions.push(pos);
@@ -74,5 +92,9 @@ pub async fn paginate(
         if exhausted {
             return Ok(Page { events, positions: event_positions, next: None });
         }
+        batch = (batch * 2).min(MAX_BATCH as i64);
     }
 }
+
+/// Most timeline rows one read asks for.
+const MAX_BATCH: usize = 500;
