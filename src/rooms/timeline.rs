@@ -36,12 +36,15 @@ pub async fn paginate(
     limit: usize,
     filter: &RoomEventFilter,
 ) -> Result<Page> {
-    // The first read asks for one page (events are seldom filtered out, and rows carry the
-    // event JSON); when some were, each further read asks for twice as many.
-    let mut batch = limit.clamp(1, MAX_BATCH) as i64;
+    // The first read asks for one page and one more row, which tells whether the page is
+    // cut short (events are seldom filtered out, and rows carry the event JSON); when some
+    // were, each further read asks for twice as many.
+    let mut batch = (limit + 1).clamp(2, MAX_BATCH) as i64;
     let mut events = Vec::new();
     let mut event_positions = Vec::new();
     let mut cursor = from;
+    // Where the page ends: just past its last event.
+    let mut end = from;
     loop {
         let (after, up_to) = match backwards {
             true => (to.unwrap_or(i64::MIN), cursor),
@@ -82,11 +85,13 @@ pub async fn paginate(
                 },
             };
             if filter.allows(&pdu) {
+                if events.len() >= limit {
+                    // An event the full page cannot hold: there is more.
+                    return Ok(Page { events, positions: event_positions, next: Some(end) });
+                }
                 events.push(pdu);
                 event_positions.push(pos);
-                if events.len() >= limit {
-                    return Ok(Page { events, positions: event_positions, next: Some(cursor) });
-                }
+                end = cursor;
             }
         }
         if exhausted {

@@ -46,6 +46,35 @@ async fn gappy_sync_is_limited_and_prev_batch_paginates_the_gap() {
     assert!(body["rooms"]["join"].get(&room).is_none(), "{body}");
 }
 
+/// `limited` says events were left out, not that the limit was reached; the same for the
+/// `end` of a /messages page that reaches the room's first event.
+#[tokio::test]
+async fn a_timeline_exactly_as_long_as_the_limit_is_not_limited() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let room = alice.create_room(json!({})).await;
+    let since = alice.sync("timeout=0").await["next_batch"].as_str().unwrap().to_owned();
+    let mut sent = Vec::new();
+    for i in 0..3 {
+        sent.push(alice.send_text(&room, &format!("m{i}")).await);
+    }
+    for (limit, limited, shown) in [(3, false, &sent[..]), (4, false, &sent[..]), (2, true, &sent[1..])] {
+        let filter = enc(&json!({ "room": { "timeline": { "limit": limit } } }).to_string());
+        let body = alice.sync(&format!("timeout=0&filter={filter}&since={since}")).await;
+        assert_eq!(body["rooms"]["join"][&room]["timeline"]["limited"], limited, "limit {limit}: {body}");
+        assert_eq!(timeline_ids(&body, "join", &room), shown, "limit {limit}");
+    }
+    let messages = |limit: usize| format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit={limit}", enc(&room));
+    let all = alice.get(&messages(1000)).await.ok();
+    let count = all["chunk"].as_array().unwrap().len();
+    assert!(all.get("end").is_none(), "{all}");
+    let exact = alice.get(&messages(count)).await.ok();
+    assert_eq!(exact["chunk"].as_array().unwrap().len(), count);
+    assert!(exact.get("end").is_none(), "a page that holds the room's first event has no end: {exact}");
+    let short = alice.get(&messages(count - 1)).await.ok();
+    assert!(short["end"].is_string(), "{short}");
+}
+
 #[tokio::test]
 async fn lazy_loading_sends_each_member_event_once() {
     let server = TestServer::start().await;
