@@ -76,10 +76,12 @@ pub async fn paginate(
             // an event not in the cache is not read again. It is not cached either: a redaction
             // may have forgotten it since the row was read. (The log's rows keep the JSON as
             // appended; their redactions are seen through the cache.)
-            let pdu = match svc.rooms.cached_event(&id) {
-                Some(pdu) => pdu,
-                None if from_db => Arc::new(super::pdu_of_stored(id, &row)?),
-                None => match super::get_pdu(svc, &id).await? {
+            let pdu = match from_db {
+                true => match svc.rooms.cached_event(&id) {
+                    Some(pdu) => pdu,
+                    None => Arc::new(super::pdu_of_stored(id, &row)?),
+                },
+                false => match super::get_pdu(svc, &id).await? {
                     Some(pdu) => pdu,
                     None => continue,
                 },

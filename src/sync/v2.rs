@@ -290,7 +290,7 @@ async fn compute(svc: &Services, me: &Identity, req: &SyncRequest, mut now: Sync
         .account_data
         .iter()
         .filter(|(r, t, _)| r.is_empty() && req.filter.account_data.allows_type(t))
-        .map(|(_, t, c)| json!({ "type": t, "content": serde_json::from_str::<Value>(c).unwrap_or_default() }))
+        .map(|(_, t, c)| account_data_event(t, c))
         .collect();
     if since.is_some() && !global.is_empty() {
         news = true;
@@ -331,7 +331,6 @@ async fn compute(svc: &Services, me: &Identity, req: &SyncRequest, mut now: Sync
     }
     let keys = crate::e2ee::keys::device_key_status(svc, &me.user_id, &me.device_id).await?;
     let (otk_counts, fallback) = &*keys;
-    let events = |events: Vec<Value>| object([("events", events.into())]);
     let body = object([
         ("next_batch", now.to_string().into()),
         (
@@ -525,7 +524,7 @@ async fn joined_room(
         .account_data
         .iter()
         .filter(|(r, t, _)| *r == room && room_filter.account_data.allows_type(t))
-        .map(|(_, t, c)| json!({ "type": t, "content": serde_json::from_str::<Value>(c).unwrap_or_default() }))
+        .map(|(_, t, c)| account_data_event(t, c))
         .collect();
     // A room joined since the token is sent whole. `full_state` sends every room with all
     // its state, but the timeline still starts at the token (as the spec says).
@@ -572,7 +571,6 @@ async fn joined_rooms_json(
     for room in rooms {
         let timeline: Vec<Value> = formatted.by_ref().take(room.timeline.len()).collect();
         let state: Vec<Value> = formatted.by_ref().take(room.state.len()).collect();
-        let events = |events: Vec<Value>| object([("events", events.into())]);
         let mut entry = object([
             (
                 "timeline",
@@ -704,6 +702,16 @@ async fn presence(
     Ok(latest.into_values().collect())
 }
 
+/// `{"events": [...]}`, the shape of each list of events in a sync answer.
+fn events(events: Vec<Value>) -> Value {
+    object([("events", events.into())])
+}
+
+/// An account data event, from its type and stored content.
+pub(crate) fn account_data_event(kind: &str, content: &str) -> Value {
+    object([("type", kind.into()), ("content", serde_json::from_str::<Value>(content).unwrap_or_default())])
+}
+
 /// Heroes and member counts (sent when membership may have changed), from the room's joined
 /// and invited members sorted by user ID.
 fn summary(members: &[(String, String)], me: &UserId) -> Value {
@@ -726,7 +734,7 @@ async fn left_room(
         Some(m) => storage::events::get(&svc.db, m.event_id.as_str()).await?.and_then(|e| e.stream_pos).unwrap_or(0),
         None => 0,
     };
-    let (events, limited, prev_batch, state) = room_timeline(
+    let (timeline, limited, prev_batch, state) = room_timeline(
         svc,
         me,
         room_id,
@@ -734,11 +742,18 @@ async fn left_room(
         filter,
     )
     .await?;
-    Ok(json!({
-        "timeline": { "events": to_client(svc, me, &events).await?, "limited": limited, "prev_batch": prev_batch },
-        "state": { "events": to_client(svc, me, &state).await? },
-        "account_data": { "events": [] },
-    }))
+    Ok(object([
+        (
+            "timeline",
+            object([
+                ("events", to_client(svc, me, &timeline).await?.into()),
+                ("limited", limited.into()),
+                ("prev_batch", prev_batch.into()),
+            ]),
+        ),
+        ("state", events(to_client(svc, me, &state).await?)),
+        ("account_data", events(vec![])),
+    ]))
 }
 
 /// Stripped state for an invite or knock: the room's identity and the user's membership.

@@ -106,7 +106,7 @@ pub async fn compute(
         let mut global = Vec::new();
         let mut per_room: Map<String, Value> = Map::new();
         for (room, kind, content) in changed {
-            let event = json!({ "type": kind, "content": serde_json::from_str::<Value>(&content).unwrap_or_default() });
+            let event = v2::account_data_event(&kind, &content);
             if room.is_empty() {
                 global.push(event);
             } else if rooms.contains(&room) {
