@@ -93,7 +93,8 @@ async fn commit_batches(batches: Weak<Batches>, committer: Arc<Notify>) {
         // The queued scripts take their stream positions before the lock is free for the next
         // batch: on PostgreSQL, a member of the next batch that took one first would hold the
         // counter's row until its own commit, which waits for this one.
-        let (positions, failure) = super::script::run_each(queued.iter().map(|q| &q.script), &mut tx).await;
+        let scripts: Vec<&Script> = queued.iter().map(|q| &q.script).collect();
+        let (positions, failure) = super::script::run_each(&scripts, &mut tx).await;
         // The next batch starts while this one commits.
         drop(open);
         if failure.is_none() && !poisoned {
