@@ -111,8 +111,6 @@ async fn resident_version(svc: &Services, room_id: &RoomId) -> Result<RoomVersio
 
 /// Stores an event outside the timeline (unless already known).
 async fn insert_outlier(tx: &mut storage::Tx, pdu: &Pdu, state_group: Option<i64>) -> Result<()> {
-    let prev_ids: Vec<String> = pdu.prev_events.iter().map(ToString::to_string).collect();
-    let auth_ids: Vec<String> = pdu.auth_events.iter().map(ToString::to_string).collect();
     let relation = pdu.relation();
     let event = NewEvent {
         event_id: pdu.event_id.as_str(),
@@ -125,8 +123,6 @@ async fn insert_outlier(tx: &mut storage::Tx, pdu: &Pdu, state_group: Option<i64
         origin_server_ts: i64::from(pdu.origin_server_ts.0),
         json: &pdu.json,
         state_group,
-        prev_events: &prev_ids,
-        auth_events: &auth_ids,
         relation: relation.as_ref().map(|(t, e)| (t.as_str(), e.as_str())),
         soft_failed: false,
     };
@@ -986,6 +982,22 @@ pub async fn resolve_alias(svc: &Services, alias: &RoomAliasId) -> Result<(Owned
     Ok((room_id, servers))
 }
 
+/// Where a room's history here starts: the prev events of its earliest timeline event that
+/// are not in the timeline themselves (unknown, or known only as outliers), sorted.
+async fn backward_extremities(svc: &Services, room_id: &RoomId) -> Result<Vec<String>> {
+    let Some(earliest) = storage::events::earliest_in_timeline(&svc.db, room_id.as_str()).await? else {
+        return Ok(Vec::new());
+    };
+    let event_id = OwnedEventId::try_from(earliest.event_id.as_str()).map_err(|e| Error::Internal(e.into()))?;
+    let pdu = super::pdu_of_stored(event_id, &earliest)?;
+    let prevs: Vec<&str> = pdu.prev_events.iter().map(|id| id.as_str()).collect();
+    let known = storage::events::in_timeline(&svc.db, &prevs).await?;
+    let mut missing: Vec<String> = prevs.into_iter().filter(|id| !known.contains(*id)).map(str::to_owned).collect();
+    missing.sort_unstable();
+    missing.dedup();
+    Ok(missing)
+}
+
 /// Fetches history from before this server joined a room over federation, once a backwards
 /// pagination reached the start of what it has: up to `limit` events before its earliest
 /// one, from a server in the room (`GET /backfill`). Each is checked (signatures, hash, auth
@@ -996,7 +1008,7 @@ pub async fn backfill(svc: &Services, room_id: &RoomId, limit: usize) -> Result<
     let Some(base_group) = storage::rooms::base_state_group(&svc.db, room_id.as_str()).await? else {
         return Ok(false);
     };
-    let from = storage::events::backward_extremities(&svc.db, room_id.as_str()).await?;
+    let from = backward_extremities(svc, room_id).await?;
     if from.is_empty() {
         return Ok(false);
     }

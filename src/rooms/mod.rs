@@ -309,7 +309,7 @@ pub async fn send(
     }
     let head = head::to_build_on(svc, room_id).await?;
     let built = build(svc, &head.version, Some(room_id), sender, &draft, &head.prevs, &head.state).await?;
-    let event_id = append_local(svc, built, &head.state, head.group, txn.map(|(d, t)| (sender, d, t))).await?;
+    let event_id = append_local(svc, built, &head.state, head.group, txn).await?;
     drop(guard);
     if draft.kind == TimelineEventType::RoomGuestAccess {
         membership::remove_guests_unless_open(svc, room_id).await?;
@@ -548,8 +548,8 @@ fn too_large_or_internal(e: ruma::signatures::JsonError) -> Error {
 
 /// How an event being appended came.
 pub(crate) struct Arrival<'a> {
-    /// (sender, device, transaction ID) of a local client's send.
-    pub txn: Option<(&'a UserId, &'a str, &'a str)>,
+    /// (device, transaction ID) of a local client's send.
+    pub txn: Option<(&'a str, &'a str)>,
     /// Failed auth against the room's current state: stored, but neither shown nor built on.
     pub soft_failed: bool,
     /// The servers a local event is sent to, queued in the transaction that stores it.
@@ -562,7 +562,7 @@ async fn append_local(
     built: Built,
     state_before: &Arc<StateMap>,
     group_before: Option<i64>,
-    txn: Option<(&UserId, &str, &str)>,
+    txn: Option<(&str, &str)>,
 ) -> Result<OwnedEventId> {
     let Built { pdu, rules } = built;
     // The servers in the room before the event (after it, only this server may be added,
@@ -645,8 +645,6 @@ pub(crate) async fn append(
     // The forward extremities this event does not replace.
     let remaining: Vec<&Arc<Pdu>> = head.prevs.iter().filter(|p| !pdu.prev_events.contains(&p.event_id)).collect();
 
-    let prev_ids: Vec<String> = pdu.prev_events.iter().map(ToString::to_string).collect();
-    let auth_ids: Vec<String> = pdu.auth_events.iter().map(ToString::to_string).collect();
     let relation = pdu.relation();
     let searchable = search::searchable(pdu).filter(|_| !soft_failed);
     let event_type = pdu.kind.to_string();
@@ -665,15 +663,13 @@ pub(crate) async fn append(
                 origin_server_ts: i64::from(pdu.origin_server_ts.0),
                 json: &stored.json,
                 state_group,
-                prev_events: &prev_ids,
-                auth_events: &auth_ids,
                 relation: relation.as_ref().map(|(t, e)| (t.as_str(), e.as_str())),
                 soft_failed,
             },
-            txn: arrival.txn.map(|(user, device, txn_id)| (user.as_str(), device, txn_id)),
+            txn: arrival.txn,
             search: searchable.as_ref().map(|(key, text)| (*key, text.as_str())),
             bump: !soft_failed && crate::sync::sliding::lists::bumps(&pdu.kind),
-            extremity: !soft_failed,
+            replaces_extremities: (!soft_failed).then_some(&pdu.prev_events[..]),
         };
         let mut script = storage::events::append_script(svc.db.kind, &entry);
         let appservices = crate::appservice::queue_event_in_script(&mut script, pdu, &interested_appservices);

@@ -1,5 +1,6 @@
 //! Events: the PDUs of every room, their DAG edges, transaction IDs and relations.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use sqlx::Row;
@@ -50,8 +51,6 @@ pub struct NewEvent<'a> {
     pub origin_server_ts: i64,
     pub json: &'a str,
     pub state_group: Option<i64>,
-    pub prev_events: &'a [String],
-    pub auth_events: &'a [String],
     /// (rel_type, target event ID) of `m.relates_to`.
     pub relation: Option<(&'a str, &'a str)>,
     pub soft_failed: bool,
@@ -79,20 +78,6 @@ pub async fn insert_outlier(tx: &mut Tx, e: &NewEvent<'_>) -> sqlx::Result<()> {
     .bind(e.soft_failed as i64)
     .execute(&mut **tx)
     .await?;
-    for prev in e.prev_events {
-        sqlx::query("INSERT INTO event_edges (event_id, prev_event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-            .bind(e.event_id)
-            .bind(prev)
-            .execute(&mut **tx)
-            .await?;
-    }
-    for auth in e.auth_events {
-        sqlx::query("INSERT INTO event_auth (event_id, auth_event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-            .bind(e.event_id)
-            .bind(auth)
-            .execute(&mut **tx)
-            .await?;
-    }
     if let Some((rel_type, target)) = e.relation {
         sqlx::query(
             "INSERT INTO event_relations (event_id, relates_to, rel_type, room_id) VALUES ($1, $2, $3, $4)
@@ -112,18 +97,21 @@ pub async fn insert_outlier(tx: &mut Tx, e: &NewEvent<'_>) -> sqlx::Result<()> {
 pub struct TimelineEntry<'a> {
     /// `stream_pos` is ignored: `append` takes the next position.
     pub event: NewEvent<'a>,
-    /// (user, device, transaction ID) of a local client's send.
-    pub txn: Option<(&'a str, &'a str, &'a str)>,
+    /// (device, transaction ID) of a local client's send: kept on the event's row (its
+    /// sender's device sees it in `unsigned`) and, for retries, in `event_txns`.
+    pub txn: Option<(&'a str, &'a str)>,
     /// (field, text) for the full-text index.
     pub search: Option<(&'a str, &'a str)>,
     /// Whether the event raises the room's bump stamp (sliding sync).
     pub bump: bool,
-    /// Whether the event replaces its prev events as forward extremities (not when soft-failed).
-    pub extremity: bool,
+    /// The event's prev events, which it replaces as the room's forward extremities (None
+    /// when soft-failed: it does not become one). The DAG's edges are not stored apart:
+    /// they are read from the PDUs.
+    pub replaces_extremities: Option<&'a [ruma::OwnedEventId]>,
 }
 
 /// The script that appends an event to its room's timeline at the next stream position, with
-/// its DAG edges, relation, transaction ID, search text, bump stamp and the room's new forward
+/// its relation, transaction ID, search text, bump stamp and the room's new forward
 /// extremities (`rooms::append` adds what else the append writes, and runs it).
 pub fn append_script(kind: DbKind, entry: &TimelineEntry<'_>) -> Script {
     let e = &entry.event;
@@ -140,24 +128,15 @@ pub fn append_script(kind: DbKind, entry: &TimelineEntry<'_>) -> Script {
         script.arg(e.json),
         script.arg(e.state_group),
         script.arg(e.soft_failed as i64),
+        script.arg(entry.txn.map(|(device, _)| device)),
+        script.arg(entry.txn.map(|(_, txn_id)| txn_id)),
     ]
     .join(", ");
     script.push(format!(
         "INSERT INTO events (event_id, room_id, stream_pos, depth, event_type, state_key, sender,
-                             origin_server_ts, json, state_group, soft_failed, outlier)
+                             origin_server_ts, json, state_group, soft_failed, txn_device_id, txn_id, outlier)
          VALUES ({event_id}, {room_id}, {pos}, {values}, 0)"
     ));
-    let prevs: Vec<String> = e.prev_events.iter().map(|id| script.arg(id.as_str())).collect();
-    let auths: Vec<String> = e.auth_events.iter().map(|id| script.arg(id.as_str())).collect();
-    for (table, column, ids) in [("event_edges", "prev_event_id", &prevs), ("event_auth", "auth_event_id", &auths)] {
-        if !ids.is_empty() {
-            let rows: Vec<String> = ids.iter().map(|id| format!("({event_id}, {id})")).collect();
-            script.push(format!(
-                "INSERT INTO {table} (event_id, {column}) VALUES {} ON CONFLICT DO NOTHING",
-                rows.join(", ")
-            ));
-        }
-    }
     if let Some((rel_type, target)) = e.relation {
         let (target, rel_type) = (script.arg(target), script.arg(rel_type));
         script.push(format!(
@@ -165,8 +144,8 @@ pub fn append_script(kind: DbKind, entry: &TimelineEntry<'_>) -> Script {
              VALUES ({event_id}, {target}, {rel_type}, {room_id}) ON CONFLICT DO NOTHING"
         ));
     }
-    if let Some((user, device, txn_id)) = entry.txn {
-        let values = [user, device, txn_id].into_iter().map(|v| script.arg(v)).collect::<Vec<_>>().join(", ");
+    if let Some((device, txn_id)) = entry.txn {
+        let values = [e.sender, device, txn_id].into_iter().map(|v| script.arg(v)).collect::<Vec<_>>().join(", ");
         script.push(format!(
             "INSERT INTO event_txns (user_id, device_id, txn_id, room_id, event_id)
              VALUES ({values}, {room_id}, {event_id}) ON CONFLICT DO NOTHING"
@@ -179,7 +158,8 @@ pub fn append_script(kind: DbKind, entry: &TimelineEntry<'_>) -> Script {
     if entry.bump {
         script.push(super::sliding_sync::bump_statement(&room_id, pos));
     }
-    if entry.extremity {
+    if let Some(prev_events) = entry.replaces_extremities {
+        let prevs: Vec<String> = prev_events.iter().map(|id| script.arg(id.as_str())).collect();
         for statement in super::rooms::advance_extremities_statements(&room_id, &prevs, &event_id) {
             script.push(statement);
         }
@@ -201,20 +181,32 @@ pub async fn place_in_timeline(tx: &mut Tx, event_id: &str, stream_pos: i64, sta
     Ok(())
 }
 
-/// Where a room's history here starts: the prev events of its earliest timeline event that
-/// are not in the timeline themselves (unknown, or known only as outliers).
-pub async fn backward_extremities(db: &Db, room_id: &str) -> sqlx::Result<Vec<String>> {
-    sqlx::query_scalar(
-        "SELECT edge.prev_event_id FROM event_edges edge
-         LEFT JOIN events prev ON prev.event_id = edge.prev_event_id
-         WHERE edge.event_id = (SELECT event_id FROM events WHERE room_id = $1 AND stream_pos IS NOT NULL
-                                ORDER BY stream_pos ASC LIMIT 1)
-           AND (prev.event_id IS NULL OR prev.stream_pos IS NULL)
-         ORDER BY edge.prev_event_id",
-    )
+/// The earliest event of a room's timeline here (where backfilling goes on from).
+pub async fn earliest_in_timeline(db: &Db, room_id: &str) -> sqlx::Result<Option<StoredEvent>> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM events WHERE room_id = $1 AND stream_pos IS NOT NULL ORDER BY stream_pos ASC LIMIT 1"
+    )))
     .bind(room_id)
-    .fetch_all(db.read())
-    .await
+    .fetch_optional(db.read())
+    .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+/// Which of some events are in a timeline (not unknown, nor known only as outliers).
+pub async fn in_timeline(db: &Db, event_ids: &[&str]) -> sqlx::Result<HashSet<String>> {
+    let mut found = HashSet::new();
+    for batch in event_ids.chunks(IDS_PER_QUERY) {
+        let sql = format!(
+            "SELECT event_id FROM events WHERE stream_pos IS NOT NULL AND event_id IN ({})",
+            placeholders(1, batch.len())
+        );
+        let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
+        for id in batch {
+            query = query.bind(*id);
+        }
+        found.extend(query.fetch_all(db.read()).await?);
+    }
+    Ok(found)
 }
 
 pub async fn get(db: &Db, event_id: &str) -> sqlx::Result<Option<StoredEvent>> {
@@ -290,28 +282,6 @@ pub async fn txn_event(
     .await
 }
 
-pub async fn put_txn(
-    tx: &mut Tx,
-    user_id: &str,
-    device_id: &str,
-    room_id: &str,
-    txn_id: &str,
-    event_id: &str,
-) -> sqlx::Result<()> {
-    sqlx::query(
-        "INSERT INTO event_txns (user_id, device_id, room_id, txn_id, event_id) VALUES ($1, $2, $3, $4, $5)
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(user_id)
-    .bind(device_id)
-    .bind(room_id)
-    .bind(txn_id)
-    .bind(event_id)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
 /// Most event IDs named in one query (bind parameters are limited).
 const IDS_PER_QUERY: usize = 500;
 
@@ -331,7 +301,7 @@ pub async fn txns_of_events(
     let mut found = Vec::new();
     for batch in event_ids.chunks(IDS_PER_QUERY) {
         let sql = format!(
-            "SELECT event_id, txn_id FROM event_txns WHERE user_id = $1 AND device_id = $2 AND event_id IN ({})",
+            "SELECT event_id, txn_id FROM events WHERE sender = $1 AND txn_device_id = $2 AND event_id IN ({})",
             placeholders(3, batch.len())
         );
         let mut query = sqlx::query_as::<_, (String, String)>(sqlx::AssertSqlSafe(sql)).bind(user_id).bind(device_id);

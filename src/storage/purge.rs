@@ -58,16 +58,21 @@ pub async fn history(tx: &mut Tx, room_id: &str, before: i64, kept_senders: &str
         .execute(&mut **tx)
         .await?;
     }
-    for table in ["event_edges", "event_auth", "event_relations", "event_txns"] {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DELETE FROM {table} WHERE event_id IN (SELECT event_id FROM events WHERE {deletable})"
-        )))
-        .bind(room_id)
-        .bind(before)
-        .bind(kept_senders)
-        .bind(kept_depth)
-        .execute(&mut **tx)
-        .await?;
+    // Transaction IDs are found by their key (the events keep it), relations by event.
+    let txns = format!(
+        "DELETE FROM event_txns WHERE (user_id, device_id, room_id, txn_id) IN
+         (SELECT sender, txn_device_id, room_id, txn_id FROM events WHERE txn_id IS NOT NULL AND {deletable})"
+    );
+    let relations =
+        format!("DELETE FROM event_relations WHERE event_id IN (SELECT event_id FROM events WHERE {deletable})");
+    for delete in [txns, relations] {
+        sqlx::query(sqlx::AssertSqlSafe(delete))
+            .bind(room_id)
+            .bind(before)
+            .bind(kept_senders)
+            .bind(kept_depth)
+            .execute(&mut **tx)
+            .await?;
     }
     sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM events WHERE {deletable}")))
         .bind(room_id)

@@ -454,11 +454,8 @@ pub async fn delete_aliases_of_room(tx: &mut Tx, room_id: &str) -> sqlx::Result<
 /// Removes everything stored about a room (its events, state, receipts, relations...):
 /// the room is unknown afterwards. Blocks and reports stay.
 pub async fn purge(tx: &mut Tx, room_id: &str) -> sqlx::Result<()> {
-    let by_event = [
-        "DELETE FROM event_edges WHERE event_id IN (SELECT event_id FROM events WHERE room_id = $1)",
-        "DELETE FROM event_auth WHERE event_id IN (SELECT event_id FROM events WHERE room_id = $1)",
-        "DELETE FROM state_group_entries WHERE group_id IN (SELECT id FROM state_groups WHERE room_id = $1)",
-    ];
+    let by_event =
+        ["DELETE FROM state_group_entries WHERE group_id IN (SELECT id FROM state_groups WHERE room_id = $1)"];
     let by_room = [
         "events",
         "state_groups",
