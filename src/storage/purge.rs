@@ -58,14 +58,16 @@ pub async fn history(tx: &mut Tx, room_id: &str, before: i64, kept_senders: &str
         .execute(&mut **tx)
         .await?;
     }
-    // Transaction IDs are found by their key (the events keep it), relations by event.
+    // Transaction IDs are found by their key (the events keep it), relations by event; then
+    // the events go.
     let txns = format!(
         "DELETE FROM event_txns WHERE (user_id, device_id, room_id, txn_id) IN
          (SELECT sender, txn_device_id, room_id, txn_id FROM events WHERE txn_id IS NOT NULL AND {deletable})"
     );
     let relations =
         format!("DELETE FROM event_relations WHERE event_id IN (SELECT event_id FROM events WHERE {deletable})");
-    for delete in [txns, relations] {
+    let events = format!("DELETE FROM events WHERE {deletable}");
+    for delete in [txns, relations, events] {
         sqlx::query(sqlx::AssertSqlSafe(delete))
             .bind(room_id)
             .bind(before)
@@ -74,13 +76,6 @@ pub async fn history(tx: &mut Tx, room_id: &str, before: i64, kept_senders: &str
             .execute(&mut **tx)
             .await?;
     }
-    sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM events WHERE {deletable}")))
-        .bind(room_id)
-        .bind(before)
-        .bind(kept_senders)
-        .bind(kept_depth)
-        .execute(&mut **tx)
-        .await?;
     let outliers =
         sqlx::query(sqlx::AssertSqlSafe(format!("UPDATE events SET stream_pos = NULL, outlier = 1 WHERE {BEFORE}")))
             .bind(room_id)
