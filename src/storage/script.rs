@@ -189,23 +189,27 @@ fn first_query_len(scripts: &[&Script]) -> usize {
     }
 }
 
+/// Scripts as one SQLite query, the placeholders of each numbered after those of the scripts
+/// before it.
+fn sqlite_sql(scripts: &[&Script]) -> String {
+    let mut sql = String::new();
+    let mut args = 0;
+    for (n, script) in scripts.iter().enumerate() {
+        if n > 0 {
+            sql.push_str("; ");
+        }
+        script.write_sqlite(args, &mut sql);
+        args += script.args.len();
+    }
+    sql
+}
+
 /// Runs scripts in one query (one script on PostgreSQL), adding the positions they took to
 /// `positions`; the error of the first that failed.
 async fn run_together(scripts: &[&Script], tx: &mut Tx, positions: &mut Vec<i64>) -> Option<sqlx::Error> {
     let sql = match scripts {
         [script] if script.kind == DbKind::Postgres => script.postgres_sql(),
-        _ => {
-            let mut sql = String::new();
-            let mut args = 0;
-            for script in scripts {
-                if args > 0 {
-                    sql.push_str("; ");
-                }
-                script.write_sqlite(args, &mut sql);
-                args += script.args.len();
-            }
-            sql
-        }
+        _ => sqlite_sql(scripts),
     };
     let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql));
     for arg in scripts.iter().flat_map(|s| &s.args) {
@@ -230,7 +234,7 @@ async fn run_together(scripts: &[&Script], tx: &mut Tx, positions: &mut Vec<i64>
 
 #[cfg(test)]
 mod tests {
-    use super::{DbKind, Script, first_query_len, shift_placeholders};
+    use super::{DbKind, Script, first_query_len, shift_placeholders, sqlite_sql};
 
     fn binding(kind: DbKind, values: usize) -> Script {
         let mut script = Script::new(kind);
@@ -267,5 +271,21 @@ mod tests {
             shifted("SELECT '$1 it''s $2', \"$3\" FROM t WHERE a = $3 AND b = $", 7),
             "SELECT '$1 it''s $2', \"$3\" FROM t WHERE a = $10 AND b = $"
         );
+    }
+
+    #[test]
+    fn sqlite_scripts_are_joined_with_their_placeholders_in_turn() {
+        let mut silent = Script::new(DbKind::Sqlite);
+        silent.push("DELETE FROM t".to_owned());
+        let mut one = Script::new(DbKind::Sqlite);
+        let value = one.arg(1);
+        one.push(format!("INSERT INTO t VALUES ({value})"));
+        // A script binding nothing first: the next one still starts a statement of its own.
+        let sql = sqlite_sql(&[&silent, &one, &one]);
+        let parts: Vec<&str> = sql.split("; ").collect();
+        assert_eq!(parts.len(), 9, "{sql}");
+        assert_eq!(parts[1], "DELETE FROM t");
+        assert_eq!(parts[4], "INSERT INTO t VALUES ($1)");
+        assert_eq!(parts[7], "INSERT INTO t VALUES ($2)");
     }
 }

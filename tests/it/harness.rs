@@ -299,6 +299,16 @@ impl TestUser {
         r["event_id"].as_str().expect("event_id").to_owned()
     }
 
+    /// Sends the text messages "m0", "m1", ... (`count` of them); returns their event IDs in
+    /// order.
+    pub async fn send_numbered(&self, room_id: &str, count: usize) -> Vec<String> {
+        let mut sent = Vec::with_capacity(count);
+        for i in 0..count {
+            sent.push(self.send_text(room_id, &format!("m{i}")).await);
+        }
+        sent
+    }
+
     /// Joins a room.
     pub async fn join(&self, room_id: &str) -> Reply {
         self.post(&format!("/_matrix/client/v3/join/{}", enc(room_id)), json!({})).await

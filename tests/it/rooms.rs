@@ -154,10 +154,7 @@ async fn pagination_over_a_thousand_events_returns_each_once_in_order() {
     let alice = server.register("alice").await;
     let room = alice.create_room(json!({})).await;
     let start = alice.sync("timeout=0").await["next_batch"].as_str().unwrap().to_owned();
-    let mut sent = Vec::new();
-    for i in 0..1000 {
-        sent.push(alice.send_text(&room, &format!("m{i}")).await);
-    }
+    let sent = alice.send_numbered(&room, 1000).await;
     let filter = enc(r#"{"types":["m.room.message"]}"#);
     let mut back = Vec::new();
     let mut from = String::new();

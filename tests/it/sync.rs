@@ -22,10 +22,7 @@ async fn gappy_sync_is_limited_and_prev_batch_paginates_the_gap() {
     let room = alice.create_room(json!({})).await;
     let filter = enc(r#"{"room":{"timeline":{"limit":5}}}"#);
     let since = alice.sync(&format!("timeout=0&filter={filter}")).await["next_batch"].as_str().unwrap().to_owned();
-    let mut sent = Vec::new();
-    for i in 0..12 {
-        sent.push(alice.send_text(&room, &format!("m{i}")).await);
-    }
+    let sent = alice.send_numbered(&room, 12).await;
     let body = alice.sync(&format!("timeout=0&filter={filter}&since={since}")).await;
     let timeline = &body["rooms"]["join"][&room]["timeline"];
     assert_eq!(timeline["limited"], true);
@@ -54,10 +51,7 @@ async fn a_timeline_exactly_as_long_as_the_limit_is_not_limited() {
     let alice = server.register("alice").await;
     let room = alice.create_room(json!({})).await;
     let since = alice.sync("timeout=0").await["next_batch"].as_str().unwrap().to_owned();
-    let mut sent = Vec::new();
-    for i in 0..3 {
-        sent.push(alice.send_text(&room, &format!("m{i}")).await);
-    }
+    let sent = alice.send_numbered(&room, 3).await;
     for (limit, limited, shown) in [(3, false, &sent[..]), (4, false, &sent[..]), (2, true, &sent[1..])] {
         let filter = enc(&json!({ "room": { "timeline": { "limit": limit } } }).to_string());
         let body = alice.sync(&format!("timeout=0&filter={filter}&since={since}")).await;
